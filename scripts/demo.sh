@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The main job on the bundled demo corpus: set up (once), ingest fixtures/demo with the
+# default multilingual model into ./data, then search it in French.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/setup.sh
+cargo build --quiet --bin moulin
+moulin=$CARGO_TARGET_DIR/debug/moulin
+"$moulin" run pipelines/demo.toml --report data/demo-report.json
+echo
+echo "Search: « Quelle est la durée maximale de la période d'essai ? »"
+echo
+"$moulin" search demo "Quelle est la durée maximale de la période d'essai ?" --limit 3

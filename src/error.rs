@@ -1,0 +1,65 @@
+//! The library's error type: every variant names the file, URL, model or collection involved.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{input}: {reason}")]
+    Extract { input: String, reason: String },
+    #[error("cannot fetch {url}: {reason}")]
+    Fetch {
+        url: String,
+        reason: String,
+        /// A timeout or a server error: trying again later may work.
+        retryable: bool,
+    },
+    #[error("embedding model {model}: {reason}")]
+    Model { model: String, reason: String },
+    #[error("collection {collection}: {reason}")]
+    Collection { collection: String, reason: String },
+    #[error("LanceDB database {uri}")]
+    Store {
+        uri: String,
+        #[source]
+        source: lancedb::Error,
+    },
+    #[error("pipeline {path}: {reason}")]
+    Config { path: String, reason: String },
+    #[error("chunker: {0}")]
+    Chunk(String),
+}
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub fn extract(input: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Extract {
+            input: input.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Whether running the same thing again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::Fetch {
+                retryable: true,
+                ..
+            }
+        )
+    }
+}

@@ -1,0 +1,203 @@
+//! Extraction: bytes of a PDF, spreadsheet, web page or text file in, a [`Document`] out.
+//!
+//! The format is detected from the content ([`detect`]), not trusted from the
+//! extension. Every extractor is bounded (sizes, decompression, recursion), and
+//! [`extract`] turns a panic inside a reader into an error, so one bad file never
+//! takes a batch down. [`isolate`] goes further and runs extraction in a child
+//! process under a memory limit and a deadline.
+
+pub mod detect;
+pub mod fetch;
+pub mod html;
+pub mod isolate;
+pub mod pdf;
+pub mod sheet;
+pub mod text;
+
+use std::collections::BTreeMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::document::{Document, Format};
+use crate::error::{Error, Result};
+
+/// Settings that every extractor reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExtractOptions {
+    /// Password for encrypted PDFs and workbooks (an empty user password is always tried).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// Largest input accepted, in bytes.
+    pub max_file_bytes: u64,
+    /// Largest size one compressed stream may expand to, in bytes (decompression bombs).
+    pub max_decompressed_bytes: u64,
+    /// Most pages read from one PDF.
+    pub max_pages: u32,
+    /// Most rows read from one sheet.
+    pub max_rows_per_sheet: u32,
+    /// Memory limit of the process that extracts one file, in megabytes.
+    pub memory_limit_mb: u64,
+    /// Time allowed to extract one file, in seconds.
+    pub timeout_seconds: u64,
+    /// Time allowed to fetch one URL, in seconds.
+    pub http_timeout_seconds: u64,
+    /// Most redirects followed when fetching a URL.
+    pub http_max_redirects: u32,
+}
+
+impl Default for ExtractOptions {
+    fn default() -> Self {
+        ExtractOptions {
+            password: None,
+            max_file_bytes: 200 * 1024 * 1024,
+            max_decompressed_bytes: 256 * 1024 * 1024,
+            max_pages: 5000,
+            max_rows_per_sheet: 1_000_000,
+            memory_limit_mb: 4096,
+            timeout_seconds: 300,
+            http_timeout_seconds: 30,
+            http_max_redirects: 5,
+        }
+    }
+}
+
+impl ExtractOptions {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_seconds.max(1))
+    }
+}
+
+/// Extract a document from bytes read from `source` (a path or URL).
+///
+/// `name_hint` is the file name or URL path, used only where the content cannot
+/// tell (CSV versus plain text, Markdown versus plain text).
+pub fn extract(
+    source: &str,
+    name_hint: &str,
+    bytes: &[u8],
+    content_type: Option<&str>,
+    options: &ExtractOptions,
+) -> Result<Document> {
+    if bytes.len() as u64 > options.max_file_bytes {
+        return Err(Error::extract(
+            source,
+            format!(
+                "file too large: {} bytes, the limit is {} (extract.max_file_bytes)",
+                bytes.len(),
+                options.max_file_bytes
+            ),
+        ));
+    }
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(Error::extract(source, "empty file"));
+    }
+    let format = detect::detect(bytes, name_hint, content_type)
+        .map_err(|reason| Error::extract(source, reason))?;
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        extract_format(format, source, bytes, options)
+    }));
+    let mut doc = match result {
+        Ok(Ok(doc)) => doc,
+        Ok(Err(reason)) => return Err(Error::extract(source, reason)),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            return Err(Error::extract(
+                source,
+                format!("the {} reader crashed: {message}", format.as_str()),
+            ));
+        }
+    };
+    if doc.is_empty() {
+        let reason = match format {
+            Format::Pdf => "no text layer (scanned?)",
+            f if f.is_spreadsheet() => "no data: every sheet is empty",
+            _ => "no text content",
+        };
+        return Err(Error::extract(source, reason));
+    }
+    doc.content_hash = content_hash(bytes);
+    Ok(doc)
+}
+
+fn extract_format(
+    format: Format,
+    source: &str,
+    bytes: &[u8],
+    options: &ExtractOptions,
+) -> Result<Document, String> {
+    let parts = match format {
+        Format::Pdf => pdf::extract(bytes, options)?,
+        Format::Xlsx | Format::Xlsb | Format::Xls | Format::Ods => {
+            sheet::extract_workbook(format, bytes, options)?
+        }
+        Format::Csv => sheet::extract_csv(bytes, options)?,
+        Format::Html => html::extract(bytes, source)?,
+        Format::Markdown | Format::Text => text::extract(bytes, format)?,
+    };
+    Ok(Document {
+        id: Document::id_for(source),
+        source: source.to_string(),
+        format,
+        content_hash: String::new(),
+        title: parts.title,
+        metadata: parts.metadata,
+        pages: parts.pages,
+        sections: parts.sections,
+    })
+}
+
+/// What a format's extractor returns; [`extract`] adds identity and hashes.
+#[derive(Debug, Default)]
+pub struct Extracted {
+    pub title: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub pages: u32,
+    pub sections: Vec<crate::document::Section>,
+}
+
+pub fn content_hash(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Read a local file (bounded by `max_file_bytes`) and extract it in this process.
+pub fn extract_path(path: &Path, options: &ExtractOptions) -> Result<Document> {
+    let source = crate::paths::source_uri(path);
+    let bytes = read_bounded(path, options.max_file_bytes)?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    extract(&source, name, &bytes, None, options)
+}
+
+pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if meta.len() > max {
+        return Err(Error::extract(
+            path.display().to_string(),
+            format!(
+                "file too large: {} bytes, the limit is {max} (extract.max_file_bytes)",
+                meta.len()
+            ),
+        ));
+    }
+    std::fs::read(path).map_err(|e| Error::io(path, e))
+}
+
+/// Collapse runs of whitespace inside a line and trim it.
+pub(crate) fn squeeze_spaces(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for word in s.split_whitespace() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
+    out
+}

@@ -1,0 +1,20 @@
+//! moulin: turn an administration's documents into searchable LanceDB collections.
+//!
+//! The modules follow the pipeline: [`extract`] reads a file or URL into a
+//! [`Document`] made of sections with provenance, [`chunk`] cuts it into
+//! [`Chunk`]s that keep that provenance, [`embed`] turns chunk texts into vectors,
+//! and [`store`] writes and searches LanceDB collections. [`pipeline`] runs the
+//! stages over many inputs and reports on every one of them.
+
+pub mod chunk;
+pub mod document;
+pub mod embed;
+pub mod error;
+pub mod extract;
+pub mod paths;
+pub mod pipeline;
+pub mod progress;
+pub mod store;
+
+pub use document::{Chunk, Document, Format, Location, Section};
+pub use error::{Error, Result};

@@ -1,0 +1,7 @@
+//! The `moulin` command: parse, resolve settings, call the library, render.
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}

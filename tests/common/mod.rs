@@ -1,0 +1,85 @@
+//! Helpers shared by the integration tests: paths, the binary, a local web server.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// `../shared/corpus`, when this checkout has it beside.
+pub fn corpus() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus");
+    p.is_dir().then_some(p)
+}
+
+pub fn moulin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_moulin"))
+}
+
+pub fn run(args: &[&str]) -> Output {
+    let out = moulin().args(args).output().expect("moulin runs");
+    eprintln!(
+        "$ moulin {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A tiny HTTP server on 127.0.0.1 serving `routes` (path → (status, content type, body)),
+/// and redirects for paths starting with `/redirect/N` (N hops before `/page`).
+pub fn serve(routes: Vec<(&'static str, u16, &'static str, Vec<u8>)>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a local port");
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(200) {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).is_err() {
+                continue;
+            }
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() || line == "\r\n" || line.is_empty() {
+                    break;
+                }
+            }
+            let path = request_line
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("/")
+                .to_string();
+            let (status, ctype, body, location) = if let Some(n) = path.strip_prefix("/redirect/") {
+                let n: u32 = n.parse().unwrap_or(0);
+                let next = if n <= 1 {
+                    "/page".to_string()
+                } else {
+                    format!("/redirect/{}", n - 1)
+                };
+                (302, "text/plain", Vec::new(), Some(next))
+            } else {
+                match routes.iter().find(|r| r.0 == path) {
+                    Some((_, status, ctype, body)) => (*status, *ctype, body.clone(), None),
+                    None => (404, "text/plain", b"not found".to_vec(), None),
+                }
+            };
+            let mut head = format!(
+                "HTTP/1.1 {status} X\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n",
+                body.len()
+            );
+            if let Some(l) = location {
+                head.push_str(&format!("Location: {l}\r\n"));
+            }
+            head.push_str("\r\n");
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+        }
+    });
+    format!("http://{addr}")
+}
