@@ -136,9 +136,14 @@ fn every_corpus_document_is_extracted_or_reported() {
             || reason_of("qpdf_pages-loop.pdf") == "ok"
     );
     assert_eq!(
-        reason_of("pdfminer_rc4-40_userpw-baz_ownerpw-foo.pdf"),
+        reason_of("qpdf_enc-R3V2_userpw-view.pdf"),
         "ok",
         "opens with its password"
+    );
+    assert_eq!(
+        reason_of("pdfminer_aes-256-r6_userpw-usersecret.pdf"),
+        "ok",
+        "AES-256 with its password"
     );
     assert_eq!(
         reason_of("lopdf_encrypted_aes128_emptypw.pdf"),

@@ -88,25 +88,29 @@ fn pdf_two_columns_read_column_by_column() {
     assert_eq!(doc.pages, 8);
     assert_eq!(
         doc.metadata.get("created").map(String::as_str),
-        Some("2006-04-14T16:55:00Z")
+        Some("2006-04-14T16:55:00+00:00")
     );
 }
 
 #[test]
 fn encrypted_pdf_needs_its_password() {
-    let err = extract_with("pdf/encrypted-userpw-baz.pdf", &ExtractOptions::default()).unwrap_err();
+    let err = extract_with(
+        "pdf/encrypted-userpw-openpassword.pdf",
+        &ExtractOptions::default(),
+    )
+    .unwrap_err();
     assert!(err.contains("password"), "{err}");
     let options = ExtractOptions {
-        password: Some("baz".into()),
+        password: Some("openpassword".into()),
         ..Default::default()
     };
-    let doc = extract_with("pdf/encrypted-userpw-baz.pdf", &options).unwrap();
+    let doc = extract_with("pdf/encrypted-userpw-openpassword.pdf", &options).unwrap();
     assert!(!doc.is_empty());
     let wrong = ExtractOptions {
         password: Some("nope".into()),
         ..Default::default()
     };
-    let err = extract_with("pdf/encrypted-userpw-baz.pdf", &wrong).unwrap_err();
+    let err = extract_with("pdf/encrypted-userpw-openpassword.pdf", &wrong).unwrap_err();
     assert!(err.contains("password"), "{err}");
 }
 
@@ -217,7 +221,7 @@ fn web_pages_keep_the_main_content() {
     let doc = extract("demo/fiche-periode-essai.html");
     let text = doc.text();
     assert!(text.starts_with("# La période d'essai"), "{text}");
-    for furniture in ["Accueil", "cookies", "Publié le"] {
+    for furniture in ["Accueil", "cookies", "25/09/2025"] {
         assert!(!text.contains(furniture), "{furniture} kept");
     }
     assert_eq!(doc.metadata["language"], "fr");

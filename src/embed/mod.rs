@@ -102,8 +102,10 @@ pub fn onnxruntime_library() -> PathBuf {
         .unwrap_or_else(|| crate::paths::moulin_home().join("onnxruntime/libonnxruntime.so"))
 }
 
-fn init_runtime() -> Result<()> {
-    static INIT: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+/// Load ONNX Runtime once per process; the environment lives as long as the process.
+fn init_runtime() -> Result<ort::environment::Environment> {
+    static INIT: OnceLock<std::result::Result<ort::environment::Environment, String>> =
+        OnceLock::new();
     INIT.get_or_init(|| {
         let lib = onnxruntime_library();
         if !lib.exists() {
@@ -113,11 +115,7 @@ fn init_runtime() -> Result<()> {
             ));
         }
         let builder = ort::init_from(&lib).map_err(|e| format!("{}: {e}", lib.display()))?;
-        builder
-            .with_name("moulin")
-            .build()
-            .map(drop)
-            .map_err(|e| e.to_string())
+        builder.with_name("moulin").build().map_err(|e| e.to_string())
     })
     .clone()
     .map_err(|reason| Error::Model {
@@ -158,7 +156,7 @@ impl OnnxEmbedder {
             };
             return Err(fail(format!("no model.onnx in this folder{hint}")));
         }
-        init_runtime()?;
+        let environment = init_runtime()?;
         let read =
             |name: &str| std::fs::read(dir.join(name)).map_err(|e| Error::io(dir.join(name), e));
         let onnx = read("model.onnx")?;
@@ -206,6 +204,7 @@ impl OnnxEmbedder {
         };
         let user_model = UserDefinedEmbeddingModel::new(onnx, files).with_pooling(pooling);
         let options = InitOptionsUserDefined::new()
+            .with_environment(environment)
             .with_max_length(config.max_length)
             .with_intra_threads(threads);
         let mut model = TextEmbedding::try_new_from_user_defined(user_model, options)

@@ -21,9 +21,22 @@ pub fn detect(bytes: &[u8], name: &str, content_type: Option<&str>) -> Result<Fo
     }
     // Excel 2.x–4.x worksheets: a BIFF BOF record outside any OLE container.
     if bytes.len() > 4 && matches!((bytes[0], bytes[1]), (0x09, 0x00 | 0x02 | 0x04)) {
-        return Ok(Format::Xls);
+        return Err(
+            "unsupported format: Excel 2.x–4.x worksheet (BIFF2–4), older than the reader handles; \
+             save it again as .xlsx"
+                .into(),
+        );
     }
     let ext = extension(name);
+    if ext == "pdf" {
+        // A PDF whose header is damaged may still hold readable objects.
+        if memchr::memmem::find(bytes, b"endobj").is_some() {
+            return Ok(Format::Pdf);
+        }
+        return Err(
+            "not a PDF: no %PDF header and no PDF objects, though the file is named .pdf".into(),
+        );
+    }
     if looks_binary(head) && !is_utf16(bytes) {
         return Err(match ext.as_str() {
             "" => "unsupported format: binary content that is not a PDF, a spreadsheet or text"

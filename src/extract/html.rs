@@ -36,11 +36,36 @@ static POSITIVE: LazyLock<Regex> = LazyLock::new(|| {
         .expect("valid regex")
 });
 
+thread_local! {
+    /// Whether class and id names of furniture remove elements. Readability's
+    /// heuristic: on when looking for the content, off again when that leaves
+    /// too little, since a layout class such as "two-col-sidebar" can wrap it all.
+    static STRICT: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
 pub fn extract(bytes: &[u8], source: &str) -> Result<Extracted, String> {
     let raw = text::decode(bytes);
     let html = Html::parse_document(&raw);
-    let metadata = read_metadata(&html, source);
-    let root = main_content(&html);
+    STRICT.set(true);
+    let first = extract_parsed(&html, source);
+    if first.sections[0].text.chars().count() >= 200 {
+        return Ok(first);
+    }
+    STRICT.set(false);
+    let second = extract_parsed(&html, source);
+    STRICT.set(true);
+    Ok(
+        if second.sections[0].text.len() > first.sections[0].text.len() {
+            second
+        } else {
+            first
+        },
+    )
+}
+
+fn extract_parsed(html: &Html, source: &str) -> Extracted {
+    let metadata = read_metadata(html, source);
+    let root = main_content(html);
     let mut writer = Markdown::default();
     match root {
         Some(roots) => {
@@ -56,12 +81,12 @@ pub fn extract(bytes: &[u8], source: &str) -> Result<Extracted, String> {
     }
     let body = writer.finish();
     let title = metadata.get("title").cloned();
-    Ok(Extracted {
+    Extracted {
         title,
         metadata,
         pages: 1,
         sections: vec![Section::new(body, Location::default())],
-    })
+    }
 }
 
 fn sel(s: &str) -> Selector {
@@ -189,10 +214,12 @@ fn is_skipped(el: &ElementRef) -> bool {
         return true;
     }
     // Class and id names of furniture; never on the elements that hold the text.
-    if !matches!(
-        name,
-        "body" | "main" | "article" | "p" | "h1" | "h2" | "h3" | "table" | "pre"
-    ) {
+    if STRICT.get()
+        && !matches!(
+            name,
+            "body" | "main" | "article" | "p" | "h1" | "h2" | "h3" | "table" | "pre"
+        )
+    {
         let names = format!(
             "{} {}",
             e.attr("class").unwrap_or(""),

@@ -109,9 +109,17 @@ pub fn extract(
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
+            let kind = if format.is_spreadsheet() {
+                "workbook"
+            } else {
+                format.as_str()
+            };
             return Err(Error::extract(
                 source,
-                format!("the {} reader crashed: {message}", format.as_str()),
+                format!(
+                    "corrupt {kind}: the {} reader crashed ({message})",
+                    format.as_str()
+                ),
             ));
         }
     };

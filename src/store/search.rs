@@ -102,6 +102,12 @@ const COLUMNS: &[&str] = &[
     "text",
 ];
 
+fn with<'a>(columns: &[&'a str], score: &'a str) -> Vec<&'a str> {
+    let mut v = columns.to_vec();
+    v.push(score);
+    v
+}
+
 pub async fn search(
     collection: &Collection,
     embedder: Option<&dyn Embedder>,
@@ -171,7 +177,7 @@ async fn semantic(
         .vector_search(vector)
         .map_err(err)?
         .distance_type(DistanceType::Cosine)
-        .select(Select::columns(COLUMNS))
+        .select(Select::columns(&with(COLUMNS, "_distance")))
         .limit(limit);
     if let Some(f) = filter {
         q = q.only_if(f);
@@ -200,7 +206,7 @@ async fn lexical(
         .table
         .query()
         .full_text_search(FullTextSearchQuery::new(query.to_string()))
-        .select(Select::columns(COLUMNS))
+        .select(Select::columns(&with(COLUMNS, "_score")))
         .limit(limit);
     if let Some(f) = filter {
         q = q.only_if(f);
