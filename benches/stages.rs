@@ -144,10 +144,10 @@ mod embedding {
     /// threads, the tokenizer without padding, batches padded to their longest, mean pooling.
     #[divan::bench(sample_count = 3, args = ["as given", "sorted by length"])]
     fn plain_onnxruntime(bencher: Bencher, order: &str) {
-        let _ = embedder(); // initialises ONNX Runtime
+        let environment = moulin::embed::runtime().expect("ONNX Runtime");
         let dir = moulin::embed::model_folder(moulin::embed::DEFAULT_MODEL);
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let mut session = Session::builder()
+        let mut session = Session::builder(&environment)
             .unwrap()
             .with_intra_threads(threads)
             .unwrap()

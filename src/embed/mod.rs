@@ -103,7 +103,7 @@ pub fn onnxruntime_library() -> PathBuf {
 }
 
 /// Load ONNX Runtime once per process; the environment lives as long as the process.
-fn init_runtime() -> Result<ort::environment::Environment> {
+pub fn runtime() -> Result<ort::environment::Environment> {
     static INIT: OnceLock<std::result::Result<ort::environment::Environment, String>> =
         OnceLock::new();
     INIT.get_or_init(|| {
@@ -156,7 +156,7 @@ impl OnnxEmbedder {
             };
             return Err(fail(format!("no model.onnx in this folder{hint}")));
         }
-        let environment = init_runtime()?;
+        let environment = runtime()?;
         let read =
             |name: &str| std::fs::read(dir.join(name)).map_err(|e| Error::io(dir.join(name), e));
         let onnx = read("model.onnx")?;

@@ -43,8 +43,6 @@ pub enum Isolation {
 
 /// Inputs per window: bounded so that memory stays flat on large corpora.
 const WINDOW_INPUTS: usize = 64;
-/// Chunks embedded per call, so that progress moves and memory stays bounded.
-const EMBED_GROUP: usize = 256;
 
 pub struct Pipeline {
     pub config: PipelineConfig,
@@ -144,6 +142,7 @@ impl Pipeline {
                                 chunks: 0,
                             });
                         } else {
+                            reporter.input_done(&source, doc.pages, None);
                             docs.push(doc);
                         }
                     }
@@ -190,11 +189,13 @@ impl Pipeline {
                         .map(move |(c, ch)| (ch.text.len(), d, c))
                 })
                 .collect();
-            flat.sort_by(|a, b| b.0.cmp(&a.0));
+            flat.sort_by_key(|c| std::cmp::Reverse(c.0));
             reporter.chunks_queued(flat.len());
             let mut vectors: Vec<Vec<Vec<f32>>> =
                 chunks.iter().map(|cs| vec![Vec::new(); cs.len()]).collect();
-            for group in flat.chunks(EMBED_GROUP) {
+            // Two batches per call, so that progress moves every few seconds.
+            let EmbedderConfig::Onnx(onnx) = &cfg.embedder;
+            for group in flat.chunks(2 * onnx.batch_size.max(1)) {
                 let texts: Vec<String> = group
                     .iter()
                     .map(|&(_, d, c)| chunks[d][c].text.clone())
@@ -230,7 +231,6 @@ impl Pipeline {
             collection.delete_documents(&failed).await?;
             report.seconds.write += t.elapsed().as_secs_f64();
             for (doc, cs) in docs.iter().zip(&chunks) {
-                reporter.input_done(&doc.source, doc.pages, None);
                 report.inputs.push(InputReport {
                     path: doc.source.clone(),
                     status: Status::Ingested,

@@ -20,7 +20,7 @@ pub struct Glyph {
 
 pub struct Font {
     /// Byte lengths a code may have, with their ranges, from the CMap's codespace.
-    codespace: Vec<(usize, u32, u32)>,
+    codespace: Codespace,
     to_unicode: HashMap<u32, String>,
     /// For simple fonts: the text of each byte.
     encoding: Option<Box<[Option<String>; 256]>>,
@@ -393,8 +393,11 @@ pub fn glyph_to_text(name: &[u8]) -> Option<String> {
     None
 }
 
+/// Byte lengths of codes with their ranges: `(length, low, high)`.
+type Codespace = Vec<(usize, u32, u32)>;
+
 /// Parse a CMap: its `bfchar`/`bfrange` mappings to Unicode and its codespace ranges.
-pub fn parse_cmap(data: &[u8]) -> (HashMap<u32, String>, Vec<(usize, u32, u32)>) {
+pub fn parse_cmap(data: &[u8]) -> (HashMap<u32, String>, Codespace) {
     let mut map = HashMap::new();
     let mut codespace = Vec::new();
     let tokens = cmap_tokens(data);
