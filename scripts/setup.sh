@@ -17,7 +17,7 @@ model_dir=$MOULIN_HOME/models/multilingual-e5-small
 ort_dir=$MOULIN_HOME/onnxruntime
 downloads=$MOULIN_HOME/downloads
 # sha256 of what the conversion writes: the same inputs always give the same bytes.
-MODEL_SHA256=fbd722be4ea045fc7580ae8e0e2f3f2a0d5c3c3a4c8bcfce195d96f7d0c74063
+MODEL_SHA256=89f7ede8ad2aed1986809b59ab21fbb1ad7dda106df6545e09ee0cb12401360d
 PYTHON=${PYTHON:-python3.11}
 
 say() { printf 'setup: %s\n' "$*" >&2; }

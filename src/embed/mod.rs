@@ -39,8 +39,11 @@ impl Default for EmbedderConfig {
 pub struct OnnxConfig {
     /// A model folder, or the name of a model in moulin's cache (`~/.cache/moulin/models`).
     pub model: String,
-    /// Texts per ONNX Runtime call.
+    /// Texts per ONNX Runtime call, at most.
     pub batch_size: usize,
+    /// Tokens per ONNX Runtime call, at most (texts × longest text): long texts go in
+    /// smaller batches, which bounds memory (attention grows with the square of the length).
+    pub max_batch_tokens: usize,
     /// ONNX Runtime threads; 0 uses every core.
     pub threads: usize,
     /// Longest input in tokens; longer texts are truncated.
@@ -58,6 +61,7 @@ impl Default for OnnxConfig {
         OnnxConfig {
             model: DEFAULT_MODEL.into(),
             batch_size: 32,
+            max_batch_tokens: 4096,
             threads: 0,
             max_length: 512,
             passage_prefix: None,
@@ -138,6 +142,9 @@ pub struct OnnxEmbedder {
     model: Mutex<TextEmbedding>,
     info: ModelInfo,
     batch_size: usize,
+    max_batch_tokens: usize,
+    max_length: usize,
+    /// The model's tokenizer without padding or truncation: it measures texts.
     tokenizer: tokenizers::Tokenizer,
 }
 
@@ -161,7 +168,11 @@ impl OnnxEmbedder {
             |name: &str| std::fs::read(dir.join(name)).map_err(|e| Error::io(dir.join(name), e));
         let onnx = read("model.onnx")?;
         let tokenizer_json = read("tokenizer.json")?;
-        let tokenizer = tokenizers::Tokenizer::from_bytes(&tokenizer_json)
+        let mut tokenizer = tokenizers::Tokenizer::from_bytes(&tokenizer_json)
+            .map_err(|e| fail(format!("tokenizer.json: {e}")))?;
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(None)
             .map_err(|e| fail(format!("tokenizer.json: {e}")))?;
         let card: ModelCard = match std::fs::read_to_string(dir.join("moulin-model.toml")) {
             Ok(s) => toml::from_str(&s).map_err(|e| fail(format!("moulin-model.toml: {e}")))?,
@@ -237,6 +248,8 @@ impl OnnxEmbedder {
             model: Mutex::new(model),
             info,
             batch_size: config.batch_size.max(1),
+            max_batch_tokens: config.max_batch_tokens.max(1),
+            max_length: config.max_length.max(1),
             tokenizer,
         })
     }
@@ -247,20 +260,36 @@ impl OnnxEmbedder {
     }
 
     fn run(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>> {
+        let fail = |reason: String| Error::Model {
+            model: self.info.name.clone(),
+            reason,
+        };
         // Similar lengths in a batch: less padding, less wasted compute.
+        let tokens: Vec<usize> = self
+            .tokenizer
+            .encode_batch(texts.iter().map(String::as_str).collect::<Vec<_>>(), true)
+            .map_err(|e| fail(e.to_string()))?
+            .iter()
+            .map(|e| e.len().min(self.max_length))
+            .collect();
         let mut order: Vec<usize> = (0..texts.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(texts[i].len()));
-        let sorted: Vec<&str> = order.iter().map(|&i| texts[i].as_str()).collect();
-        let mut model = self.model.lock().unwrap_or_else(|p| p.into_inner());
-        let vectors = model
-            .embed(sorted, Some(self.batch_size))
-            .map_err(|e| Error::Model {
-                model: self.info.name.clone(),
-                reason: e.to_string(),
-            })?;
+        order.sort_by_key(|&i| std::cmp::Reverse(tokens[i]));
         let mut out = vec![Vec::new(); texts.len()];
-        for (slot, v) in order.into_iter().zip(vectors) {
-            out[slot] = v;
+        let mut model = self.model.lock().unwrap_or_else(|p| p.into_inner());
+        let mut start = 0;
+        while start < order.len() {
+            // The first text of a batch is its longest: it sets the padded length.
+            let longest = tokens[order[start]].max(1);
+            let size = (self.max_batch_tokens / longest).clamp(1, self.batch_size);
+            let batch = &order[start..(start + size).min(order.len())];
+            let batch_texts: Vec<&str> = batch.iter().map(|&i| texts[i].as_str()).collect();
+            let vectors = model
+                .embed(batch_texts, Some(batch.len()))
+                .map_err(|e| fail(e.to_string()))?;
+            for (&slot, v) in batch.iter().zip(vectors) {
+                out[slot] = v;
+            }
+            start += batch.len();
         }
         Ok(out)
     }
