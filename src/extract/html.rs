@@ -351,7 +351,8 @@ fn readability(html: &Html) -> Option<Vec<ElementRef<'_>>> {
         let score =
             1.0 + text.matches([',', '،', '，']).count() as f32 + (len as f32 / 100.0).min(3.0);
         let mut ancestors = p.ancestors().filter_map(ElementRef::wrap);
-        for (level, divider) in [(0usize, 1.0f32), (1, 2.0), (2, 3.0)] {
+        // The parent gets the whole score, the grandparent half, the next a third.
+        for divider in [1.0f32, 2.0, 3.0] {
             let Some(a) = ancestors.next() else { break };
             if matches!(a.value().name(), "html" | "body") {
                 break;
@@ -360,7 +361,6 @@ fn readability(html: &Html) -> Option<Vec<ElementRef<'_>>> {
                 .entry(a.id())
                 .or_insert_with(|| tag_weight(a.value().name()) + class_weight(&a));
             *entry += score / divider;
-            let _ = level;
         }
     }
     let mut best: Option<(NodeId, f32)> = None;

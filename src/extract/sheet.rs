@@ -42,7 +42,7 @@ pub fn extract_workbook(
                 continue;
             }
         };
-        let (row0, col0) = range.start().unwrap_or((0, 0));
+        let (row0, _) = range.start().unwrap_or((0, 0));
         let rows = range
             .rows()
             .take(options.max_rows_per_sheet as usize)
@@ -58,7 +58,6 @@ pub fn extract_workbook(
         if let Some(section) = table_section(&sheet.name, hidden, rows) {
             out.sections.push(section);
         }
-        let _ = col0;
     }
     if out.sections.is_empty() && !failures.is_empty() {
         return Err(failures.join("; "));

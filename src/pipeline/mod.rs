@@ -52,7 +52,6 @@ pub struct Pipeline {
 struct Extracted {
     input: Input,
     result: Result<Document>,
-    seconds: f64,
 }
 
 impl Pipeline {
@@ -128,7 +127,6 @@ impl Pipeline {
             let mut failed_ids: Vec<String> = Vec::new();
             for e in extracted {
                 let source = e.input.source();
-                let _ = e.seconds;
                 match e.result {
                     Ok(doc) => {
                         if known.get(&doc.id) == Some(&doc.content_hash) {
@@ -275,13 +273,8 @@ impl Pipeline {
         client: &reqwest::Client,
         options: &ExtractOptions,
     ) -> Extracted {
-        let t = Instant::now();
         let result = self.read_and_extract(&input, client, options).await;
-        Extracted {
-            input,
-            result,
-            seconds: t.elapsed().as_secs_f64(),
-        }
+        Extracted { input, result }
     }
 
     async fn read_and_extract(

@@ -665,12 +665,17 @@ impl Interpreter<'_> {
                 } else {
                     0.0
                 };
-            let (advance, shift) = if font.vertical {
-                let ty = -(g.width * gs.size) + spacing;
-                (ty, [1.0, 0.0, 0.0, 1.0, 0.0, ty])
+            let shift = if font.vertical {
+                [1.0, 0.0, 0.0, 1.0, 0.0, -(g.width * gs.size) + spacing]
             } else {
-                let tx = (g.width * gs.size + spacing) * gs.scale;
-                (tx, [1.0, 0.0, 0.0, 1.0, tx, 0.0])
+                [
+                    1.0,
+                    0.0,
+                    0.0,
+                    1.0,
+                    (g.width * gs.size + spacing) * gs.scale,
+                    0.0,
+                ]
             };
             let next = mul(&shift, tm);
             let end = mul(
@@ -681,7 +686,6 @@ impl Interpreter<'_> {
                 &gs.ctm,
             );
             let size = (trm[2] * trm[2] + trm[3] * trm[3]).sqrt();
-            let _ = advance;
             if !g.text.is_empty() {
                 let mut text = String::with_capacity(g.text.len());
                 font::normalize_glyph_text(&g.text, &mut text);
