@@ -146,9 +146,12 @@ fn demo_corpus_is_searchable_in_french_and_reruns_are_incremental() {
         "search", "demo", "question", "--db", db, "--format", "xlsx", "--json", "--mode", "lexical",
     ]);
     let hits = json(&out);
-    if let Some(h) = hits.as_array().unwrap().first() {
-        assert!(h["sheet"].is_string() && h["rows"].is_array(), "{h}");
-    }
+    let h = hits
+        .as_array()
+        .unwrap()
+        .first()
+        .expect("the workbook matches");
+    assert!(h["sheet"].is_string() && h["rows"].is_array(), "{h}");
 
     // A second run changes nothing: every good input is skipped as unchanged.
     fs::remove_file(docs.join("tronque.pdf")).unwrap();

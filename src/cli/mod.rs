@@ -418,30 +418,14 @@ async fn extract_command(input: &str, json: bool, password: Option<String>) -> R
         password,
         ..Default::default()
     };
-    let input_ref = if moulin::paths::is_url(input) {
+    let input = if moulin::paths::is_url(input) {
         moulin::pipeline::sources::Input::Url(input.to_string())
     } else {
         moulin::pipeline::sources::Input::Path(PathBuf::from(input))
     };
-    let (bytes, content_type) = match &input_ref {
-        moulin::pipeline::sources::Input::Url(url) => {
-            let client = moulin::extract::fetch::client(&options)?;
-            let f = moulin::extract::fetch::fetch(&client, url, &options).await?;
-            (f.bytes, f.content_type)
-        }
-        moulin::pipeline::sources::Input::Path(p) => (
-            moulin::extract::read_bounded(p, options.max_file_bytes)?,
-            None,
-        ),
-    };
-    let exe = std::env::current_exe()?;
-    let request = moulin::extract::isolate::Request {
-        source: input_ref.source(),
-        name: input_ref.name(),
-        content_type,
-        options,
-    };
-    let doc = moulin::extract::isolate::extract(&exe, request, &bytes).await?;
+    let client = moulin::extract::fetch::client(&options)?;
+    let isolation = Isolation::Subprocess(std::env::current_exe()?);
+    let doc = moulin::pipeline::extract_input(&isolation, &input, &client, &options).await?;
     let mut out = std::io::stdout().lock();
     if json {
         serde_json::to_writer_pretty(&mut out, &doc)?;

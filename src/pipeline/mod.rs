@@ -59,12 +59,6 @@ impl Pipeline {
         Pipeline { config, isolation }
     }
 
-    /// Load the embedder this pipeline names.
-    pub fn load_embedder(&self) -> Result<OnnxEmbedder> {
-        let EmbedderConfig::Onnx(onnx) = &self.config.embedder;
-        OnnxEmbedder::load(onnx)
-    }
-
     pub async fn run(&self, reporter: &dyn Reporter) -> Result<RunReport> {
         let started = Instant::now();
         let cfg = &self.config;
@@ -90,12 +84,10 @@ impl Pipeline {
 
         let t = Instant::now();
         reporter.note("loading the embedding model");
-        let embed_cfg = self.config.clone();
-        let embedder = tokio::task::spawn_blocking(move || {
-            Pipeline::new(embed_cfg, Isolation::InProcess).load_embedder()
-        })
-        .await
-        .expect("model loading does not panic")?;
+        let EmbedderConfig::Onnx(onnx) = cfg.embedder.clone();
+        let embedder = tokio::task::spawn_blocking(move || OnnxEmbedder::load(&onnx))
+            .await
+            .expect("model loading does not panic")?;
         let embedder = Arc::new(embedder);
         report.seconds.model_load = t.elapsed().as_secs_f64();
         report.model = Some(embedder.info().clone());
@@ -273,50 +265,51 @@ impl Pipeline {
         client: &reqwest::Client,
         options: &ExtractOptions,
     ) -> Extracted {
-        let result = self.read_and_extract(&input, client, options).await;
+        let result = extract_input(&self.isolation, &input, client, options).await;
         Extracted { input, result }
     }
+}
 
-    async fn read_and_extract(
-        &self,
-        input: &Input,
-        client: &reqwest::Client,
-        options: &ExtractOptions,
-    ) -> Result<Document> {
-        let source = input.source();
-        let (bytes, content_type) = match input {
-            Input::Path(path) => {
-                let path = path.clone();
-                let max = options.max_file_bytes;
-                let bytes = tokio::task::spawn_blocking(move || extract::read_bounded(&path, max))
-                    .await
-                    .expect("reading does not panic")?;
-                (bytes, None)
-            }
-            Input::Url(url) => {
-                let fetched = extract::fetch::fetch(client, url, options).await?;
-                (fetched.bytes, fetched.content_type)
-            }
-        };
-        match &self.isolation {
-            Isolation::Subprocess(exe) => {
-                let request = extract::isolate::Request {
-                    source: source.clone(),
-                    name: input.name(),
-                    content_type,
-                    options: options.clone(),
-                };
-                extract::isolate::extract(exe, request, &bytes).await
-            }
-            Isolation::InProcess => {
-                let name = input.name();
-                let options = options.clone();
-                tokio::task::spawn_blocking(move || {
-                    extract::extract(&source, &name, &bytes, content_type.as_deref(), &options)
-                })
+/// Read one input (a file, bounded, or a URL, fetched) and extract it where `isolation` says.
+pub async fn extract_input(
+    isolation: &Isolation,
+    input: &Input,
+    client: &reqwest::Client,
+    options: &ExtractOptions,
+) -> Result<Document> {
+    let source = input.source();
+    let (bytes, content_type) = match input {
+        Input::Path(path) => {
+            let path = path.clone();
+            let max = options.max_file_bytes;
+            let bytes = tokio::task::spawn_blocking(move || extract::read_bounded(&path, max))
                 .await
-                .expect("extract catches panics")
-            }
+                .expect("reading does not panic")?;
+            (bytes, None)
+        }
+        Input::Url(url) => {
+            let fetched = extract::fetch::fetch(client, url, options).await?;
+            (fetched.bytes, fetched.content_type)
+        }
+    };
+    match isolation {
+        Isolation::Subprocess(exe) => {
+            let request = extract::isolate::Request {
+                source: source.clone(),
+                name: input.name(),
+                content_type,
+                options: options.clone(),
+            };
+            extract::isolate::extract(exe, request, &bytes).await
+        }
+        Isolation::InProcess => {
+            let name = input.name();
+            let options = options.clone();
+            tokio::task::spawn_blocking(move || {
+                extract::extract(&source, &name, &bytes, content_type.as_deref(), &options)
+            })
+            .await
+            .expect("extract catches panics")
         }
     }
 }
