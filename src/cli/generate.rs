@@ -1,0 +1,171 @@
+//! `moulin generate`: one prompt, or a JSONL batch file with resume.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use moulin::llm::batch::{self, BatchOptions};
+use moulin::llm::{DeviceKind, Llm, LoadOptions, Message, Request, Sampling, WeightDtype};
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// The prompt, sent through the model's chat template (unless --raw).
+    #[arg(required_unless_present = "input", conflicts_with = "input")]
+    prompt: Option<String>,
+    /// A JSONL file of prompts: one {"id", "prompt" | "messages", ...} per line.
+    #[arg(long, requires = "output")]
+    input: Option<PathBuf>,
+    /// Where to append results (JSONL); ids already there are skipped.
+    #[arg(long, requires = "input")]
+    output: Option<PathBuf>,
+    /// A GGUF file or a Hugging Face folder; default: the model setup.sh installs.
+    #[arg(long, env = "MOULIN_LLM")]
+    model: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    device: DeviceKind,
+    /// Weight precision on the device (default: f32 on cpu, f16 on a GPU).
+    #[arg(long, value_enum)]
+    dtype: Option<Dtype>,
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// 0 for greedy decoding.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Sample among the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop when the answer contains this text (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// A system message before the prompt.
+    #[arg(long)]
+    system: Option<String>,
+    /// Send the prompt as it is, without the chat template.
+    #[arg(long)]
+    raw: bool,
+    /// Prompts decoded together (batch files).
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Print the answer as JSON with its token counts and timings.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Dtype {
+    F32,
+    F16,
+}
+
+pub fn command(args: GenerateArgs) -> Result<u8> {
+    let path = args
+        .model
+        .clone()
+        .unwrap_or_else(moulin::llm::default_model_path);
+    if !path.exists() {
+        bail!(
+            "no language model at {}: run scripts/setup.sh to install the default one, or pass --model FILE_OR_FOLDER",
+            path.display()
+        );
+    }
+    let options = LoadOptions {
+        device: args.device,
+        dtype: args.dtype.map(|d| match d {
+            Dtype::F32 => WeightDtype::F32,
+            Dtype::F16 => WeightDtype::F16,
+        }),
+        ..LoadOptions::default()
+    };
+    let llm = Llm::load(&path, &options)?;
+    eprintln!("{}", llm.report);
+    let sampling = Sampling {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        seed: args.seed,
+    };
+    sampling.check().map_err(anyhow::Error::msg)?;
+
+    if let (Some(input), Some(output)) = (&args.input, &args.output) {
+        let options = BatchOptions {
+            batch_size: args.batch_size,
+            max_new_tokens: args.max_new_tokens,
+            sampling,
+        };
+        let tty = std::io::stderr().is_terminal();
+        let report = batch::run(&llm, input, output, &options, |done, total, rate| {
+            if tty {
+                eprint!("\r{done}/{total} prompts, {rate:.1} tokens/s   ");
+            } else {
+                eprintln!("{done}/{total} prompts, {rate:.1} tokens/s");
+            }
+        })
+        .with_context(|| format!("batch {}", input.display()))?;
+        if tty && report.completed > 0 {
+            eprintln!();
+        }
+        for (line, reason) in &report.failed {
+            eprintln!("{}:{line}: {reason}", input.display());
+        }
+        eprintln!(
+            "{} lines: {} completed, {} already done, {} failed; {} tokens in {:.1} s ({:.1} tokens/s)",
+            report.lines,
+            report.completed,
+            report.skipped,
+            report.failed.len(),
+            report.generated_tokens,
+            report.seconds,
+            report.generated_tokens as f64 / report.seconds.max(1e-9)
+        );
+        return Ok(if report.failed.is_empty() { 0 } else { 1 });
+    }
+
+    let prompt = args.prompt.expect("clap requires a prompt without --input");
+    let mut messages = Vec::new();
+    if let Some(system) = args.system {
+        messages.push(Message {
+            role: "system".into(),
+            content: system,
+        });
+    }
+    messages.push(Message::user(prompt));
+    let ids = llm.prompt_ids(&messages, args.raw)?;
+    let request = Request {
+        prompt: ids,
+        max_new_tokens: args.max_new_tokens,
+        sampling,
+        stop: args.stop,
+        ignore_eos: false,
+    };
+    let (mut out, timings) = llm.generate(std::slice::from_ref(&request))?;
+    let completion = out.pop().expect("one completion per request");
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        let value = serde_json::json!({
+            "text": completion.text,
+            "prompt_tokens": completion.prompt_tokens,
+            "generated_tokens": completion.tokens.len(),
+            "finish": completion.finish,
+            "prompt_seconds": timings.prompt_seconds,
+            "generate_seconds": timings.generate_seconds,
+        });
+        writeln!(stdout, "{value}")?;
+    } else {
+        writeln!(stdout, "{}", completion.text)?;
+    }
+    eprintln!(
+        "prompt: {} tokens in {:.2} s ({:.1} tokens/s); answer: {} tokens in {:.2} s ({:.1} tokens/s)",
+        timings.prompt_tokens,
+        timings.prompt_seconds,
+        timings.prompt_tokens as f64 / timings.prompt_seconds.max(1e-9),
+        timings.generated_tokens,
+        timings.generate_seconds,
+        timings.generated_tokens as f64 / timings.generate_seconds.max(1e-9),
+    );
+    Ok(0)
+}

@@ -1,0 +1,505 @@
+//! The Llama decoder in burn: RMSNorm, rotary position embeddings ("rotate
+//! half"), grouped-query attention over a KV cache, SwiGLU feed-forward, tied or
+//! separate output head.
+//!
+//! Tensors are laid out for batched decoding: activations are `[batch * seq,
+//! hidden]` matrices, projection weights are stored `[in, out]` and fused (Q, K
+//! and V in one matrix, gate and up in another) so each layer runs four matrix
+//! products. Prompts of different lengths are left-padded to a common length:
+//! every sequence writes the same cache slot at each step, and a mask hides the
+//! padding from attention while positions count from each sequence's own start.
+
+use burn::tensor::activation::silu;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
+use rayon::prelude::*;
+
+use super::config::LlamaConfig;
+use super::weights::{HostTensor, Weight, WeightSource};
+use crate::error::{Error, Result};
+
+/// The precision weights are kept in on the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightDtype {
+    #[default]
+    F32,
+    F16,
+}
+
+impl WeightDtype {
+    fn bytes(self) -> usize {
+        match self {
+            WeightDtype::F32 => 4,
+            WeightDtype::F16 => 2,
+        }
+    }
+
+    fn burn(self) -> DType {
+        match self {
+            WeightDtype::F32 => DType::F32,
+            WeightDtype::F16 => DType::F16,
+        }
+    }
+}
+
+struct Layer {
+    attn_norm: Tensor<1>,
+    /// `[hidden, (heads + 2 * kv_heads) * head_dim]`.
+    qkv: Linear,
+    /// `[heads * head_dim, hidden]`.
+    o: Linear,
+    mlp_norm: Tensor<1>,
+    /// `[hidden, 2 * intermediate]`: gate then up.
+    gate_up: Linear,
+    /// `[intermediate, hidden]`.
+    down: Linear,
+}
+
+/// A projection `x @ W`, `W` stored `[in, out]`. On the CPU the columns are cut
+/// into one block per core and the blocks multiplied in parallel: for the few
+/// rows of a decoding step the backend's matrix product runs on one thread,
+/// and the weights, read once per token, are what the time goes to.
+struct Linear {
+    parts: Vec<Tensor<2>>,
+    dtype: WeightDtype,
+}
+
+impl Linear {
+    fn new(m: Matrix, device: &Device, dtype: WeightDtype, parts: usize) -> Self {
+        let parts = parts.clamp(1, m.cols.max(1));
+        if parts == 1 {
+            return Linear {
+                parts: vec![upload_matrix(m, device, dtype)],
+                dtype,
+            };
+        }
+        let bounds: Vec<usize> = (0..=parts).map(|p| p * m.cols / parts).collect();
+        let parts = bounds
+            .windows(2)
+            .map(|w| {
+                let cols = w[1] - w[0];
+                let mut values = Vec::with_capacity(m.rows * cols);
+                for r in 0..m.rows {
+                    values.extend_from_slice(&m.values[r * m.cols + w[0]..r * m.cols + w[1]]);
+                }
+                upload_matrix(
+                    Matrix {
+                        values,
+                        rows: m.rows,
+                        cols,
+                    },
+                    device,
+                    dtype,
+                )
+            })
+            .collect();
+        Linear { parts, dtype }
+    }
+
+    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let x = match self.dtype {
+            WeightDtype::F32 => x,
+            WeightDtype::F16 => x.cast(DType::F16),
+        };
+        let y = if self.parts.len() == 1 {
+            x.matmul(self.parts[0].clone())
+        } else {
+            let outs: Vec<Tensor<2>> = self
+                .parts
+                .par_iter()
+                .map(|w| x.clone().matmul(w.clone()))
+                .collect();
+            Tensor::cat(outs, 1)
+        };
+        match self.dtype {
+            WeightDtype::F32 => y,
+            WeightDtype::F16 => y.cast(DType::F32),
+        }
+    }
+}
+
+pub struct Llama {
+    pub config: LlamaConfig,
+    device: Device,
+    dtype: WeightDtype,
+    /// `[vocab, hidden]`, rows looked up by token id.
+    embed: Tensor<2>,
+    layers: Vec<Layer>,
+    norm: Tensor<1>,
+    /// `[hidden, vocab]`.
+    head: Linear,
+    /// `[positions, head_dim]` tables of the rotary embedding.
+    cos: Tensor<2>,
+    sin: Tensor<2>,
+    /// `[head_dim, head_dim]`: `x @ rotate == rotate_half(x)`.
+    rotate: Tensor<2>,
+}
+
+/// Keys and values of every layer for a batch of sequences.
+pub struct KvCache {
+    keys: Vec<Option<Tensor<4>>>,
+    values: Vec<Option<Tensor<4>>>,
+    batch: usize,
+    capacity: usize,
+    /// Slots filled so far (the same for every sequence: prompts are left-padded).
+    len: usize,
+}
+
+impl KvCache {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Keep only the sequences at `rows` (finished ones are dropped so the
+    /// batch shrinks as it goes).
+    pub fn retain(&mut self, rows: &[usize], device: &Device) {
+        let index = int_tensor(rows.iter().map(|&r| r as i64).collect(), device);
+        for t in self.keys.iter_mut().chain(self.values.iter_mut()) {
+            let kept = t.take().expect("cache tensor").select(0, index.clone());
+            *t = Some(kept);
+        }
+        self.batch = rows.len();
+    }
+}
+
+fn int_tensor(values: Vec<i64>, device: &Device) -> Tensor<1, Int> {
+    let n = values.len();
+    Tensor::from_data(TensorData::new(values, [n]), device)
+}
+
+/// What one forward pass needs besides the token ids.
+pub struct StepInput<'a> {
+    /// `batch * seq` token ids, row by row.
+    pub tokens: Tensor<1, Int>,
+    pub batch: usize,
+    pub seq: usize,
+    /// Position of every token in its own sequence (`batch * seq`).
+    pub positions: &'a [usize],
+    /// For every sequence, which cache slots (after this step, `len + seq` of
+    /// them) hold real tokens rather than padding.
+    pub valid: &'a [Vec<bool>],
+}
+
+impl Llama {
+    /// Build the model from its weights on `device`, each projection cut into
+    /// `parts` blocks of columns multiplied in parallel (see [`Linear`]).
+    pub fn load(
+        config: LlamaConfig,
+        source: &WeightSource,
+        device: &Device,
+        dtype: WeightDtype,
+        max_positions: usize,
+        parts: usize,
+    ) -> Result<Self> {
+        let c = &config;
+        let (hidden, hd) = (c.hidden_size, c.head_dim);
+        let q_out = c.num_heads * hd;
+        let kv_out = c.num_kv_heads * hd;
+        let get = |w: Weight, shape: &[usize]| source.get(c, w, shape);
+        let vector = |t: HostTensor| -> Tensor<1> {
+            let n = t.values.len();
+            Tensor::from_data(TensorData::new(t.values, [n]), device)
+        };
+
+        let linear = |m: Matrix| Linear::new(m, device, dtype, parts);
+        let embed_host = get(Weight::Embed, &[c.vocab_size, hidden])?;
+        let head = if source.has(Weight::Head) {
+            let h = get(Weight::Head, &[c.vocab_size, hidden])?;
+            linear(transpose(&[&h]))
+        } else {
+            linear(transpose(&[&embed_host]))
+        };
+        // Embedding rows are gathered, not multiplied: keep them in f32.
+        let embed = upload_matrix(
+            Matrix {
+                values: embed_host.values,
+                rows: c.vocab_size,
+                cols: hidden,
+            },
+            device,
+            WeightDtype::F32,
+        );
+
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let q = get(Weight::Q(i), &[q_out, hidden])?;
+            let k = get(Weight::K(i), &[kv_out, hidden])?;
+            let v = get(Weight::V(i), &[kv_out, hidden])?;
+            let o = get(Weight::O(i), &[hidden, q_out])?;
+            let gate = get(Weight::Gate(i), &[c.intermediate_size, hidden])?;
+            let up = get(Weight::Up(i), &[c.intermediate_size, hidden])?;
+            let down = get(Weight::Down(i), &[hidden, c.intermediate_size])?;
+            layers.push(Layer {
+                attn_norm: vector(get(Weight::AttnNorm(i), &[hidden])?),
+                qkv: linear(transpose(&[&q, &k, &v])),
+                o: linear(transpose(&[&o])),
+                mlp_norm: vector(get(Weight::MlpNorm(i), &[hidden])?),
+                gate_up: linear(transpose(&[&gate, &up])),
+                down: linear(transpose(&[&down])),
+            });
+        }
+        let norm = vector(get(Weight::FinalNorm, &[hidden])?);
+
+        let inv = config.inverse_frequencies();
+        let positions = max_positions.max(1);
+        let mut cos = Vec::with_capacity(positions * hd);
+        let mut sin = Vec::with_capacity(positions * hd);
+        for p in 0..positions {
+            // "Rotate half": the same frequencies for both halves of a head.
+            for _ in 0..2 {
+                for f in &inv {
+                    let angle = p as f64 * f;
+                    cos.push(angle.cos() as f32);
+                    sin.push(angle.sin() as f32);
+                }
+            }
+        }
+        let mut rotate = vec![0f32; hd * hd];
+        let half = hd / 2;
+        for i in 0..half {
+            rotate[(i + half) * hd + i] = -1.0;
+            rotate[i * hd + i + half] = 1.0;
+        }
+        Ok(Llama {
+            cos: Tensor::from_data(TensorData::new(cos, [positions, hd]), device),
+            sin: Tensor::from_data(TensorData::new(sin, [positions, hd]), device),
+            rotate: Tensor::from_data(TensorData::new(rotate, [hd, hd]), device),
+            config,
+            device: device.clone(),
+            dtype,
+            embed,
+            layers,
+            norm,
+            head,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Bytes the weights take on the device.
+    pub fn weight_bytes(&self) -> usize {
+        let c = &self.config;
+        let embed = c.vocab_size * c.hidden_size * 4;
+        (c.parameters() - c.vocab_size * c.hidden_size) * self.dtype.bytes()
+            + embed
+            + if c.tie_word_embeddings {
+                c.vocab_size * c.hidden_size * self.dtype.bytes()
+            } else {
+                0
+            }
+    }
+
+    /// An empty cache for `batch` sequences of up to `capacity` tokens.
+    pub fn cache(&self, batch: usize, capacity: usize) -> Result<KvCache> {
+        let c = &self.config;
+        if capacity > self.cos.dims()[0] {
+            return Err(Error::Llm {
+                model: c.architecture.clone(),
+                reason: format!(
+                    "{capacity} tokens do not fit the model's context of {} positions",
+                    self.cos.dims()[0]
+                ),
+            });
+        }
+        let shape = [batch, c.num_kv_heads, capacity, c.head_dim];
+        let zeros = || Some(Tensor::<4>::zeros(shape, &self.device));
+        Ok(KvCache {
+            keys: (0..c.num_layers).map(|_| zeros()).collect(),
+            values: (0..c.num_layers).map(|_| zeros()).collect(),
+            batch,
+            capacity,
+            len: 0,
+        })
+    }
+
+    /// Run `input` through the model, append its keys and values to `cache`,
+    /// and return the logits of each sequence's last token, `[batch, vocab]`.
+    pub fn forward(&self, input: StepInput<'_>, cache: &mut KvCache) -> Result<Tensor<2>> {
+        let c = &self.config;
+        let (b, s) = (input.batch, input.seq);
+        let n = b * s;
+        let (heads, kv_heads, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let group = heads / kv_heads;
+        let start = cache.len;
+        let end = start + s;
+        if end > cache.capacity {
+            return Err(Error::Llm {
+                model: c.architecture.clone(),
+                reason: format!(
+                    "KV cache overflow: {end} tokens in a cache sized for {}",
+                    cache.capacity
+                ),
+            });
+        }
+        assert_eq!(cache.batch, b, "cache batch");
+        assert_eq!(input.positions.len(), n, "one position per token");
+
+        // Rotary tables for each token's own position, broadcast over heads.
+        let pos = int_tensor(
+            input.positions.iter().map(|&p| p as i64).collect(),
+            &self.device,
+        );
+        let cos = self
+            .cos
+            .clone()
+            .select(0, pos.clone())
+            .reshape([b, s, 1, hd]);
+        let sin = self.sin.clone().select(0, pos).reshape([b, s, 1, hd]);
+        let rope = |x: Tensor<4>, nh: usize| -> Tensor<4> {
+            let rotated = x.clone().reshape([n * nh, hd]).matmul(self.rotate.clone());
+            x * cos.clone() + rotated.reshape([b, s, nh, hd]) * sin.clone()
+        };
+
+        // Attention mask, `true` where a query must not look: padding slots and
+        // slots after the query (causal). Queries are grouped by key/value head:
+        // rows are (group member, token).
+        let mut mask = Vec::with_capacity(b * group * s * end);
+        for row in input.valid.iter().take(b) {
+            for _ in 0..group {
+                for t in 0..s {
+                    let limit = start + t;
+                    mask.extend(
+                        (0..end).map(|j| j > limit || !row.get(j).copied().unwrap_or(false)),
+                    );
+                }
+            }
+        }
+        let mask: Tensor<4, Bool> =
+            Tensor::from_data(TensorData::new(mask, [b, 1, group * s, end]), &self.device);
+        let options = AttentionModuleOptions {
+            scale: Some(1.0 / (hd as f64).sqrt()),
+            ..Default::default()
+        };
+
+        let mut x = self.embed.clone().select(0, input.tokens); // [n, hidden]
+        for (l, layer) in self.layers.iter().enumerate() {
+            let h = rms_norm(x.clone(), &layer.attn_norm, c.rms_norm_eps);
+            let qkv = layer.qkv.forward(h);
+            let q = qkv
+                .clone()
+                .slice([0..n, 0..heads * hd])
+                .reshape([b, s, heads, hd]);
+            let k = qkv
+                .clone()
+                .slice([0..n, heads * hd..(heads + kv_heads) * hd])
+                .reshape([b, s, kv_heads, hd]);
+            let v = qkv
+                .slice([0..n, (heads + kv_heads) * hd..(heads + 2 * kv_heads) * hd])
+                .reshape([b, s, kv_heads, hd]);
+            let q = rope(q, heads)
+                .swap_dims(1, 2)
+                .reshape([b, kv_heads, group * s, hd]);
+            let k = rope(k, kv_heads).swap_dims(1, 2);
+            let v = v.swap_dims(1, 2);
+
+            let slots = [0..b, 0..kv_heads, start..end, 0..hd];
+            let keys = cache.keys[l]
+                .take()
+                .expect("cache")
+                .slice_assign(slots.clone(), k);
+            let values = cache.values[l]
+                .take()
+                .expect("cache")
+                .slice_assign(slots, v);
+            let seen = [0..b, 0..kv_heads, 0..end, 0..hd];
+            let attn = attention(
+                q,
+                keys.clone().slice(seen.clone()),
+                values.clone().slice(seen),
+                Some(mask.clone()),
+                None,
+                options,
+            );
+            cache.keys[l] = Some(keys);
+            cache.values[l] = Some(values);
+
+            let attn = attn
+                .reshape([b, heads, s, hd])
+                .swap_dims(1, 2)
+                .reshape([n, heads * hd]);
+            x = x + layer.o.forward(attn);
+
+            let h = rms_norm(x.clone(), &layer.mlp_norm, c.rms_norm_eps);
+            let gu = layer.gate_up.forward(h);
+            let f = c.intermediate_size;
+            let gate = gu.clone().slice([0..n, 0..f]);
+            let up = gu.slice([0..n, f..2 * f]);
+            x = x + layer.down.forward(silu(gate) * up);
+        }
+        cache.len = end;
+
+        let last = x
+            .reshape([b, s, c.hidden_size])
+            .slice([0..b, s - 1..s, 0..c.hidden_size])
+            .reshape([b, c.hidden_size]);
+        let last = rms_norm(last, &self.norm, c.rms_norm_eps);
+        Ok(self.head.forward(last))
+    }
+}
+
+fn rms_norm(x: Tensor<2>, weight: &Tensor<1>, eps: f64) -> Tensor<2> {
+    let scale = (x.clone().square().mean_dim(1) + eps).sqrt().recip();
+    x * scale * weight.clone().unsqueeze::<2>()
+}
+
+struct Matrix {
+    values: Vec<f32>,
+    rows: usize,
+    cols: usize,
+}
+
+/// `[out, in]` weights stacked along `out`, transposed to `[in, out_total]`.
+fn transpose(parts: &[&HostTensor]) -> Matrix {
+    let cols_in = parts[0].shape[1];
+    let rows_out: usize = parts.iter().map(|p| p.shape[0]).sum();
+    let mut values = vec![0f32; cols_in * rows_out];
+    // Each output row `i` gathers column `i` of every part.
+    values
+        .par_chunks_mut(rows_out)
+        .enumerate()
+        .for_each(|(i, row)| {
+            let mut o = 0;
+            for p in parts {
+                for r in 0..p.shape[0] {
+                    row[o] = p.values[r * cols_in + i];
+                    o += 1;
+                }
+            }
+        });
+    Matrix {
+        values,
+        rows: cols_in,
+        cols: rows_out,
+    }
+}
+
+fn upload_matrix(m: Matrix, device: &Device, dtype: WeightDtype) -> Tensor<2> {
+    match dtype {
+        WeightDtype::F32 => Tensor::from_data(TensorData::new(m.values, [m.rows, m.cols]), device),
+        WeightDtype::F16 => {
+            let halves: Vec<half::f16> = m
+                .values
+                .par_iter()
+                .map(|&v| half::f16::from_f32(v))
+                .collect();
+            let t: Tensor<2> = Tensor::from_data(TensorData::new(halves, [m.rows, m.cols]), device);
+            debug_assert_eq!(t.dtype(), dtype.burn());
+            t
+        }
+    }
+}

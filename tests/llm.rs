@@ -1,0 +1,484 @@
+//! The LLM runner on the real default model (SmolLM2-135M-Instruct, Q4_1 GGUF,
+//! installed by scripts/setup.sh): answers, batching, logits against an
+//! independent NumPy forward pass, tokenizer, model files, and `moulin generate`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use moulin::llm::{self, Llm, LoadOptions, Message, Request, Sampling};
+
+fn model_path() -> PathBuf {
+    let path = llm::default_model_path();
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/setup.sh (the README's test command does)",
+        path.display()
+    );
+    path
+}
+
+/// The model is loaded once for the tests of this file.
+fn smollm() -> &'static Llm {
+    static LLM: OnceLock<Llm> = OnceLock::new();
+    LLM.get_or_init(|| {
+        Llm::load(&model_path(), &LoadOptions::default()).expect("the default model loads")
+    })
+}
+
+fn greedy(prompt: Vec<u32>, max_new_tokens: usize) -> Request {
+    Request {
+        prompt,
+        max_new_tokens,
+        ..Request::default()
+    }
+}
+
+fn chat(llm: &Llm, text: &str) -> Vec<u32> {
+    llm.prompt_ids(&[Message::user(text)], false).unwrap()
+}
+
+#[test]
+fn greedy_answer_to_the_capital_of_france_names_paris() {
+    let llm = smollm();
+    let prompt = chat(llm, "What is the capital of France?");
+    let (out, timings) = llm.generate(&[greedy(prompt, 32)]).unwrap();
+    eprintln!("{:?} {timings:?}", out[0].text);
+    assert!(out[0].text.contains("Paris"), "{:?}", out[0].text);
+    // The model says its sentence and ends its turn.
+    assert_eq!(out[0].finish, llm::Finish::Stop);
+}
+
+#[test]
+fn batched_greedy_equals_one_at_a_time() {
+    let llm = smollm();
+    let prompts = [
+        "What is the capital of France?",
+        "Write one sentence about the sea.",
+        "Quelle est la langue officielle de la France ? Réponds en une phrase.",
+        "List three colours.",
+    ];
+    let requests: Vec<Request> = prompts.iter().map(|p| greedy(chat(llm, p), 24)).collect();
+    let lengths: Vec<usize> = requests.iter().map(|r| r.prompt.len()).collect();
+    assert!(
+        lengths.windows(2).any(|w| w[0] != w[1]),
+        "prompts of different lengths: {lengths:?}"
+    );
+
+    let (batched, _) = llm.generate(&requests).unwrap();
+    for (request, together) in requests.iter().zip(&batched) {
+        let (alone, _) = llm.generate(std::slice::from_ref(request)).unwrap();
+        assert_eq!(
+            together.tokens, alone[0].tokens,
+            "{:?} vs {:?}",
+            together.text, alone[0].text
+        );
+        assert!(!together.tokens.is_empty());
+    }
+}
+
+#[test]
+fn sampling_is_deterministic_for_a_seed() {
+    let llm = smollm();
+    let sampled = |seed| {
+        let r = Request {
+            prompt: chat(llm, "Tell me a word."),
+            max_new_tokens: 12,
+            sampling: Sampling {
+                temperature: 1.0,
+                top_k: 40,
+                top_p: 0.95,
+                seed,
+            },
+            ..Request::default()
+        };
+        llm.generate(&[r]).unwrap().0.remove(0).tokens
+    };
+    assert_eq!(sampled(7), sampled(7));
+    let draws: std::collections::HashSet<Vec<u32>> = (0..4).map(sampled).collect();
+    assert!(draws.len() > 1, "different seeds draw differently");
+}
+
+#[test]
+fn stop_strings_and_max_new_tokens_end_a_sequence() {
+    let llm = smollm();
+    let prompt = chat(llm, "What is the capital of France?");
+    let mut r = greedy(prompt.clone(), 32);
+    r.stop = vec!["France".into()];
+    let (out, _) = llm.generate(&[r, greedy(prompt, 3)]).unwrap();
+    assert!(!out[0].text.contains("France"), "{:?}", out[0].text);
+    assert_eq!(out[0].finish, llm::Finish::Stop);
+    assert_eq!(out[1].tokens.len(), 3);
+    assert_eq!(out[1].finish, llm::Finish::Length);
+}
+
+#[test]
+fn a_request_longer_than_the_context_is_refused() {
+    let llm = smollm();
+    let err = llm
+        .generate(&[greedy(vec![1; 10], llm.context)])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("exceed the context"), "{err}");
+}
+
+/// Logits of the first forward pass against `scripts/llm_reference.py`, an
+/// independent NumPy reading of the same GGUF file in float64.
+#[test]
+fn logits_match_the_numpy_reference() {
+    let llm = smollm();
+    let text =
+        std::fs::read_to_string(common::fixtures().join("llm/reference_logits.json")).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let ids: Vec<u32> = reference["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let positions: Vec<Vec<f64>> = serde_json::from_value(reference["positions"].clone()).unwrap();
+    let top10: Vec<(u32, f64)> = serde_json::from_value(reference["last_top10"].clone()).unwrap();
+
+    // The whole prompt at once, then the same prompt token by token through
+    // the KV cache: both must give the reference's logits.
+    let all = llm.logits_by_chunks(&ids, ids.len()).unwrap();
+    let stepped = llm.logits_by_chunks(&ids, 1).unwrap();
+    // f32 against f64 over 30 layers: measured 7.6e-5 on logits of about ±30.
+    const TOLERANCE: f64 = 1e-3;
+    let mut worst: f64 = 0.0;
+    for (p, expected) in positions.iter().enumerate() {
+        for (j, e) in expected.iter().enumerate() {
+            worst = worst.max((f64::from(stepped[p][j]) - e).abs());
+        }
+    }
+    let last = all.last().unwrap();
+    for &(id, value) in &top10 {
+        worst = worst.max((f64::from(last[id as usize]) - value).abs());
+    }
+    eprintln!("largest difference from the reference: {worst:.2e} (tolerance {TOLERANCE})");
+    assert!(
+        worst < TOLERANCE,
+        "logits differ from the reference by {worst}"
+    );
+    // Same ranking of the ten most likely next tokens.
+    let mut order: Vec<usize> = (0..last.len()).collect();
+    order.sort_by(|&a, &b| last[b].total_cmp(&last[a]));
+    let ours: Vec<u32> = order[..10].iter().map(|&i| i as u32).collect();
+    let theirs: Vec<u32> = top10.iter().map(|t| t.0).collect();
+    assert_eq!(ours[..3], theirs[..3]);
+}
+
+#[test]
+fn french_text_round_trips_through_the_tokenizer() {
+    let llm = smollm();
+    let text = "L'État garantit l'égalité d'accès à l'œuvre « publique » : 3,5 % des crédits, déjà votés — voilà. Où ? Ça, là-bas !";
+    let ids = llm.tokenizer.encode_plain(text).unwrap();
+    assert!(ids.len() > 20);
+    assert_eq!(llm.tokenizer.decode(&ids).unwrap(), text);
+    // Special tokens written in a prompt are single tokens.
+    let ids = llm.tokenizer.encode_plain("<|im_start|>user").unwrap();
+    assert_eq!(ids[0], 1);
+}
+
+#[test]
+fn chat_template_is_chatml_with_the_default_system_prompt() {
+    let llm = smollm();
+    let text = llm
+        .tokenizer
+        .apply_chat_template(&[Message::user("Bonjour")])
+        .unwrap();
+    assert!(text.starts_with("<|im_start|>system\n"), "{text}");
+    assert!(
+        text.ends_with("<|im_start|>user\nBonjour<|im_end|>\n<|im_start|>assistant\n"),
+        "{text}"
+    );
+}
+
+fn load_error(path: &Path) -> String {
+    Llm::load(path, &LoadOptions::default())
+        .map(|_| ())
+        .expect_err("a broken model must not load")
+        .to_string()
+}
+
+#[test]
+fn corrupt_and_truncated_model_files_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(model_path()).unwrap();
+
+    let truncated = dir.path().join("truncated.gguf");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let err = load_error(&truncated);
+    assert!(err.contains("truncated"), "{err}");
+
+    let header_only = dir.path().join("header.gguf");
+    std::fs::write(&header_only, &bytes[..100]).unwrap();
+    let err = load_error(&header_only);
+    assert!(err.contains("truncated"), "{err}");
+
+    let garbage = dir.path().join("garbage.gguf");
+    std::fs::write(&garbage, b"this is not a model").unwrap();
+    let err = load_error(&garbage);
+    assert!(err.contains("not a GGUF file"), "{err}");
+
+    // A corrupt count in the header: 2^60 tensors.
+    let mut bad = bytes[..4096].to_vec();
+    bad[8..16].copy_from_slice(&(1u64 << 60).to_le_bytes());
+    let bad_count = dir.path().join("count.gguf");
+    std::fs::write(&bad_count, &bad).unwrap();
+    let err = load_error(&bad_count);
+    assert!(err.contains("tensor count 1152921504606846976"), "{err}");
+    assert!(err.contains("corrupt header"), "{err}");
+
+    let hf = dir.path().join("qwen");
+    std::fs::create_dir(&hf).unwrap();
+    std::fs::write(
+        hf.join("config.json"),
+        r#"{"architectures": ["Qwen2ForCausalLM"], "vocab_size": 10, "hidden_size": 8,
+            "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2}"#,
+    )
+    .unwrap();
+    let err = load_error(&hf);
+    assert!(
+        err.contains("unsupported architecture Qwen2ForCausalLM"),
+        "{err}"
+    );
+}
+
+/// The same weights as a Hugging Face folder (config.json, safetensors,
+/// tokenizer.json) give the same logits as the GGUF file.
+#[test]
+fn hugging_face_folder_gives_the_gguf_logits() {
+    let llm = smollm();
+    let dir = tempfile::tempdir().unwrap();
+    write_hf_folder(llm, &model_path(), dir.path());
+    let hf = Llm::load(dir.path(), &LoadOptions::default()).unwrap();
+    assert_eq!(hf.report.parameters, llm.report.parameters);
+    let ids = chat(llm, "What is the capital of France?");
+    assert_eq!(chat(&hf, "What is the capital of France?"), ids);
+    let a = llm.logits_by_chunks(&ids, ids.len()).unwrap();
+    let b = hf.logits_by_chunks(&ids, ids.len()).unwrap();
+    let diff = a
+        .last()
+        .unwrap()
+        .iter()
+        .zip(b.last().unwrap())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(diff < 1e-3, "{diff}");
+}
+
+/// Write the GGUF model as a Hugging Face folder: config.json, one f32
+/// safetensors file with Hugging Face names (Q/K rows back in "rotate half"
+/// order), tokenizer.json and tokenizer_config.json.
+fn write_hf_folder(llm: &Llm, gguf_path: &Path, dir: &Path) {
+    use llm::gguf::{Gguf, Value};
+    use llm::weights::{Weight, WeightSource};
+    let gguf = Gguf::open(gguf_path).unwrap();
+    let c = llm::LlamaConfig::from_gguf(&gguf).unwrap();
+    let source = WeightSource::Gguf(gguf);
+    let (h, hd, f) = (c.hidden_size, c.head_dim, c.intermediate_size);
+    let mut weights: Vec<(String, Weight, Vec<usize>)> = vec![
+        (
+            "model.embed_tokens.weight".into(),
+            Weight::Embed,
+            vec![c.vocab_size, h],
+        ),
+        ("model.norm.weight".into(), Weight::FinalNorm, vec![h]),
+    ];
+    for i in 0..c.num_layers {
+        let p = format!("model.layers.{i}.");
+        weights.extend([
+            (
+                format!("{p}input_layernorm.weight"),
+                Weight::AttnNorm(i),
+                vec![h],
+            ),
+            (
+                format!("{p}self_attn.q_proj.weight"),
+                Weight::Q(i),
+                vec![c.num_heads * hd, h],
+            ),
+            (
+                format!("{p}self_attn.k_proj.weight"),
+                Weight::K(i),
+                vec![c.num_kv_heads * hd, h],
+            ),
+            (
+                format!("{p}self_attn.v_proj.weight"),
+                Weight::V(i),
+                vec![c.num_kv_heads * hd, h],
+            ),
+            (
+                format!("{p}self_attn.o_proj.weight"),
+                Weight::O(i),
+                vec![h, c.num_heads * hd],
+            ),
+            (
+                format!("{p}post_attention_layernorm.weight"),
+                Weight::MlpNorm(i),
+                vec![h],
+            ),
+            (
+                format!("{p}mlp.gate_proj.weight"),
+                Weight::Gate(i),
+                vec![f, h],
+            ),
+            (format!("{p}mlp.up_proj.weight"), Weight::Up(i), vec![f, h]),
+            (
+                format!("{p}mlp.down_proj.weight"),
+                Weight::Down(i),
+                vec![h, f],
+            ),
+        ]);
+    }
+    let tensors: Vec<(String, Vec<u8>, Vec<usize>)> = weights
+        .into_iter()
+        .map(|(name, w, shape)| {
+            let t = source.get(&c, w, &shape).unwrap();
+            let bytes = t.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (name, bytes, shape)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(name, bytes, shape)| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                    .unwrap();
+            (name.clone(), view)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+    let config = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "vocab_size": c.vocab_size, "hidden_size": h, "intermediate_size": f,
+        "num_hidden_layers": c.num_layers, "num_attention_heads": c.num_heads,
+        "num_key_value_heads": c.num_kv_heads, "rope_theta": c.rope_theta,
+        "rms_norm_eps": c.rms_norm_eps, "max_position_embeddings": c.max_position_embeddings,
+        "tie_word_embeddings": c.tie_word_embeddings, "hidden_act": "silu",
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    llm.tokenizer.save(&dir.join("tokenizer.json")).unwrap();
+    let WeightSource::Gguf(gguf) = &source else {
+        unreachable!()
+    };
+    let template = gguf
+        .get("tokenizer.chat_template")
+        .and_then(Value::as_str)
+        .unwrap();
+    let tokenizer_config = serde_json::json!({
+        "chat_template": template, "bos_token": "<|im_start|>", "eos_token": "<|im_end|>",
+        "add_bos_token": false,
+    });
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        tokenizer_config.to_string(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn generate_command_prints_the_answer() {
+    let out = common::run(&[
+        "generate",
+        "What is the capital of France?",
+        "--max-new-tokens",
+        "24",
+    ]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("Paris"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("tokens/s"), "{stderr}");
+    assert!(stderr.contains("134.5 M parameters"), "{stderr}");
+}
+
+#[test]
+fn batch_file_resumes_after_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("prompts.jsonl");
+    let mut lines = String::new();
+    for i in 0..6 {
+        lines.push_str(&format!(
+            "{{\"id\": \"q{i}\", \"prompt\": \"Give me the number {i} in words.\", \"max_new_tokens\": 12}}\n"
+        ));
+    }
+    lines.push_str("{\"id\": \"msg\", \"messages\": [{\"role\": \"user\", \"content\": \"Say hello.\"}], \"max_new_tokens\": 8, \"temperature\": 0.7, \"seed\": 3}\n");
+    lines.push_str("not json\n");
+    std::fs::write(&input, lines).unwrap();
+
+    let run = |output: &Path| {
+        common::moulin()
+            .args(["generate", "--batch-size", "1", "--input"])
+            .arg(&input)
+            .arg("--output")
+            .arg(output)
+            .output()
+            .unwrap()
+    };
+    // A run to the end, for comparison.
+    let clean = dir.path().join("clean.jsonl");
+    let out = run(&clean);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the bad line fails the run: {out:?}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("prompts.jsonl:8: not a prompt line"),
+        "{stderr}"
+    );
+
+    // Killed after its first result, then rerun.
+    let output = dir.path().join("answers.jsonl");
+    let mut child = common::moulin()
+        .args(["generate", "--batch-size", "1", "--input"])
+        .arg(&input)
+        .arg("--output")
+        .arg(&output)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(&output).map_or(0, |t| t.lines().count()) < 2 {
+        assert!(started.elapsed().as_secs() < 120, "no result written");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // A line cut in the middle, as a kill during a write leaves it.
+    let mut text = std::fs::read_to_string(&output).unwrap();
+    let kept = text.lines().count();
+    assert!(kept < 7, "killed before the end ({kept} results)");
+    text.push_str("{\"id\": \"q5\", \"te");
+    std::fs::write(&output, text).unwrap();
+
+    let out = run(&output);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("{kept} already done")), "{stderr}");
+
+    let parse = |p: &Path| -> std::collections::BTreeMap<String, String> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value =
+                    serde_json::from_str(l).expect("every line is complete JSON");
+                (
+                    v["id"].as_str().unwrap().to_string(),
+                    v["text"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let resumed = parse(&output);
+    assert_eq!(
+        std::fs::read_to_string(&output).unwrap().lines().count(),
+        7,
+        "each id once"
+    );
+    assert_eq!(resumed, parse(&clean));
+}
