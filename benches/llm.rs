@@ -17,10 +17,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use moulin::llm::{self, LoadOptions, Llm, Request};
+use moulin::llm::{self, Llm, LoadOptions, Request};
 
 fn env_usize(key: &str, default: usize) -> usize {
-    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// `batch` prompts of `len` tokens: a French administrative text, each row
@@ -32,31 +35,42 @@ fn prompts(llm: &Llm, batch: usize, len: usize) -> Vec<Vec<u32>> {
         projet, son budget prévisionnel, le calendrier de réalisation et la liste des autres \
         financements sollicités. ";
     let ids = llm.tokenizer.encode_plain(&text.repeat(40)).unwrap();
-    (0..batch).map(|b| ids[b * 7..b * 7 + len].to_vec()).collect()
+    (0..batch)
+        .map(|b| ids[b * 7..b * 7 + len].to_vec())
+        .collect()
 }
 
-/// One case in this process: print a JSON line with the figures.
-fn run_case(batch: usize, prompt: usize, gen: usize) {
+/// One case in this process: write the prompt ids for llama.cpp to `ids_file`,
+/// run, and print a JSON line with the figures.
+fn run_case(batch: usize, prompt: usize, new_tokens: usize, ids_file: &Path) {
     let path = llm::default_model_path();
     let llm = Llm::load(&path, &LoadOptions::default()).expect("model loads");
-    let requests: Vec<Request> = prompts(&llm, batch, prompt)
+    let ids = prompts(&llm, batch, prompt);
+    std::fs::write(ids_file, serde_json::to_string(&ids).unwrap()).unwrap();
+    let requests: Vec<Request> = ids
         .into_iter()
         .map(|p| Request {
             prompt: p,
-            max_new_tokens: gen,
+            max_new_tokens: new_tokens,
             ignore_eos: true,
             ..Request::default()
         })
         .collect();
     // Warm up (first-touch allocations), then measure.
-    let _ = llm.generate(&requests[..1].iter().cloned().map(|mut r| {
-        r.max_new_tokens = 4;
-        r
-    }).collect::<Vec<_>>());
+    let _ = llm.generate(
+        &requests[..1]
+            .iter()
+            .cloned()
+            .map(|mut r| {
+                r.max_new_tokens = 4;
+                r
+            })
+            .collect::<Vec<_>>(),
+    );
     let (out, t) = llm.generate(&requests).expect("generation runs");
-    assert!(out.iter().all(|c| c.tokens.len() == gen));
-    // The prompt pass gives the first token; the decoding passes the other gen - 1.
-    let decode_tokens = batch * (gen - 1);
+    assert!(out.iter().all(|c| c.tokens.len() == new_tokens));
+    // The prompt pass gives the first token; the decoding passes the other new_tokens - 1.
+    let decode_tokens = batch * (new_tokens - 1);
     println!(
         "{}",
         serde_json::json!({
@@ -75,10 +89,7 @@ fn run_case(batch: usize, prompt: usize, gen: usize) {
 fn measured(cmd: &mut Command) -> Option<(serde_json::Value, f64, f64)> {
     use std::io::Read;
     let started = Instant::now();
-    let mut child = cmd
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .ok()?;
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().ok()?;
     let mut stdout = child.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut s = String::new();
@@ -114,7 +125,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--case") {
         let n = |k: usize| args[i + k].parse::<usize>().unwrap();
-        run_case(n(1), n(2), n(3));
+        run_case(n(1), n(2), n(3), Path::new(&args[i + 4]));
         return;
     }
     // cargo bench passes --bench; anything else is a filter we do not use.
@@ -123,19 +134,23 @@ fn main() {
         std::thread::available_parallelism().map_or(1, |n| n.get()),
     );
     let prompt = env_usize("LLM_BENCH_PROMPT", 128);
-    let gen = env_usize("LLM_BENCH_GEN", 64);
+    let new_tokens = env_usize("LLM_BENCH_GEN", 64);
     let batches: Vec<usize> = std::env::var("LLM_BENCH_BATCHES")
         .unwrap_or_else(|_| "1 4 16".into())
         .split_whitespace()
         .filter_map(|b| b.parse().ok())
         .collect();
     let model = llm::default_model_path();
-    assert!(model.is_file(), "{} missing: run scripts/setup.sh", model.display());
+    assert!(
+        model.is_file(),
+        "{} missing: run scripts/setup.sh",
+        model.display()
+    );
     let exe = std::env::current_exe().unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/llama_cpp_bench.py");
     let python = llama_python();
     println!(
-        "LLM runner, {} on cpu, {threads} threads, prompts of {prompt} tokens, {gen} new tokens (greedy, EOS ignored)",
+        "LLM runner, {} on cpu (f16 weights), {threads} threads, prompts of {prompt} tokens, {new_tokens} new tokens (greedy, EOS ignored)",
         model.file_name().unwrap().to_string_lossy()
     );
     println!(
@@ -144,15 +159,18 @@ fn main() {
     );
     let mut results = Vec::new();
     for &batch in &batches {
-        // The prompt ids both runners get.
+        // The prompt ids both runners get, written by our case (this process
+        // never loads the model: a child's peak memory would count it).
         let ids_file = std::env::temp_dir().join(format!("moulin-llm-bench-{batch}.json"));
-        {
-            let llm = Llm::load(&model, &LoadOptions::default()).unwrap();
-            std::fs::write(&ids_file, serde_json::to_string(&prompts(&llm, batch, prompt)).unwrap()).unwrap();
-        }
         let ours = measured(
             Command::new(&exe)
-                .args(["--case", &batch.to_string(), &prompt.to_string(), &gen.to_string()])
+                .args([
+                    "--case",
+                    &batch.to_string(),
+                    &prompt.to_string(),
+                    &new_tokens.to_string(),
+                ])
+                .arg(&ids_file)
                 .env("RAYON_NUM_THREADS", threads.to_string()),
         );
         let theirs = python.as_ref().and_then(|py| {
@@ -161,7 +179,7 @@ fn main() {
                     .arg(&script)
                     .arg(&model)
                     .arg(&ids_file)
-                    .args([&gen.to_string(), &threads.to_string()]),
+                    .args([&new_tokens.to_string(), &threads.to_string()]),
             )
         });
         for (name, r) in [("moulin", &ours), ("llama.cpp", &theirs)] {
@@ -178,18 +196,30 @@ fn main() {
         let _ = std::fs::remove_file(&ids_file);
     }
     println!();
-    let gen_of = |r: &Option<(serde_json::Value, f64, f64)>| r.as_ref().and_then(|r| r.0["gen_tps"].as_f64());
-    let pp_of = |r: &Option<(serde_json::Value, f64, f64)>| r.as_ref().and_then(|r| r.0["pp_tps"].as_f64());
+    let gen_of = |r: &Option<(serde_json::Value, f64, f64)>| {
+        r.as_ref().and_then(|r| r.0["gen_tps"].as_f64())
+    };
+    let pp_of =
+        |r: &Option<(serde_json::Value, f64, f64)>| r.as_ref().and_then(|r| r.0["pp_tps"].as_f64());
     for (batch, ours, theirs) in &results {
         if let (Some(a), Some(b)) = (gen_of(ours), gen_of(theirs)) {
-            println!("batch {batch}: moulin / llama.cpp generation = {:.2}", a / b);
+            println!(
+                "batch {batch}: moulin / llama.cpp generation = {:.2}",
+                a / b
+            );
         }
         if let (Some(a), Some(b)) = (pp_of(ours), pp_of(theirs)) {
-            println!("batch {batch}: moulin / llama.cpp prompt processing = {:.2}", a / b);
+            println!(
+                "batch {batch}: moulin / llama.cpp prompt processing = {:.2}",
+                a / b
+            );
         }
     }
     let single = results.iter().find(|r| r.0 == 1).and_then(|r| gen_of(&r.1));
-    let sixteen = results.iter().find(|r| r.0 == 16).and_then(|r| gen_of(&r.1));
+    let sixteen = results
+        .iter()
+        .find(|r| r.0 == 16)
+        .and_then(|r| gen_of(&r.1));
     if let (Some(one), Some(many)) = (single, sixteen) {
         println!("moulin generation, batch 16 / batch 1 = {:.2}", many / one);
     }

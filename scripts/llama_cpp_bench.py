@@ -24,6 +24,9 @@ def main():
     prompts = json.load(open(ids_path))
     batch_size, length = len(prompts), len(prompts[0])
 
+    # Quiet: llama.cpp logs every tensor and graph node to stderr.
+    quiet = L.llama_log_callback(lambda level, text, data: None)
+    L.llama_log_set(quiet, ctypes.c_void_p())
     L.llama_backend_init()
     started = time.perf_counter()
     model = L.llama_model_load_from_file(model_path.encode(), L.llama_model_default_params())

@@ -24,7 +24,7 @@ pub struct GenerateArgs {
     model: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     device: DeviceKind,
-    /// Weight precision on the device (default: f32 on cpu, f16 on a GPU).
+    /// Weight precision on the device (default: f16).
     #[arg(long, value_enum)]
     dtype: Option<Dtype>,
     #[arg(long, default_value_t = 256)]

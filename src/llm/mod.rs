@@ -8,6 +8,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod cpu;
 pub mod generate;
 pub mod gguf;
 pub mod model;
@@ -75,7 +76,8 @@ impl DeviceKind {
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     pub device: DeviceKind,
-    /// Weight precision on the device; `None`: f32 on the CPU, f16 on a GPU.
+    /// Weight precision on the device; `None`: f16 (half the bytes to read per
+    /// token, which is what decoding waits on).
     pub dtype: Option<WeightDtype>,
     /// Longest prompt + answer to prepare for.
     pub context: usize,
@@ -170,21 +172,12 @@ impl Llm {
             });
         }
         let device = options.device.device()?;
-        let dtype = options.dtype.unwrap_or(match options.device {
-            DeviceKind::Cpu => WeightDtype::F32,
-            _ => WeightDtype::F16,
-        });
+        let dtype = options.dtype.unwrap_or(WeightDtype::F16);
         let context = options.context.min(config.max_position_embeddings);
         let file_dtype = source.describe_dtype();
-        // On the CPU, projections are cut into one block of columns per core.
-        let parts = match options.device {
-            DeviceKind::Cpu => std::env::var("MOULIN_LLM_SPLIT")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(rayon::current_num_threads),
-            _ => 1,
-        };
-        let model = Llama::load(config.clone(), &source, &device, dtype, context, parts)?;
+        let cpu_kernel = options.device == DeviceKind::Cpu
+            && std::env::var("MOULIN_LLM_KERNEL").as_deref() != Ok("0");
+        let model = Llama::load(config.clone(), &source, &device, dtype, context, cpu_kernel)?;
         drop(source);
         let report = LoadReport {
             model: display_name(path),

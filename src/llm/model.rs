@@ -56,65 +56,49 @@ struct Layer {
     down: Linear,
 }
 
-/// A projection `x @ W`, `W` stored `[in, out]`. On the CPU the columns are cut
-/// into one block per core and the blocks multiplied in parallel: for the few
-/// rows of a decoding step the backend's matrix product runs on one thread,
-/// and the weights, read once per token, are what the time goes to.
+/// A projection `x @ Wᵀ`. On the CPU the weight keeps the file layout
+/// `[out, in]` and every product goes through [`cpu::matmul`](super::cpu::matmul),
+/// which streams it. Elsewhere the weight is stored `[in, out]` for burn's
+/// matrix product.
 struct Linear {
-    parts: Vec<Tensor<2>>,
+    weight: Tensor<2>,
     dtype: WeightDtype,
+    /// `weight` is `[out, in]`, for the CPU kernel.
+    cpu_kernel: bool,
 }
 
 impl Linear {
-    fn new(m: Matrix, device: &Device, dtype: WeightDtype, parts: usize) -> Self {
-        let parts = parts.clamp(1, m.cols.max(1));
-        if parts == 1 {
-            return Linear {
-                parts: vec![upload_matrix(m, device, dtype)],
-                dtype,
-            };
+    /// `parts`: `[out_i, in]` weights, stacked along `out`.
+    fn new(parts: &[&HostTensor], device: &Device, dtype: WeightDtype, cpu_kernel: bool) -> Self {
+        let m = if cpu_kernel {
+            stack(parts)
+        } else {
+            transpose(parts)
+        };
+        Linear {
+            weight: upload_matrix(m, device, dtype),
+            dtype,
+            cpu_kernel,
         }
-        let bounds: Vec<usize> = (0..=parts).map(|p| p * m.cols / parts).collect();
-        let parts = bounds
-            .windows(2)
-            .map(|w| {
-                let cols = w[1] - w[0];
-                let mut values = Vec::with_capacity(m.rows * cols);
-                for r in 0..m.rows {
-                    values.extend_from_slice(&m.values[r * m.cols + w[0]..r * m.cols + w[1]]);
-                }
-                upload_matrix(
-                    Matrix {
-                        values,
-                        rows: m.rows,
-                        cols,
-                    },
-                    device,
-                    dtype,
-                )
-            })
-            .collect();
-        Linear { parts, dtype }
     }
 
     fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let x = match self.dtype {
-            WeightDtype::F32 => x,
-            WeightDtype::F16 => x.cast(DType::F16),
-        };
-        let y = if self.parts.len() == 1 {
-            x.matmul(self.parts[0].clone())
-        } else {
-            let outs: Vec<Tensor<2>> = self
-                .parts
-                .par_iter()
-                .map(|w| x.clone().matmul(w.clone()))
-                .collect();
-            Tensor::cat(outs, 1)
-        };
+        if self.cpu_kernel {
+            if let Some(y) = super::cpu::matmul(&x, &self.weight, &x.device()) {
+                return y;
+            }
+            let w = self.weight.clone().transpose();
+            return match self.dtype {
+                WeightDtype::F32 => x.matmul(w),
+                WeightDtype::F16 => x.cast(DType::F16).matmul(w).cast(DType::F32),
+            };
+        }
         match self.dtype {
-            WeightDtype::F32 => y,
-            WeightDtype::F16 => y.cast(DType::F32),
+            WeightDtype::F32 => x.matmul(self.weight.clone()),
+            WeightDtype::F16 => x
+                .cast(DType::F16)
+                .matmul(self.weight.clone())
+                .cast(DType::F32),
         }
     }
 }
@@ -122,13 +106,13 @@ impl Linear {
 pub struct Llama {
     pub config: LlamaConfig,
     device: Device,
-    dtype: WeightDtype,
-    /// `[vocab, hidden]`, rows looked up by token id.
+    /// `[vocab, hidden]`, rows looked up by token id (and the output head when
+    /// tied, on the CPU).
     embed: Tensor<2>,
     layers: Vec<Layer>,
     norm: Tensor<1>,
-    /// `[hidden, vocab]`.
     head: Linear,
+    head_is_embedding: bool,
     /// `[positions, head_dim]` tables of the rotary embedding.
     cos: Tensor<2>,
     sin: Tensor<2>,
@@ -194,15 +178,15 @@ pub struct StepInput<'a> {
 }
 
 impl Llama {
-    /// Build the model from its weights on `device`, each projection cut into
-    /// `parts` blocks of columns multiplied in parallel (see [`Linear`]).
+    /// Build the model from its weights on `device`; `cpu_kernel` sends the
+    /// projections to [`super::cpu`] (flex backend only).
     pub fn load(
         config: LlamaConfig,
         source: &WeightSource,
         device: &Device,
         dtype: WeightDtype,
         max_positions: usize,
-        parts: usize,
+        cpu_kernel: bool,
     ) -> Result<Self> {
         let c = &config;
         let (hidden, hd) = (c.hidden_size, c.head_dim);
@@ -214,24 +198,26 @@ impl Llama {
             Tensor::from_data(TensorData::new(t.values, [n]), device)
         };
 
-        let linear = |m: Matrix| Linear::new(m, device, dtype, parts);
+        let linear = |parts: &[&HostTensor]| Linear::new(parts, device, dtype, cpu_kernel);
         let embed_host = get(Weight::Embed, &[c.vocab_size, hidden])?;
-        let head = if source.has(Weight::Head) {
-            let h = get(Weight::Head, &[c.vocab_size, hidden])?;
-            linear(transpose(&[&h]))
+        let separate_head = if source.has(Weight::Head) {
+            Some(linear(&[&get(Weight::Head, &[c.vocab_size, hidden])?]))
         } else {
-            linear(transpose(&[&embed_host]))
+            None
         };
-        // Embedding rows are gathered, not multiplied: keep them in f32.
-        let embed = upload_matrix(
-            Matrix {
-                values: embed_host.values,
-                rows: c.vocab_size,
-                cols: hidden,
-            },
-            device,
-            WeightDtype::F32,
-        );
+        // On the CPU, a tied head reads the embedding table itself, kept in the
+        // weights' precision; elsewhere the table is gathered in f32 and the
+        // head has its own `[in, out]` copy.
+        let tied_copy = (separate_head.is_none() && !cpu_kernel).then(|| linear(&[&embed_host]));
+        let embed_dtype = if cpu_kernel { dtype } else { WeightDtype::F32 };
+        let embed = upload_matrix(stack(&[&embed_host]), device, embed_dtype);
+        drop(embed_host);
+        let head_is_embedding = separate_head.is_none() && tied_copy.is_none();
+        let head = separate_head.or(tied_copy).unwrap_or_else(|| Linear {
+            weight: embed.clone(),
+            dtype,
+            cpu_kernel: true,
+        });
 
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
@@ -244,11 +230,11 @@ impl Llama {
             let down = get(Weight::Down(i), &[hidden, c.intermediate_size])?;
             layers.push(Layer {
                 attn_norm: vector(get(Weight::AttnNorm(i), &[hidden])?),
-                qkv: linear(transpose(&[&q, &k, &v])),
-                o: linear(transpose(&[&o])),
+                qkv: linear(&[&q, &k, &v]),
+                o: linear(&[&o]),
                 mlp_norm: vector(get(Weight::MlpNorm(i), &[hidden])?),
-                gate_up: linear(transpose(&[&gate, &up])),
-                down: linear(transpose(&[&down])),
+                gate_up: linear(&[&gate, &up]),
+                down: linear(&[&down]),
             });
         }
         let norm = vector(get(Weight::FinalNorm, &[hidden])?);
@@ -279,11 +265,11 @@ impl Llama {
             rotate: Tensor::from_data(TensorData::new(rotate, [hd, hd]), device),
             config,
             device: device.clone(),
-            dtype,
             embed,
             layers,
             norm,
             head,
+            head_is_embedding,
         })
     }
 
@@ -293,15 +279,32 @@ impl Llama {
 
     /// Bytes the weights take on the device.
     pub fn weight_bytes(&self) -> usize {
-        let c = &self.config;
-        let embed = c.vocab_size * c.hidden_size * 4;
-        (c.parameters() - c.vocab_size * c.hidden_size) * self.dtype.bytes()
-            + embed
-            + if c.tie_word_embeddings {
-                c.vocab_size * c.hidden_size * self.dtype.bytes()
+        let numel = |t: &Tensor<2>| t.dims().iter().product::<usize>();
+        let linear = |l: &Linear| numel(&l.weight) * l.dtype.bytes();
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                linear(&l.qkv)
+                    + linear(&l.o)
+                    + linear(&l.gate_up)
+                    + linear(&l.down)
+                    + 4 * (l.attn_norm.dims()[0] + l.mlp_norm.dims()[0])
+            })
+            .sum();
+        // A tied head on the CPU is the embedding table itself.
+        let head = if self.head_is_embedding {
+            0
+        } else {
+            linear(&self.head)
+        };
+        let embed = numel(&self.embed)
+            * if self.embed.dtype() == DType::F16 {
+                2
             } else {
-                0
-            }
+                4
+            };
+        embed + layers + head + 4 * self.norm.dims()[0]
     }
 
     /// An empty cache for `batch` sequences of up to `capacity` tokens.
@@ -386,7 +389,7 @@ impl Llama {
             ..Default::default()
         };
 
-        let mut x = self.embed.clone().select(0, input.tokens); // [n, hidden]
+        let mut x = self.embed.clone().select(0, input.tokens).cast(DType::F32); // [n, hidden]
         for (l, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(x.clone(), &layer.attn_norm, c.rms_norm_eps);
             let qkv = layer.qkv.forward(h);
@@ -457,6 +460,20 @@ fn rms_norm(x: Tensor<2>, weight: &Tensor<1>, eps: f64) -> Tensor<2> {
     x * scale * weight.clone().unsqueeze::<2>()
 }
 
+/// `[out, in]` weights stacked along `out`, as they are.
+fn stack(parts: &[&HostTensor]) -> Matrix {
+    let cols = parts[0].shape[1];
+    let values: Vec<f32> = parts
+        .iter()
+        .flat_map(|p| p.values.iter().copied())
+        .collect();
+    Matrix {
+        rows: values.len() / cols,
+        values,
+        cols,
+    }
+}
+
 struct Matrix {
     values: Vec<f32>,
     rows: usize,
@@ -490,14 +507,22 @@ fn transpose(parts: &[&HostTensor]) -> Matrix {
 
 fn upload_matrix(m: Matrix, device: &Device, dtype: WeightDtype) -> Tensor<2> {
     match dtype {
-        WeightDtype::F32 => Tensor::from_data(TensorData::new(m.values, [m.rows, m.cols]), device),
+        WeightDtype::F32 => Tensor::from_data(
+            TensorData::new(m.values, [m.rows, m.cols]),
+            (device, DType::F32),
+        ),
         WeightDtype::F16 => {
             let halves: Vec<half::f16> = m
                 .values
                 .par_iter()
                 .map(|&v| half::f16::from_f32(v))
                 .collect();
-            let t: Tensor<2> = Tensor::from_data(TensorData::new(halves, [m.rows, m.cols]), device);
+            // The dtype must be named: without it the data is converted to the
+            // device's default float type.
+            let t: Tensor<2> = Tensor::from_data(
+                TensorData::new(halves, [m.rows, m.cols]),
+                (device, DType::F16),
+            );
             debug_assert_eq!(t.dtype(), dtype.burn());
             t
         }

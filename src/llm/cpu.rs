@@ -1,0 +1,868 @@
+//! A CPU kernel for the few-row matrix products of decoding, plugged into
+//! burn's flex backend as a backend extension.
+//!
+//! A decoding step multiplies one row per sequence by every weight matrix: the
+//! time goes to reading the weights, once per step. The backend's general
+//! matrix product takes a single-threaded vector path for one row, which reads
+//! about 8 GB/s here, and burn has no fast f16 product on the CPU. This kernel
+//! streams the weights in their file layout (`[out, in]`, one contiguous row
+//! per output, f16 by default: half the bytes) on every core, each weight row
+//! read once for every 4 rows of the input, with AVX-512 when the CPU has it
+//! (checked at run time). It serves every projection on the CPU, prompts
+//! included; attention, norms, the rotary embedding and the cache stay burn
+//! operations.
+
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn_flex::Flex;
+use half::f16;
+use rayon::prelude::*;
+
+/// Weights as the kernel reads them: `[out, in]`, f32 or f16.
+#[derive(Clone, Copy)]
+pub enum Weights<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+}
+
+impl Weights<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Weights::F32(w) => w.len(),
+            Weights::F16(w) => w.len(),
+        }
+    }
+}
+
+/// Weight rows per task: enough to stream, small enough to share the work out.
+const OUTPUTS_PER_TASK: usize = 64;
+
+/// `x @ wᵀ` for a flex tensor `w` stored `[out, in]` in f32 or f16, or `None`
+/// when the kernel does not apply (another backend, another dtype, a
+/// non-contiguous tensor).
+pub fn matmul(x: &Tensor<2>, w: &Tensor<2>, device: &Device) -> Option<Tensor<2>> {
+    let [rows, inner] = x.dims();
+    let [cols, w_in] = w.dims();
+    if rows == 0 || w_in != inner {
+        return None;
+    }
+    let weights = w.clone().try_into_primitive::<Flex>().ok()?;
+    if !weights.is_contiguous() || weights.layout().start_offset() != 0 {
+        return None;
+    }
+    let input = x.clone().into_data();
+    let input = input.as_slice::<f32>().ok()?;
+    let w = match weights.dtype() {
+        DType::F32 => Weights::F32(&weights.storage::<f32>()[..inner * cols]),
+        DType::F16 => Weights::F16(&weights.storage::<f16>()[..inner * cols]),
+        _ => return None,
+    };
+    let out = matmul_rows(input, rows, inner, w, cols);
+    Some(Tensor::from_data(
+        TensorData::new(out, [rows, cols]),
+        device,
+    ))
+}
+
+/// `x` is `[rows, inner]` f32, `w` is `[cols, inner]` (one row per output, as
+/// model files store them), both row-major; returns `x @ wᵀ`, `[rows, cols]`.
+pub fn matmul_rows(x: &[f32], rows: usize, inner: usize, w: Weights<'_>, cols: usize) -> Vec<f32> {
+    assert_eq!(x.len(), rows * inner);
+    assert_eq!(w.len(), inner * cols);
+    // Each task streams a contiguous block of weight rows.
+    let tasks: Vec<(usize, Vec<f32>)> = (0..cols.div_ceil(OUTPUTS_PER_TASK))
+        .into_par_iter()
+        .map(|t| {
+            let o0 = t * OUTPUTS_PER_TASK;
+            let o1 = (o0 + OUTPUTS_PER_TASK).min(cols);
+            let mut acc = vec![0f32; rows * (o1 - o0)];
+            let block = match w {
+                Weights::F32(w) => Weights::F32(&w[o0 * inner..o1 * inner]),
+                Weights::F16(w) => Weights::F16(&w[o0 * inner..o1 * inner]),
+            };
+            outputs(x, rows, inner, block, o1 - o0, &mut acc);
+            (o0, acc)
+        })
+        .collect();
+    let mut out = vec![0f32; rows * cols];
+    for (o0, acc) in tasks {
+        let width = acc.len() / rows;
+        for r in 0..rows {
+            out[r * cols + o0..r * cols + o0 + width]
+                .copy_from_slice(&acc[r * width..(r + 1) * width]);
+        }
+    }
+    out
+}
+
+/// Outputs of a block of `n` weight rows for every row of `x`, into `acc`
+/// (`[rows, n]`).
+fn outputs(x: &[f32], rows: usize, inner: usize, w: Weights<'_>, n: usize, acc: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F, checked just above.
+        unsafe {
+            match w {
+                Weights::F32(w) => avx512_f32::outputs(x, rows, inner, w, n, acc),
+                Weights::F16(w) => avx512_f16::outputs(x, rows, inner, w, n, acc),
+            }
+        }
+        return;
+    }
+    // Elsewhere, plain loops (vectorized by the compiler where it can).
+    for r in 0..rows {
+        let xr = &x[r * inner..(r + 1) * inner];
+        for o in 0..n {
+            acc[r * n + o] = match w {
+                Weights::F32(w) => xr
+                    .iter()
+                    .zip(&w[o * inner..(o + 1) * inner])
+                    .map(|(a, b)| a * b)
+                    .sum(),
+                Weights::F16(w) => xr
+                    .iter()
+                    .zip(&w[o * inner..(o + 1) * inner])
+                    .map(|(a, b)| a * f32::from(*b))
+                    .sum(),
+            };
+        }
+    }
+}
+
+// The AVX-512 kernels use explicit intrinsics and keep their accumulators in
+// named variables, so they stay fast whatever the crate's optimisation level;
+// pointer offsets are `wrapping_add` because debug builds check every `add`
+// in the inner loop (the bounds are asserted once, up front). Tiles of 4 rows of `x` by 4 weight rows keep 16 accumulators in
+// registers: each weight vector loaded serves 4 rows, each input vector 4
+// outputs. The two modules differ only in how 16 weights are loaded.
+
+/// f32 weights.
+#[cfg(target_arch = "x86_64")]
+mod avx512_f32 {
+    use std::arch::x86_64::*;
+
+    type W = f32;
+    /// Weights to prefetch ahead of the loads, per weight row.
+    const PREFETCH: usize = 256;
+
+    /// # Safety
+    /// The CPU must have AVX-512F; `x` is `[rows, inner]`, `w` `[n, inner]`, `acc` `[rows, n]`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn outputs(
+        x: &[f32],
+        rows: usize,
+        inner: usize,
+        w: &[W],
+        n: usize,
+        acc: &mut [f32],
+    ) {
+        assert!(x.len() >= rows * inner && w.len() >= n * inner && acc.len() >= rows * n);
+        let (xp, wp, op) = (x.as_ptr(), w.as_ptr(), acc.as_mut_ptr());
+        // SAFETY: every tile reads rows `r..r + R` of `x`, rows `o..o + O` of `w`
+        // (16 values at a time, below `inner`) and writes `acc[r.., o..]`, all
+        // inside the bounds asserted above.
+        unsafe {
+            let mut o = 0;
+            while o + 4 <= n {
+                let mut r = 0;
+                while r + 4 <= rows {
+                    tile_4x4(
+                        xp.wrapping_add(r * inner),
+                        wp.wrapping_add(o * inner),
+                        inner,
+                        op.wrapping_add(r * n + o),
+                        n,
+                    );
+                    r += 4;
+                }
+                while r < rows {
+                    tile_1x4(
+                        xp.wrapping_add(r * inner),
+                        wp.wrapping_add(o * inner),
+                        inner,
+                        op.wrapping_add(r * n + o),
+                        n,
+                    );
+                    r += 1;
+                }
+                o += 4;
+            }
+            while o < n {
+                for r in 0..rows {
+                    tile_1x1(
+                        xp.wrapping_add(r * inner),
+                        wp.wrapping_add(o * inner),
+                        inner,
+                        op.wrapping_add(r * n + o),
+                        n,
+                    );
+                }
+                o += 1;
+            }
+        }
+    }
+
+    /// 16 weights as f32.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn load(p: *const W) -> __m512 {
+        unsafe { _mm512_loadu_ps(p) }
+    }
+
+    /// The products past the last whole vector.
+    #[inline]
+    unsafe fn tail(x: *const f32, w: *const W, from: usize, inner: usize) -> f32 {
+        let mut sum = 0f32;
+        for k in from..inner {
+            // SAFETY: `k < inner`, inside the rows the caller gives.
+            sum += unsafe { *x.wrapping_add(k) * f32::from(*w.wrapping_add(k)) };
+        }
+        sum
+    }
+
+    /// 4 row(s) of `x` against 4 weight row(s): 16 accumulators in registers.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile_4x4(x: *const f32, w: *const W, inner: usize, out: *mut f32, out_stride: usize) {
+        unsafe {
+            let mut s00 = _mm512_setzero_ps();
+            let mut s01 = _mm512_setzero_ps();
+            let mut s02 = _mm512_setzero_ps();
+            let mut s03 = _mm512_setzero_ps();
+            let mut s10 = _mm512_setzero_ps();
+            let mut s11 = _mm512_setzero_ps();
+            let mut s12 = _mm512_setzero_ps();
+            let mut s13 = _mm512_setzero_ps();
+            let mut s20 = _mm512_setzero_ps();
+            let mut s21 = _mm512_setzero_ps();
+            let mut s22 = _mm512_setzero_ps();
+            let mut s23 = _mm512_setzero_ps();
+            let mut s30 = _mm512_setzero_ps();
+            let mut s31 = _mm512_setzero_ps();
+            let mut s32 = _mm512_setzero_ps();
+            let mut s33 = _mm512_setzero_ps();
+            let full = inner / 16 * 16;
+            let mut k = 0;
+            while k < full {
+                let w0 = load(w.wrapping_add(0 * inner + k));
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(0 * inner + k + PREFETCH) as *const i8);
+                let w1 = load(w.wrapping_add(1 * inner + k));
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(1 * inner + k + PREFETCH) as *const i8);
+                let w2 = load(w.wrapping_add(2 * inner + k));
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(2 * inner + k + PREFETCH) as *const i8);
+                let w3 = load(w.wrapping_add(3 * inner + k));
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(3 * inner + k + PREFETCH) as *const i8);
+                let x0 = _mm512_loadu_ps(x.wrapping_add(0 * inner + k));
+                s00 = _mm512_fmadd_ps(x0, w0, s00);
+                s01 = _mm512_fmadd_ps(x0, w1, s01);
+                s02 = _mm512_fmadd_ps(x0, w2, s02);
+                s03 = _mm512_fmadd_ps(x0, w3, s03);
+                let x1 = _mm512_loadu_ps(x.wrapping_add(1 * inner + k));
+                s10 = _mm512_fmadd_ps(x1, w0, s10);
+                s11 = _mm512_fmadd_ps(x1, w1, s11);
+                s12 = _mm512_fmadd_ps(x1, w2, s12);
+                s13 = _mm512_fmadd_ps(x1, w3, s13);
+                let x2 = _mm512_loadu_ps(x.wrapping_add(2 * inner + k));
+                s20 = _mm512_fmadd_ps(x2, w0, s20);
+                s21 = _mm512_fmadd_ps(x2, w1, s21);
+                s22 = _mm512_fmadd_ps(x2, w2, s22);
+                s23 = _mm512_fmadd_ps(x2, w3, s23);
+                let x3 = _mm512_loadu_ps(x.wrapping_add(3 * inner + k));
+                s30 = _mm512_fmadd_ps(x3, w0, s30);
+                s31 = _mm512_fmadd_ps(x3, w1, s31);
+                s32 = _mm512_fmadd_ps(x3, w2, s32);
+                s33 = _mm512_fmadd_ps(x3, w3, s33);
+                k += 16;
+            }
+            *out.wrapping_add(0 * out_stride + 0) = _mm512_reduce_add_ps(s00)
+                + tail(
+                    x.wrapping_add(0 * inner),
+                    w.wrapping_add(0 * inner),
+                    full,
+                    inner,
+                );
+            *out.wrapping_add(0 * out_stride + 1) = _mm512_reduce_add_ps(s01)
+                + tail(
+                    x.wrapping_add(0 * inner),
+                    w.wrapping_add(1 * inner),
+                    full,
+                    inner,
+                );
+            *out.wrapping_add(0 * out_stride + 2) = _mm512_reduce_add_ps(s02)
+                + tail(
+                    x.wrapping_add(0 * inner),
+                    w.wrapping_add(2 * inner),
+                    full,
+                    inner,
+                );
+            *out.wrapping_add(0 * out_stride + 3) = _mm512_reduce_add_ps(s03)
+                + tail(
+                    x.wrapping_add(0 * inner),
+                    w.wrapping_add(3 * inner),
+                    full,
+                    inner,
+                );
+            *out.wrapping_add(1 * out_stride + 0) = _mm512_reduce_add_ps(s10)
+                + tail(
+                    x.wrapping_add(1 * inner),
+                    w.wrapping_add(0 * inner),
+                    full,
+                    inner,
+                );
+            *out.wrapping_add(1 * out_stride + 1) = _mm512_reduce_add_ps(s11)
+                + tail(
+                    x.wrapping_add(1 * inner),
+                    w.wrapping_add(1 * inner),
+                    full,
+                    inner,
+                );
+            *out.wrapping_add(1 * out_stride + 2) = _mm512_reduce_add_ps(s12)
+                + tail(
+                    x.wrapping_add(1 * inner),
+                    w.wrapping_add(2 * inner),
+                    full,
+                    inner,
+                );
+            *out.wrapping_add(1 * out_stride + 3) = _mm512_reduce_add_ps(s13)
+                + tail(
+                    x.wrapping_add(1 * inner),
+                    w.wrapping_add(3 * inner),
+                    full,
+                    inner,
+                );
+            *out.wrapping_add(2 * out_stride + 0) = _mm512_reduce_add_ps(s20)
+                + tail(
+                    x.wrapping_add(2 * inner),
+                    w.wrapping_add(0 * inner),
+                    full,
+                    inner,
+                );
+            *out.wrapping_add(2 * out_stride + 1) = _mm512_reduce_add_ps(s21)
+                + tail(
+                    x.wrapping_add(2 * inner),
+                    w.wrapping_add(1 * inner),
+                    full,
+                    inner,
+                );
+            *out.wrapping_add(2 * out_stride + 2) = _mm512_reduce_add_ps(s22)
+                + tail(
+                    x.wrapping_add(2 * inner),
+                    w.wrapping_add(2 * inner),
+                    full,
+                    inner,
+                );
+            *out.wrapping_add(2 * out_stride + 3) = _mm512_reduce_add_ps(s23)
+                + tail(
+                    x.wrapping_add(2 * inner),
+                    w.wrapping_add(3 * inner),
+                    full,
+                    inner,
+                );
+            *out.wrapping_add(3 * out_stride + 0) = _mm512_reduce_add_ps(s30)
+                + tail(
+                    x.wrapping_add(3 * inner),
+                    w.wrapping_add(0 * inner),
+                    full,
+                    inner,
+                );
+            *out.wrapping_add(3 * out_stride + 1) = _mm512_reduce_add_ps(s31)
+                + tail(
+                    x.wrapping_add(3 * inner),
+                    w.wrapping_add(1 * inner),
+                    full,
+                    inner,
+                );
+            *out.wrapping_add(3 * out_stride + 2) = _mm512_reduce_add_ps(s32)
+                + tail(
+                    x.wrapping_add(3 * inner),
+                    w.wrapping_add(2 * inner),
+                    full,
+                    inner,
+                );
+            *out.wrapping_add(3 * out_stride + 3) = _mm512_reduce_add_ps(s33)
+                + tail(
+                    x.wrapping_add(3 * inner),
+                    w.wrapping_add(3 * inner),
+                    full,
+                    inner,
+                );
+        }
+    }
+
+    /// 1 row(s) of `x` against 4 weight row(s): 4 accumulators in registers.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile_1x4(x: *const f32, w: *const W, inner: usize, out: *mut f32, out_stride: usize) {
+        unsafe {
+            let mut s00 = _mm512_setzero_ps();
+            let mut s01 = _mm512_setzero_ps();
+            let mut s02 = _mm512_setzero_ps();
+            let mut s03 = _mm512_setzero_ps();
+            let full = inner / 16 * 16;
+            let mut k = 0;
+            while k < full {
+                let w0 = load(w.wrapping_add(0 * inner + k));
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(0 * inner + k + PREFETCH) as *const i8);
+                let w1 = load(w.wrapping_add(1 * inner + k));
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(1 * inner + k + PREFETCH) as *const i8);
+                let w2 = load(w.wrapping_add(2 * inner + k));
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(2 * inner + k + PREFETCH) as *const i8);
+                let w3 = load(w.wrapping_add(3 * inner + k));
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(3 * inner + k + PREFETCH) as *const i8);
+                let x0 = _mm512_loadu_ps(x.wrapping_add(0 * inner + k));
+                s00 = _mm512_fmadd_ps(x0, w0, s00);
+                s01 = _mm512_fmadd_ps(x0, w1, s01);
+                s02 = _mm512_fmadd_ps(x0, w2, s02);
+                s03 = _mm512_fmadd_ps(x0, w3, s03);
+                k += 16;
+            }
+            *out.wrapping_add(0 * out_stride + 0) = _mm512_reduce_add_ps(s00)
+                + tail(
+                    x.wrapping_add(0 * inner),
+                    w.wrapping_add(0 * inner),
+                    full,
+                    inner,
+                );
+            *out.wrapping_add(0 * out_stride + 1) = _mm512_reduce_add_ps(s01)
+                + tail(
+                    x.wrapping_add(0 * inner),
+                    w.wrapping_add(1 * inner),
+                    full,
+                    inner,
+                );
+            *out.wrapping_add(0 * out_stride + 2) = _mm512_reduce_add_ps(s02)
+                + tail(
+                    x.wrapping_add(0 * inner),
+                    w.wrapping_add(2 * inner),
+                    full,
+                    inner,
+                );
+            *out.wrapping_add(0 * out_stride + 3) = _mm512_reduce_add_ps(s03)
+                + tail(
+                    x.wrapping_add(0 * inner),
+                    w.wrapping_add(3 * inner),
+                    full,
+                    inner,
+                );
+        }
+    }
+
+    /// 1 row(s) of `x` against 1 weight row(s): 1 accumulators in registers.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile_1x1(x: *const f32, w: *const W, inner: usize, out: *mut f32, out_stride: usize) {
+        unsafe {
+            let mut s00 = _mm512_setzero_ps();
+            let full = inner / 16 * 16;
+            let mut k = 0;
+            while k < full {
+                let w0 = load(w.wrapping_add(0 * inner + k));
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(0 * inner + k + PREFETCH) as *const i8);
+                let x0 = _mm512_loadu_ps(x.wrapping_add(0 * inner + k));
+                s00 = _mm512_fmadd_ps(x0, w0, s00);
+                k += 16;
+            }
+            *out.wrapping_add(0 * out_stride + 0) = _mm512_reduce_add_ps(s00)
+                + tail(
+                    x.wrapping_add(0 * inner),
+                    w.wrapping_add(0 * inner),
+                    full,
+                    inner,
+                );
+        }
+    }
+}
+
+/// f16 weights, widened to f32 as they are loaded (half the bytes to read).
+#[cfg(target_arch = "x86_64")]
+mod avx512_f16 {
+    use std::arch::x86_64::*;
+
+    type W = half::f16;
+    /// Weights to prefetch ahead of the loads, per weight row.
+    const PREFETCH: usize = 512;
+
+    /// # Safety
+    /// The CPU must have AVX-512F; `x` is `[rows, inner]`, `w` `[n, inner]`, `acc` `[rows, n]`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn outputs(
+        x: &[f32],
+        rows: usize,
+        inner: usize,
+        w: &[W],
+        n: usize,
+        acc: &mut [f32],
+    ) {
+        assert!(x.len() >= rows * inner && w.len() >= n * inner && acc.len() >= rows * n);
+        let (xp, wp, op) = (x.as_ptr(), w.as_ptr(), acc.as_mut_ptr());
+        // SAFETY: every tile reads rows `r..r + R` of `x`, rows `o..o + O` of `w`
+        // (16 values at a time, below `inner`) and writes `acc[r.., o..]`, all
+        // inside the bounds asserted above.
+        unsafe {
+            let mut o = 0;
+            while o + 4 <= n {
+                let mut r = 0;
+                while r + 4 <= rows {
+                    tile_4x4(
+                        xp.wrapping_add(r * inner),
+                        wp.wrapping_add(o * inner),
+                        inner,
+                        op.wrapping_add(r * n + o),
+                        n,
+                    );
+                    r += 4;
+                }
+                while r < rows {
+                    tile_1x4(
+                        xp.wrapping_add(r * inner),
+                        wp.wrapping_add(o * inner),
+                        inner,
+                        op.wrapping_add(r * n + o),
+                        n,
+                    );
+                    r += 1;
+                }
+                o += 4;
+            }
+            while o < n {
+                for r in 0..rows {
+                    tile_1x1(
+                        xp.wrapping_add(r * inner),
+                        wp.wrapping_add(o * inner),
+                        inner,
+                        op.wrapping_add(r * n + o),
+                        n,
+                    );
+                }
+                o += 1;
+            }
+        }
+    }
+
+    /// 16 weights as f32.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn load(p: *const W) -> __m512 {
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)) }
+    }
+
+    /// The products past the last whole vector.
+    #[inline]
+    unsafe fn tail(x: *const f32, w: *const W, from: usize, inner: usize) -> f32 {
+        let mut sum = 0f32;
+        for k in from..inner {
+            // SAFETY: `k < inner`, inside the rows the caller gives.
+            sum += unsafe { *x.wrapping_add(k) * f32::from(*w.wrapping_add(k)) };
+        }
+        sum
+    }
+
+    /// 4 row(s) of `x` against 4 weight row(s): 16 accumulators in registers.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile_4x4(x: *const f32, w: *const W, inner: usize, out: *mut f32, out_stride: usize) {
+        unsafe {
+            let mut s00 = _mm512_setzero_ps();
+            let mut s01 = _mm512_setzero_ps();
+            let mut s02 = _mm512_setzero_ps();
+            let mut s03 = _mm512_setzero_ps();
+            let mut s10 = _mm512_setzero_ps();
+            let mut s11 = _mm512_setzero_ps();
+            let mut s12 = _mm512_setzero_ps();
+            let mut s13 = _mm512_setzero_ps();
+            let mut s20 = _mm512_setzero_ps();
+            let mut s21 = _mm512_setzero_ps();
+            let mut s22 = _mm512_setzero_ps();
+            let mut s23 = _mm512_setzero_ps();
+            let mut s30 = _mm512_setzero_ps();
+            let mut s31 = _mm512_setzero_ps();
+            let mut s32 = _mm512_setzero_ps();
+            let mut s33 = _mm512_setzero_ps();
+            let full = inner / 16 * 16;
+            let mut k = 0;
+            while k < full {
+                let w0 = load(w.wrapping_add(0 * inner + k));
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(0 * inner + k + PREFETCH) as *const i8);
+                let w1 = load(w.wrapping_add(1 * inner + k));
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(1 * inner + k + PREFETCH) as *const i8);
+                let w2 = load(w.wrapping_add(2 * inner + k));
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(2 * inner + k + PREFETCH) as *const i8);
+                let w3 = load(w.wrapping_add(3 * inner + k));
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(3 * inner + k + PREFETCH) as *const i8);
+                let x0 = _mm512_loadu_ps(x.wrapping_add(0 * inner + k));
+                s00 = _mm512_fmadd_ps(x0, w0, s00);
+                s01 = _mm512_fmadd_ps(x0, w1, s01);
+                s02 = _mm512_fmadd_ps(x0, w2, s02);
+                s03 = _mm512_fmadd_ps(x0, w3, s03);
+                let x1 = _mm512_loadu_ps(x.wrapping_add(1 * inner + k));
+                s10 = _mm512_fmadd_ps(x1, w0, s10);
+                s11 = _mm512_fmadd_ps(x1, w1, s11);
+                s12 = _mm512_fmadd_ps(x1, w2, s12);
+                s13 = _mm512_fmadd_ps(x1, w3, s13);
+                let x2 = _mm512_loadu_ps(x.wrapping_add(2 * inner + k));
+                s20 = _mm512_fmadd_ps(x2, w0, s20);
+                s21 = _mm512_fmadd_ps(x2, w1, s21);
+                s22 = _mm512_fmadd_ps(x2, w2, s22);
+                s23 = _mm512_fmadd_ps(x2, w3, s23);
+                let x3 = _mm512_loadu_ps(x.wrapping_add(3 * inner + k));
+                s30 = _mm512_fmadd_ps(x3, w0, s30);
+                s31 = _mm512_fmadd_ps(x3, w1, s31);
+                s32 = _mm512_fmadd_ps(x3, w2, s32);
+                s33 = _mm512_fmadd_ps(x3, w3, s33);
+                k += 16;
+            }
+            *out.wrapping_add(0 * out_stride + 0) = _mm512_reduce_add_ps(s00)
+                + tail(
+                    x.wrapping_add(0 * inner),
+                    w.wrapping_add(0 * inner),
+                    full,
+                    inner,
+                );
+            *out.wrapping_add(0 * out_stride + 1) = _mm512_reduce_add_ps(s01)
+                + tail(
+                    x.wrapping_add(0 * inner),
+                    w.wrapping_add(1 * inner),
+                    full,
+                    inner,
+                );
+            *out.wrapping_add(0 * out_stride + 2) = _mm512_reduce_add_ps(s02)
+                + tail(
+                    x.wrapping_add(0 * inner),
+                    w.wrapping_add(2 * inner),
+                    full,
+                    inner,
+                );
+            *out.wrapping_add(0 * out_stride + 3) = _mm512_reduce_add_ps(s03)
+                + tail(
+                    x.wrapping_add(0 * inner),
+                    w.wrapping_add(3 * inner),
+                    full,
+                    inner,
+                );
+            *out.wrapping_add(1 * out_stride + 0) = _mm512_reduce_add_ps(s10)
+                + tail(
+                    x.wrapping_add(1 * inner),
+                    w.wrapping_add(0 * inner),
+                    full,
+                    inner,
+                );
+            *out.wrapping_add(1 * out_stride + 1) = _mm512_reduce_add_ps(s11)
+                + tail(
+                    x.wrapping_add(1 * inner),
+                    w.wrapping_add(1 * inner),
+                    full,
+                    inner,
+                );
+            *out.wrapping_add(1 * out_stride + 2) = _mm512_reduce_add_ps(s12)
+                + tail(
+                    x.wrapping_add(1 * inner),
+                    w.wrapping_add(2 * inner),
+                    full,
+                    inner,
+                );
+            *out.wrapping_add(1 * out_stride + 3) = _mm512_reduce_add_ps(s13)
+                + tail(
+                    x.wrapping_add(1 * inner),
+                    w.wrapping_add(3 * inner),
+                    full,
+                    inner,
+                );
+            *out.wrapping_add(2 * out_stride + 0) = _mm512_reduce_add_ps(s20)
+                + tail(
+                    x.wrapping_add(2 * inner),
+                    w.wrapping_add(0 * inner),
+                    full,
+                    inner,
+                );
+            *out.wrapping_add(2 * out_stride + 1) = _mm512_reduce_add_ps(s21)
+                + tail(
+                    x.wrapping_add(2 * inner),
+                    w.wrapping_add(1 * inner),
+                    full,
+                    inner,
+                );
+            *out.wrapping_add(2 * out_stride + 2) = _mm512_reduce_add_ps(s22)
+                + tail(
+                    x.wrapping_add(2 * inner),
+                    w.wrapping_add(2 * inner),
+                    full,
+                    inner,
+                );
+            *out.wrapping_add(2 * out_stride + 3) = _mm512_reduce_add_ps(s23)
+                + tail(
+                    x.wrapping_add(2 * inner),
+                    w.wrapping_add(3 * inner),
+                    full,
+                    inner,
+                );
+            *out.wrapping_add(3 * out_stride + 0) = _mm512_reduce_add_ps(s30)
+                + tail(
+                    x.wrapping_add(3 * inner),
+                    w.wrapping_add(0 * inner),
+                    full,
+                    inner,
+                );
+            *out.wrapping_add(3 * out_stride + 1) = _mm512_reduce_add_ps(s31)
+                + tail(
+                    x.wrapping_add(3 * inner),
+                    w.wrapping_add(1 * inner),
+                    full,
+                    inner,
+                );
+            *out.wrapping_add(3 * out_stride + 2) = _mm512_reduce_add_ps(s32)
+                + tail(
+                    x.wrapping_add(3 * inner),
+                    w.wrapping_add(2 * inner),
+                    full,
+                    inner,
+                );
+            *out.wrapping_add(3 * out_stride + 3) = _mm512_reduce_add_ps(s33)
+                + tail(
+                    x.wrapping_add(3 * inner),
+                    w.wrapping_add(3 * inner),
+                    full,
+                    inner,
+                );
+        }
+    }
+
+    /// 1 row(s) of `x` against 4 weight row(s): 4 accumulators in registers.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile_1x4(x: *const f32, w: *const W, inner: usize, out: *mut f32, out_stride: usize) {
+        unsafe {
+            let mut s00 = _mm512_setzero_ps();
+            let mut s01 = _mm512_setzero_ps();
+            let mut s02 = _mm512_setzero_ps();
+            let mut s03 = _mm512_setzero_ps();
+            let full = inner / 16 * 16;
+            let mut k = 0;
+            while k < full {
+                let w0 = load(w.wrapping_add(0 * inner + k));
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(0 * inner + k + PREFETCH) as *const i8);
+                let w1 = load(w.wrapping_add(1 * inner + k));
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(1 * inner + k + PREFETCH) as *const i8);
+                let w2 = load(w.wrapping_add(2 * inner + k));
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(2 * inner + k + PREFETCH) as *const i8);
+                let w3 = load(w.wrapping_add(3 * inner + k));
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(3 * inner + k + PREFETCH) as *const i8);
+                let x0 = _mm512_loadu_ps(x.wrapping_add(0 * inner + k));
+                s00 = _mm512_fmadd_ps(x0, w0, s00);
+                s01 = _mm512_fmadd_ps(x0, w1, s01);
+                s02 = _mm512_fmadd_ps(x0, w2, s02);
+                s03 = _mm512_fmadd_ps(x0, w3, s03);
+                k += 16;
+            }
+            *out.wrapping_add(0 * out_stride + 0) = _mm512_reduce_add_ps(s00)
+                + tail(
+                    x.wrapping_add(0 * inner),
+                    w.wrapping_add(0 * inner),
+                    full,
+                    inner,
+                );
+            *out.wrapping_add(0 * out_stride + 1) = _mm512_reduce_add_ps(s01)
+                + tail(
+                    x.wrapping_add(0 * inner),
+                    w.wrapping_add(1 * inner),
+                    full,
+                    inner,
+                );
+            *out.wrapping_add(0 * out_stride + 2) = _mm512_reduce_add_ps(s02)
+                + tail(
+                    x.wrapping_add(0 * inner),
+                    w.wrapping_add(2 * inner),
+                    full,
+                    inner,
+                );
+            *out.wrapping_add(0 * out_stride + 3) = _mm512_reduce_add_ps(s03)
+                + tail(
+                    x.wrapping_add(0 * inner),
+                    w.wrapping_add(3 * inner),
+                    full,
+                    inner,
+                );
+        }
+    }
+
+    /// 1 row(s) of `x` against 1 weight row(s): 1 accumulators in registers.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile_1x1(x: *const f32, w: *const W, inner: usize, out: *mut f32, out_stride: usize) {
+        unsafe {
+            let mut s00 = _mm512_setzero_ps();
+            let full = inner / 16 * 16;
+            let mut k = 0;
+            while k < full {
+                let w0 = load(w.wrapping_add(0 * inner + k));
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(0 * inner + k + PREFETCH) as *const i8);
+                let x0 = _mm512_loadu_ps(x.wrapping_add(0 * inner + k));
+                s00 = _mm512_fmadd_ps(x0, w0, s00);
+                k += 16;
+            }
+            *out.wrapping_add(0 * out_stride + 0) = _mm512_reduce_add_ps(s00)
+                + tail(
+                    x.wrapping_add(0 * inner),
+                    w.wrapping_add(0 * inner),
+                    full,
+                    inner,
+                );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_matches_a_plain_product() {
+        // Odd sizes: a remainder of inner rows and a partial column task.
+        // Odd sizes: tails of rows, outputs and the inner dimension.
+        for (rows, inner, cols) in [
+            (3, 7 * 16 + 3, OUTPUTS_PER_TASK + 37),
+            (9, 64, 6),
+            (16, 5, 130),
+            (5, 48, 70),
+        ] {
+            let x: Vec<f32> = (0..rows * inner)
+                .map(|i| ((i * 7 % 13) as f32 - 6.0) / 7.0)
+                .collect();
+            let w: Vec<f32> = (0..inner * cols)
+                .map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0)
+                .collect();
+            let got = matmul_rows(&x, rows, inner, Weights::F32(&w), cols);
+            let w16: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+            let got16 = matmul_rows(&x, rows, inner, Weights::F16(&w16), cols);
+            for r in 0..rows {
+                for c in 0..cols {
+                    let want: f64 = (0..inner)
+                        .map(|k| f64::from(x[r * inner + k]) * f64::from(w[c * inner + k]))
+                        .sum();
+                    assert!(
+                        (f64::from(got[r * cols + c]) - want).abs() < 1e-4,
+                        "{r},{c}"
+                    );
+                    let want16: f64 = (0..inner)
+                        .map(|k| f64::from(x[r * inner + k]) * f64::from(w16[c * inner + k]))
+                        .sum();
+                    assert!(
+                        (f64::from(got16[r * cols + c]) - want16).abs() < 1e-4,
+                        "f16 {r},{c}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn burn_tensors_go_through_the_kernel() {
+        let device = Device::flex();
+        let x = Tensor::<2>::from_data(
+            TensorData::new(vec![1.0f32, 2.0, 3.0, 4.0], [2, 2]),
+            &device,
+        );
+        let w = Tensor::<2>::from_data(
+            TensorData::new(vec![1.0f32, 0.0, 0.5, 1.0, 1.0, 2.0], [3, 2]),
+            &device,
+        );
+        let y = matmul(&x, &w, &device).expect("flex f32 tensors use the kernel");
+        let want = x.matmul(w.transpose()).into_data();
+        assert_eq!(
+            y.into_data().as_slice::<f32>().unwrap(),
+            want.as_slice::<f32>().unwrap()
+        );
+    }
+}
