@@ -234,13 +234,13 @@ impl LlamaConfig {
         if sizes.contains(&0) {
             return Err(format!("a size is zero: {self:?}"));
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(format!(
                 "{} attention heads cannot share {} key/value heads",
                 self.num_heads, self.num_kv_heads
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(format!("head size {} is odd", self.head_dim));
         }
         Ok(())

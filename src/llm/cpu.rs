@@ -137,6 +137,8 @@ fn outputs(x: &[f32], rows: usize, inner: usize, w: Weights<'_>, n: usize, acc: 
 
 /// f32 weights.
 #[cfg(target_arch = "x86_64")]
+// The tiles are written out by hand; `0 * inner` keeps the rows visibly aligned.
+#[allow(clippy::erasing_op, clippy::identity_op)]
 mod avx512_f32 {
     use std::arch::x86_64::*;
 
@@ -210,6 +212,7 @@ mod avx512_f32 {
 
     /// The products past the last whole vector.
     #[inline]
+    #[allow(clippy::useless_conversion)] // f32::from widens f16, and is the identity for f32
     unsafe fn tail(x: *const f32, w: *const W, from: usize, inner: usize) -> f32 {
         let mut sum = 0f32;
         for k in from..inner {
@@ -471,6 +474,8 @@ mod avx512_f32 {
 
 /// f16 weights, widened to f32 as they are loaded (half the bytes to read).
 #[cfg(target_arch = "x86_64")]
+// The tiles are written out by hand; `0 * inner` keeps the rows visibly aligned.
+#[allow(clippy::erasing_op, clippy::identity_op)]
 mod avx512_f16 {
     use std::arch::x86_64::*;
 
@@ -544,6 +549,7 @@ mod avx512_f16 {
 
     /// The products past the last whole vector.
     #[inline]
+    #[allow(clippy::useless_conversion)] // f32::from widens f16, and is the identity for f32
     unsafe fn tail(x: *const f32, w: *const W, from: usize, inner: usize) -> f32 {
         let mut sum = 0f32;
         for k in from..inner {
