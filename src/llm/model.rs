@@ -371,19 +371,22 @@ impl Llama {
         // Attention mask, `true` where a query must not look: padding slots and
         // slots after the query (causal). Queries are grouped by key/value head:
         // rows are (group member, token).
-        let mut mask = Vec::with_capacity(b * group * s * end);
+        // Attention reads the whole cache, contiguous as it is (a slice of it
+        // would be copied for every layer); the mask hides the slots not filled.
+        let span = cache.capacity;
+        let mut mask = Vec::with_capacity(b * group * s * span);
         for row in input.valid.iter().take(b) {
             for _ in 0..group {
                 for t in 0..s {
                     let limit = start + t;
                     mask.extend(
-                        (0..end).map(|j| j > limit || !row.get(j).copied().unwrap_or(false)),
+                        (0..span).map(|j| j > limit || !row.get(j).copied().unwrap_or(false)),
                     );
                 }
             }
         }
         let mask: Tensor<4, Bool> =
-            Tensor::from_data(TensorData::new(mask, [b, 1, group * s, end]), &self.device);
+            Tensor::from_data(TensorData::new(mask, [b, 1, group * s, span]), &self.device);
         let options = AttentionModuleOptions {
             scale: Some(1.0 / (hd as f64).sqrt()),
             ..Default::default()
@@ -419,11 +422,10 @@ impl Llama {
                 .take()
                 .expect("cache")
                 .slice_assign(slots, v);
-            let seen = [0..b, 0..kv_heads, 0..end, 0..hd];
             let attn = attention(
                 q,
-                keys.clone().slice(seen.clone()),
-                values.clone().slice(seen),
+                keys.clone(),
+                values.clone(),
                 Some(mask.clone()),
                 None,
                 options,
