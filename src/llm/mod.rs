@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::tensor::Device;
+use serde::Serialize;
 
 pub use config::LlamaConfig;
 pub use generate::{Completion, Finish, Request, Sampling, Timings};
@@ -50,13 +51,12 @@ pub enum DeviceKind {
     Cuda,
 }
 
-use serde::Serialize;
-
 impl DeviceKind {
     pub fn device(self) -> Result<Device> {
+        #[allow(unused_variables)] // with every GPU feature enabled
         let unavailable = |feature: &str| Error::Llm {
-            model: String::new(),
-            reason: format!("device {self:?} needs moulin built with `--features {feature}`"),
+            model: format!("device {}", format!("{self:?}").to_lowercase()),
+            reason: format!("needs moulin built with `--features {feature}`"),
         };
         match self {
             DeviceKind::Cpu => Ok(Device::flex()),
