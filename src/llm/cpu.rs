@@ -809,6 +809,142 @@ mod avx512_f16 {
     }
 }
 
+/// Attention of one new token per sequence over the KV cache (a decoding
+/// step), or `None` when this does not apply (another backend or dtype, no
+/// AVX-512, a head size not a multiple of 16). `q` is `[batch, kv_heads,
+/// group, head_dim]`, `keys` and `values` `[batch, kv_heads, capacity,
+/// head_dim]`; slot `j < end` of sequence `b` is attended when `valid[b][j]`.
+/// One task per (sequence, key/value head), instead of the backend's small
+/// matrix products per head.
+pub fn decode_attention(
+    q: &Tensor<4>,
+    keys: &Tensor<4>,
+    values: &Tensor<4>,
+    valid: &[Vec<bool>],
+    end: usize,
+    device: &Device,
+) -> Option<Tensor<4>> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let [b, kvh, group, hd] = q.dims();
+        let [kb, kh, capacity, khd] = keys.dims();
+        if !std::arch::is_x86_feature_detected!("avx512f")
+            || (kb, kh, khd) != (b, kvh, hd)
+            || values.dims() != keys.dims()
+            || !hd.is_multiple_of(16)
+            || end > capacity
+            || valid.len() < b
+            || valid.iter().take(b).any(|row| row.len() < end)
+        {
+            return None;
+        }
+        let contiguous = |t: &Tensor<4>| {
+            let p = t.clone().try_into_primitive::<Flex>().ok()?;
+            (p.dtype() == DType::F32 && p.is_contiguous() && p.layout().start_offset() == 0)
+                .then_some(p)
+        };
+        let (k, v) = (contiguous(keys)?, contiguous(values)?);
+        let q = q.clone().into_data();
+        let q = q.as_slice::<f32>().ok()?;
+        let (k, v) = (k.storage::<f32>(), v.storage::<f32>());
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut out = vec![0f32; b * kvh * group * hd];
+        out.par_chunks_mut(group * hd)
+            .enumerate()
+            .for_each(|(task, out)| {
+                let seq = task / kvh;
+                let base = task * capacity * hd;
+                let mut scores = vec![0f32; end];
+                for gi in 0..group {
+                    let qrow = &q[(task * group + gi) * hd..(task * group + gi + 1) * hd];
+                    let mut max = f32::NEG_INFINITY;
+                    for (j, score) in scores.iter_mut().enumerate() {
+                        *score = if valid[seq][j] {
+                            // SAFETY: AVX-512F checked above; both rows hold `hd` values.
+                            let s = unsafe {
+                                avx512_att::dot(qrow, &k[base + j * hd..base + (j + 1) * hd])
+                            };
+                            s * scale
+                        } else {
+                            f32::NEG_INFINITY
+                        };
+                        max = max.max(*score);
+                    }
+                    let orow = &mut out[gi * hd..(gi + 1) * hd];
+                    if max == f32::NEG_INFINITY {
+                        continue; // nothing to attend (a padding position): zeros
+                    }
+                    let mut total = 0f32;
+                    for score in scores.iter_mut() {
+                        *score = (*score - max).exp();
+                        total += *score;
+                    }
+                    for (j, &p) in scores.iter().enumerate() {
+                        if p > 0.0 {
+                            // SAFETY: as above.
+                            unsafe {
+                                avx512_att::axpy(
+                                    p / total,
+                                    &v[base + j * hd..base + (j + 1) * hd],
+                                    orow,
+                                )
+                            };
+                        }
+                    }
+                }
+            });
+        Some(Tensor::from_data(
+            TensorData::new(out, [b, kvh, group, hd]),
+            device,
+        ))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (q, keys, values, valid, end, device);
+        None
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512_att {
+    use std::arch::x86_64::*;
+
+    /// `a · b`, both of a length that is a multiple of 16.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        assert!(a.len() == b.len() && a.len().is_multiple_of(16));
+        let mut acc = _mm512_setzero_ps();
+        let mut i = 0;
+        while i < a.len() {
+            // SAFETY: `i + 16 <= len` for both slices.
+            unsafe {
+                let x = _mm512_loadu_ps(a.as_ptr().wrapping_add(i));
+                let y = _mm512_loadu_ps(b.as_ptr().wrapping_add(i));
+                acc = _mm512_fmadd_ps(x, y, acc);
+            }
+            i += 16;
+        }
+        _mm512_reduce_add_ps(acc)
+    }
+
+    /// `out += alpha * x`, both of a length that is a multiple of 16.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn axpy(alpha: f32, x: &[f32], out: &mut [f32]) {
+        assert!(x.len() == out.len() && x.len().is_multiple_of(16));
+        let a = _mm512_set1_ps(alpha);
+        let mut i = 0;
+        while i < x.len() {
+            // SAFETY: `i + 16 <= len` for both slices.
+            unsafe {
+                let o = out.as_mut_ptr().wrapping_add(i);
+                let v = _mm512_loadu_ps(x.as_ptr().wrapping_add(i));
+                _mm512_storeu_ps(o, _mm512_fmadd_ps(a, v, _mm512_loadu_ps(o)));
+            }
+            i += 16;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -113,6 +113,8 @@ pub struct Llama {
     norm: Tensor<1>,
     head: Linear,
     head_is_embedding: bool,
+    /// Projections and decoding attention through [`super::cpu`].
+    cpu_kernel: bool,
     /// `[positions, head_dim]` tables of the rotary embedding.
     cos: Tensor<2>,
     sin: Tensor<2>,
@@ -270,6 +272,7 @@ impl Llama {
             norm,
             head,
             head_is_embedding,
+            cpu_kernel,
         })
     }
 
@@ -422,14 +425,21 @@ impl Llama {
                 .take()
                 .expect("cache")
                 .slice_assign(slots, v);
-            let attn = attention(
-                q,
-                keys.clone(),
-                values.clone(),
-                Some(mask.clone()),
-                None,
-                options,
-            );
+            let decoded = if s == 1 && self.cpu_kernel {
+                super::cpu::decode_attention(&q, &keys, &values, input.valid, end, &self.device)
+            } else {
+                None
+            };
+            let attn = decoded.unwrap_or_else(|| {
+                attention(
+                    q,
+                    keys.clone(),
+                    values.clone(),
+                    Some(mask.clone()),
+                    None,
+                    options,
+                )
+            });
             cache.keys[l] = Some(keys);
             cache.values[l] = Some(values);
 
