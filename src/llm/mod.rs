@@ -175,6 +175,8 @@ impl Llm {
         let dtype = options.dtype.unwrap_or(WeightDtype::F16);
         let context = options.context.min(config.max_position_embeddings);
         let file_dtype = source.describe_dtype();
+        // `MOULIN_LLM_KERNEL=0` keeps burn's own operations on the CPU too: to
+        // compare, or to rule the kernels out when something looks wrong.
         let cpu_kernel = options.device == DeviceKind::Cpu
             && std::env::var("MOULIN_LLM_KERNEL").as_deref() != Ok("0");
         let model = Llama::load(config.clone(), &source, &device, dtype, context, cpu_kernel)?;
