@@ -133,681 +133,361 @@ fn outputs(x: &[f32], rows: usize, inner: usize, w: Weights<'_>, n: usize, acc: 
 // pointer offsets are `wrapping_add` because debug builds check every `add`
 // in the inner loop (the bounds are asserted once, up front). Tiles of 4 rows of `x` by 4 weight rows keep 16 accumulators in
 // registers: each weight vector loaded serves 4 rows, each input vector 4
-// outputs. The two modules differ only in how 16 weights are loaded.
+// outputs.
 
-/// f32 weights.
-#[cfg(target_arch = "x86_64")]
-// The tiles are written out by hand; `0 * inner` keeps the rows visibly aligned.
-#[allow(clippy::erasing_op, clippy::identity_op)]
-mod avx512_f32 {
-    use std::arch::x86_64::*;
+/// The two kernels, one per weight type: they differ only in how 16 weights
+/// are loaded and how far ahead to prefetch.
+macro_rules! avx512_kernel {
+    ($(#[$doc:meta])* $name:ident, $w:ty, prefetch = $prefetch:expr, load = |$p:ident| $load:expr) => {
+        $(#[$doc])*
+        #[cfg(target_arch = "x86_64")]
+        // The tiles are written out by hand; `0 * inner` keeps the rows visibly aligned.
+        #[allow(clippy::erasing_op, clippy::identity_op)]
+        mod $name {
+            use std::arch::x86_64::*;
 
-    type W = f32;
-    /// Weights to prefetch ahead of the loads, per weight row.
-    const PREFETCH: usize = 256;
+            type W = $w;
+            /// Weights to prefetch ahead of the loads, per weight row.
+            const PREFETCH: usize = $prefetch;
 
-    /// # Safety
-    /// The CPU must have AVX-512F; `x` is `[rows, inner]`, `w` `[n, inner]`, `acc` `[rows, n]`.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn outputs(
-        x: &[f32],
-        rows: usize,
-        inner: usize,
-        w: &[W],
-        n: usize,
-        acc: &mut [f32],
-    ) {
-        assert!(x.len() >= rows * inner && w.len() >= n * inner && acc.len() >= rows * n);
-        let (xp, wp, op) = (x.as_ptr(), w.as_ptr(), acc.as_mut_ptr());
-        // SAFETY: every tile reads rows `r..r + R` of `x`, rows `o..o + O` of `w`
-        // (16 values at a time, below `inner`) and writes `acc[r.., o..]`, all
-        // inside the bounds asserted above.
-        unsafe {
-            let mut o = 0;
-            while o + 4 <= n {
-                let mut r = 0;
-                while r + 4 <= rows {
-                    tile_4x4(
-                        xp.wrapping_add(r * inner),
-                        wp.wrapping_add(o * inner),
-                        inner,
-                        op.wrapping_add(r * n + o),
-                        n,
-                    );
-                    r += 4;
+            /// # Safety
+            /// The CPU must have AVX-512F; `x` is `[rows, inner]`, `w` `[n, inner]`, `acc` `[rows, n]`.
+            #[target_feature(enable = "avx512f")]
+            pub unsafe fn outputs(
+                x: &[f32],
+                rows: usize,
+                inner: usize,
+                w: &[W],
+                n: usize,
+                acc: &mut [f32],
+            ) {
+                assert!(x.len() >= rows * inner && w.len() >= n * inner && acc.len() >= rows * n);
+                let (xp, wp, op) = (x.as_ptr(), w.as_ptr(), acc.as_mut_ptr());
+                // SAFETY: every tile reads rows `r..r + R` of `x`, rows `o..o + O` of `w`
+                // (16 values at a time, below `inner`) and writes `acc[r.., o..]`, all
+                // inside the bounds asserted above.
+                unsafe {
+                    let mut o = 0;
+                    while o + 4 <= n {
+                        let mut r = 0;
+                        while r + 4 <= rows {
+                            tile_4x4(
+                                xp.wrapping_add(r * inner),
+                                wp.wrapping_add(o * inner),
+                                inner,
+                                op.wrapping_add(r * n + o),
+                                n,
+                            );
+                            r += 4;
+                        }
+                        while r < rows {
+                            tile_1x4(
+                                xp.wrapping_add(r * inner),
+                                wp.wrapping_add(o * inner),
+                                inner,
+                                op.wrapping_add(r * n + o),
+                                n,
+                            );
+                            r += 1;
+                        }
+                        o += 4;
+                    }
+                    while o < n {
+                        for r in 0..rows {
+                            tile_1x1(
+                                xp.wrapping_add(r * inner),
+                                wp.wrapping_add(o * inner),
+                                inner,
+                                op.wrapping_add(r * n + o),
+                                n,
+                            );
+                        }
+                        o += 1;
+                    }
                 }
-                while r < rows {
-                    tile_1x4(
-                        xp.wrapping_add(r * inner),
-                        wp.wrapping_add(o * inner),
-                        inner,
-                        op.wrapping_add(r * n + o),
-                        n,
-                    );
-                    r += 1;
+            }
+
+            /// 16 weights as f32.
+            #[target_feature(enable = "avx512f")]
+            #[inline]
+            unsafe fn load($p: *const W) -> __m512 {
+                unsafe { $load }
+            }
+
+            /// The products past the last whole vector.
+            #[inline]
+            #[allow(clippy::useless_conversion)] // f32::from widens f16, and is the identity for f32
+            unsafe fn tail(x: *const f32, w: *const W, from: usize, inner: usize) -> f32 {
+                let mut sum = 0f32;
+                for k in from..inner {
+                    // SAFETY: `k < inner`, inside the rows the caller gives.
+                    sum += unsafe { *x.wrapping_add(k) * f32::from(*w.wrapping_add(k)) };
                 }
-                o += 4;
+                sum
             }
-            while o < n {
-                for r in 0..rows {
-                    tile_1x1(
-                        xp.wrapping_add(r * inner),
-                        wp.wrapping_add(o * inner),
-                        inner,
-                        op.wrapping_add(r * n + o),
-                        n,
-                    );
+
+            /// 4 row(s) of `x` against 4 weight row(s): 16 accumulators in registers.
+            #[target_feature(enable = "avx512f")]
+            unsafe fn tile_4x4(x: *const f32, w: *const W, inner: usize, out: *mut f32, out_stride: usize) {
+                unsafe {
+                    let mut s00 = _mm512_setzero_ps();
+                    let mut s01 = _mm512_setzero_ps();
+                    let mut s02 = _mm512_setzero_ps();
+                    let mut s03 = _mm512_setzero_ps();
+                    let mut s10 = _mm512_setzero_ps();
+                    let mut s11 = _mm512_setzero_ps();
+                    let mut s12 = _mm512_setzero_ps();
+                    let mut s13 = _mm512_setzero_ps();
+                    let mut s20 = _mm512_setzero_ps();
+                    let mut s21 = _mm512_setzero_ps();
+                    let mut s22 = _mm512_setzero_ps();
+                    let mut s23 = _mm512_setzero_ps();
+                    let mut s30 = _mm512_setzero_ps();
+                    let mut s31 = _mm512_setzero_ps();
+                    let mut s32 = _mm512_setzero_ps();
+                    let mut s33 = _mm512_setzero_ps();
+                    let full = inner / 16 * 16;
+                    let mut k = 0;
+                    while k < full {
+                        let w0 = load(w.wrapping_add(0 * inner + k));
+                        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(0 * inner + k + PREFETCH) as *const i8);
+                        let w1 = load(w.wrapping_add(1 * inner + k));
+                        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(1 * inner + k + PREFETCH) as *const i8);
+                        let w2 = load(w.wrapping_add(2 * inner + k));
+                        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(2 * inner + k + PREFETCH) as *const i8);
+                        let w3 = load(w.wrapping_add(3 * inner + k));
+                        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(3 * inner + k + PREFETCH) as *const i8);
+                        let x0 = _mm512_loadu_ps(x.wrapping_add(0 * inner + k));
+                        s00 = _mm512_fmadd_ps(x0, w0, s00);
+                        s01 = _mm512_fmadd_ps(x0, w1, s01);
+                        s02 = _mm512_fmadd_ps(x0, w2, s02);
+                        s03 = _mm512_fmadd_ps(x0, w3, s03);
+                        let x1 = _mm512_loadu_ps(x.wrapping_add(1 * inner + k));
+                        s10 = _mm512_fmadd_ps(x1, w0, s10);
+                        s11 = _mm512_fmadd_ps(x1, w1, s11);
+                        s12 = _mm512_fmadd_ps(x1, w2, s12);
+                        s13 = _mm512_fmadd_ps(x1, w3, s13);
+                        let x2 = _mm512_loadu_ps(x.wrapping_add(2 * inner + k));
+                        s20 = _mm512_fmadd_ps(x2, w0, s20);
+                        s21 = _mm512_fmadd_ps(x2, w1, s21);
+                        s22 = _mm512_fmadd_ps(x2, w2, s22);
+                        s23 = _mm512_fmadd_ps(x2, w3, s23);
+                        let x3 = _mm512_loadu_ps(x.wrapping_add(3 * inner + k));
+                        s30 = _mm512_fmadd_ps(x3, w0, s30);
+                        s31 = _mm512_fmadd_ps(x3, w1, s31);
+                        s32 = _mm512_fmadd_ps(x3, w2, s32);
+                        s33 = _mm512_fmadd_ps(x3, w3, s33);
+                        k += 16;
+                    }
+                    *out.wrapping_add(0 * out_stride + 0) = _mm512_reduce_add_ps(s00)
+                        + tail(
+                            x.wrapping_add(0 * inner),
+                            w.wrapping_add(0 * inner),
+                            full,
+                            inner,
+                        );
+                    *out.wrapping_add(0 * out_stride + 1) = _mm512_reduce_add_ps(s01)
+                        + tail(
+                            x.wrapping_add(0 * inner),
+                            w.wrapping_add(1 * inner),
+                            full,
+                            inner,
+                        );
+                    *out.wrapping_add(0 * out_stride + 2) = _mm512_reduce_add_ps(s02)
+                        + tail(
+                            x.wrapping_add(0 * inner),
+                            w.wrapping_add(2 * inner),
+                            full,
+                            inner,
+                        );
+                    *out.wrapping_add(0 * out_stride + 3) = _mm512_reduce_add_ps(s03)
+                        + tail(
+                            x.wrapping_add(0 * inner),
+                            w.wrapping_add(3 * inner),
+                            full,
+                            inner,
+                        );
+                    *out.wrapping_add(1 * out_stride + 0) = _mm512_reduce_add_ps(s10)
+                        + tail(
+                            x.wrapping_add(1 * inner),
+                            w.wrapping_add(0 * inner),
+                            full,
+                            inner,
+                        );
+                    *out.wrapping_add(1 * out_stride + 1) = _mm512_reduce_add_ps(s11)
+                        + tail(
+                            x.wrapping_add(1 * inner),
+                            w.wrapping_add(1 * inner),
+                            full,
+                            inner,
+                        );
+                    *out.wrapping_add(1 * out_stride + 2) = _mm512_reduce_add_ps(s12)
+                        + tail(
+                            x.wrapping_add(1 * inner),
+                            w.wrapping_add(2 * inner),
+                            full,
+                            inner,
+                        );
+                    *out.wrapping_add(1 * out_stride + 3) = _mm512_reduce_add_ps(s13)
+                        + tail(
+                            x.wrapping_add(1 * inner),
+                            w.wrapping_add(3 * inner),
+                            full,
+                            inner,
+                        );
+                    *out.wrapping_add(2 * out_stride + 0) = _mm512_reduce_add_ps(s20)
+                        + tail(
+                            x.wrapping_add(2 * inner),
+                            w.wrapping_add(0 * inner),
+                            full,
+                            inner,
+                        );
+                    *out.wrapping_add(2 * out_stride + 1) = _mm512_reduce_add_ps(s21)
+                        + tail(
+                            x.wrapping_add(2 * inner),
+                            w.wrapping_add(1 * inner),
+                            full,
+                            inner,
+                        );
+                    *out.wrapping_add(2 * out_stride + 2) = _mm512_reduce_add_ps(s22)
+                        + tail(
+                            x.wrapping_add(2 * inner),
+                            w.wrapping_add(2 * inner),
+                            full,
+                            inner,
+                        );
+                    *out.wrapping_add(2 * out_stride + 3) = _mm512_reduce_add_ps(s23)
+                        + tail(
+                            x.wrapping_add(2 * inner),
+                            w.wrapping_add(3 * inner),
+                            full,
+                            inner,
+                        );
+                    *out.wrapping_add(3 * out_stride + 0) = _mm512_reduce_add_ps(s30)
+                        + tail(
+                            x.wrapping_add(3 * inner),
+                            w.wrapping_add(0 * inner),
+                            full,
+                            inner,
+                        );
+                    *out.wrapping_add(3 * out_stride + 1) = _mm512_reduce_add_ps(s31)
+                        + tail(
+                            x.wrapping_add(3 * inner),
+                            w.wrapping_add(1 * inner),
+                            full,
+                            inner,
+                        );
+                    *out.wrapping_add(3 * out_stride + 2) = _mm512_reduce_add_ps(s32)
+                        + tail(
+                            x.wrapping_add(3 * inner),
+                            w.wrapping_add(2 * inner),
+                            full,
+                            inner,
+                        );
+                    *out.wrapping_add(3 * out_stride + 3) = _mm512_reduce_add_ps(s33)
+                        + tail(
+                            x.wrapping_add(3 * inner),
+                            w.wrapping_add(3 * inner),
+                            full,
+                            inner,
+                        );
                 }
-                o += 1;
+            }
+
+            /// 1 row(s) of `x` against 4 weight row(s): 4 accumulators in registers.
+            #[target_feature(enable = "avx512f")]
+            unsafe fn tile_1x4(x: *const f32, w: *const W, inner: usize, out: *mut f32, out_stride: usize) {
+                unsafe {
+                    let mut s00 = _mm512_setzero_ps();
+                    let mut s01 = _mm512_setzero_ps();
+                    let mut s02 = _mm512_setzero_ps();
+                    let mut s03 = _mm512_setzero_ps();
+                    let full = inner / 16 * 16;
+                    let mut k = 0;
+                    while k < full {
+                        let w0 = load(w.wrapping_add(0 * inner + k));
+                        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(0 * inner + k + PREFETCH) as *const i8);
+                        let w1 = load(w.wrapping_add(1 * inner + k));
+                        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(1 * inner + k + PREFETCH) as *const i8);
+                        let w2 = load(w.wrapping_add(2 * inner + k));
+                        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(2 * inner + k + PREFETCH) as *const i8);
+                        let w3 = load(w.wrapping_add(3 * inner + k));
+                        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(3 * inner + k + PREFETCH) as *const i8);
+                        let x0 = _mm512_loadu_ps(x.wrapping_add(0 * inner + k));
+                        s00 = _mm512_fmadd_ps(x0, w0, s00);
+                        s01 = _mm512_fmadd_ps(x0, w1, s01);
+                        s02 = _mm512_fmadd_ps(x0, w2, s02);
+                        s03 = _mm512_fmadd_ps(x0, w3, s03);
+                        k += 16;
+                    }
+                    *out.wrapping_add(0 * out_stride + 0) = _mm512_reduce_add_ps(s00)
+                        + tail(
+                            x.wrapping_add(0 * inner),
+                            w.wrapping_add(0 * inner),
+                            full,
+                            inner,
+                        );
+                    *out.wrapping_add(0 * out_stride + 1) = _mm512_reduce_add_ps(s01)
+                        + tail(
+                            x.wrapping_add(0 * inner),
+                            w.wrapping_add(1 * inner),
+                            full,
+                            inner,
+                        );
+                    *out.wrapping_add(0 * out_stride + 2) = _mm512_reduce_add_ps(s02)
+                        + tail(
+                            x.wrapping_add(0 * inner),
+                            w.wrapping_add(2 * inner),
+                            full,
+                            inner,
+                        );
+                    *out.wrapping_add(0 * out_stride + 3) = _mm512_reduce_add_ps(s03)
+                        + tail(
+                            x.wrapping_add(0 * inner),
+                            w.wrapping_add(3 * inner),
+                            full,
+                            inner,
+                        );
+                }
+            }
+
+            /// 1 row(s) of `x` against 1 weight row(s): 1 accumulators in registers.
+            #[target_feature(enable = "avx512f")]
+            unsafe fn tile_1x1(x: *const f32, w: *const W, inner: usize, out: *mut f32, out_stride: usize) {
+                unsafe {
+                    let mut s00 = _mm512_setzero_ps();
+                    let full = inner / 16 * 16;
+                    let mut k = 0;
+                    while k < full {
+                        let w0 = load(w.wrapping_add(0 * inner + k));
+                        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(0 * inner + k + PREFETCH) as *const i8);
+                        let x0 = _mm512_loadu_ps(x.wrapping_add(0 * inner + k));
+                        s00 = _mm512_fmadd_ps(x0, w0, s00);
+                        k += 16;
+                    }
+                    *out.wrapping_add(0 * out_stride + 0) = _mm512_reduce_add_ps(s00)
+                        + tail(
+                            x.wrapping_add(0 * inner),
+                            w.wrapping_add(0 * inner),
+                            full,
+                            inner,
+                        );
+                }
             }
         }
-    }
-
-    /// 16 weights as f32.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    unsafe fn load(p: *const W) -> __m512 {
-        unsafe { _mm512_loadu_ps(p) }
-    }
-
-    /// The products past the last whole vector.
-    #[inline]
-    #[allow(clippy::useless_conversion)] // f32::from widens f16, and is the identity for f32
-    unsafe fn tail(x: *const f32, w: *const W, from: usize, inner: usize) -> f32 {
-        let mut sum = 0f32;
-        for k in from..inner {
-            // SAFETY: `k < inner`, inside the rows the caller gives.
-            sum += unsafe { *x.wrapping_add(k) * f32::from(*w.wrapping_add(k)) };
-        }
-        sum
-    }
-
-    /// 4 row(s) of `x` against 4 weight row(s): 16 accumulators in registers.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn tile_4x4(x: *const f32, w: *const W, inner: usize, out: *mut f32, out_stride: usize) {
-        unsafe {
-            let mut s00 = _mm512_setzero_ps();
-            let mut s01 = _mm512_setzero_ps();
-            let mut s02 = _mm512_setzero_ps();
-            let mut s03 = _mm512_setzero_ps();
-            let mut s10 = _mm512_setzero_ps();
-            let mut s11 = _mm512_setzero_ps();
-            let mut s12 = _mm512_setzero_ps();
-            let mut s13 = _mm512_setzero_ps();
-            let mut s20 = _mm512_setzero_ps();
-            let mut s21 = _mm512_setzero_ps();
-            let mut s22 = _mm512_setzero_ps();
-            let mut s23 = _mm512_setzero_ps();
-            let mut s30 = _mm512_setzero_ps();
-            let mut s31 = _mm512_setzero_ps();
-            let mut s32 = _mm512_setzero_ps();
-            let mut s33 = _mm512_setzero_ps();
-            let full = inner / 16 * 16;
-            let mut k = 0;
-            while k < full {
-                let w0 = load(w.wrapping_add(0 * inner + k));
-                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(0 * inner + k + PREFETCH) as *const i8);
-                let w1 = load(w.wrapping_add(1 * inner + k));
-                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(1 * inner + k + PREFETCH) as *const i8);
-                let w2 = load(w.wrapping_add(2 * inner + k));
-                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(2 * inner + k + PREFETCH) as *const i8);
-                let w3 = load(w.wrapping_add(3 * inner + k));
-                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(3 * inner + k + PREFETCH) as *const i8);
-                let x0 = _mm512_loadu_ps(x.wrapping_add(0 * inner + k));
-                s00 = _mm512_fmadd_ps(x0, w0, s00);
-                s01 = _mm512_fmadd_ps(x0, w1, s01);
-                s02 = _mm512_fmadd_ps(x0, w2, s02);
-                s03 = _mm512_fmadd_ps(x0, w3, s03);
-                let x1 = _mm512_loadu_ps(x.wrapping_add(1 * inner + k));
-                s10 = _mm512_fmadd_ps(x1, w0, s10);
-                s11 = _mm512_fmadd_ps(x1, w1, s11);
-                s12 = _mm512_fmadd_ps(x1, w2, s12);
-                s13 = _mm512_fmadd_ps(x1, w3, s13);
-                let x2 = _mm512_loadu_ps(x.wrapping_add(2 * inner + k));
-                s20 = _mm512_fmadd_ps(x2, w0, s20);
-                s21 = _mm512_fmadd_ps(x2, w1, s21);
-                s22 = _mm512_fmadd_ps(x2, w2, s22);
-                s23 = _mm512_fmadd_ps(x2, w3, s23);
-                let x3 = _mm512_loadu_ps(x.wrapping_add(3 * inner + k));
-                s30 = _mm512_fmadd_ps(x3, w0, s30);
-                s31 = _mm512_fmadd_ps(x3, w1, s31);
-                s32 = _mm512_fmadd_ps(x3, w2, s32);
-                s33 = _mm512_fmadd_ps(x3, w3, s33);
-                k += 16;
-            }
-            *out.wrapping_add(0 * out_stride + 0) = _mm512_reduce_add_ps(s00)
-                + tail(
-                    x.wrapping_add(0 * inner),
-                    w.wrapping_add(0 * inner),
-                    full,
-                    inner,
-                );
-            *out.wrapping_add(0 * out_stride + 1) = _mm512_reduce_add_ps(s01)
-                + tail(
-                    x.wrapping_add(0 * inner),
-                    w.wrapping_add(1 * inner),
-                    full,
-                    inner,
-                );
-            *out.wrapping_add(0 * out_stride + 2) = _mm512_reduce_add_ps(s02)
-                + tail(
-                    x.wrapping_add(0 * inner),
-                    w.wrapping_add(2 * inner),
-                    full,
-                    inner,
-                );
-            *out.wrapping_add(0 * out_stride + 3) = _mm512_reduce_add_ps(s03)
-                + tail(
-                    x.wrapping_add(0 * inner),
-                    w.wrapping_add(3 * inner),
-                    full,
-                    inner,
-                );
-            *out.wrapping_add(1 * out_stride + 0) = _mm512_reduce_add_ps(s10)
-                + tail(
-                    x.wrapping_add(1 * inner),
-                    w.wrapping_add(0 * inner),
-                    full,
-                    inner,
-                );
-            *out.wrapping_add(1 * out_stride + 1) = _mm512_reduce_add_ps(s11)
-                + tail(
-                    x.wrapping_add(1 * inner),
-                    w.wrapping_add(1 * inner),
-                    full,
-                    inner,
-                );
-            *out.wrapping_add(1 * out_stride + 2) = _mm512_reduce_add_ps(s12)
-                + tail(
-                    x.wrapping_add(1 * inner),
-                    w.wrapping_add(2 * inner),
-                    full,
-                    inner,
-                );
-            *out.wrapping_add(1 * out_stride + 3) = _mm512_reduce_add_ps(s13)
-                + tail(
-                    x.wrapping_add(1 * inner),
-                    w.wrapping_add(3 * inner),
-                    full,
-                    inner,
-                );
-            *out.wrapping_add(2 * out_stride + 0) = _mm512_reduce_add_ps(s20)
-                + tail(
-                    x.wrapping_add(2 * inner),
-                    w.wrapping_add(0 * inner),
-                    full,
-                    inner,
-                );
-            *out.wrapping_add(2 * out_stride + 1) = _mm512_reduce_add_ps(s21)
-                + tail(
-                    x.wrapping_add(2 * inner),
-                    w.wrapping_add(1 * inner),
-                    full,
-                    inner,
-                );
-            *out.wrapping_add(2 * out_stride + 2) = _mm512_reduce_add_ps(s22)
-                + tail(
-                    x.wrapping_add(2 * inner),
-                    w.wrapping_add(2 * inner),
-                    full,
-                    inner,
-                );
-            *out.wrapping_add(2 * out_stride + 3) = _mm512_reduce_add_ps(s23)
-                + tail(
-                    x.wrapping_add(2 * inner),
-                    w.wrapping_add(3 * inner),
-                    full,
-                    inner,
-                );
-            *out.wrapping_add(3 * out_stride + 0) = _mm512_reduce_add_ps(s30)
-                + tail(
-                    x.wrapping_add(3 * inner),
-                    w.wrapping_add(0 * inner),
-                    full,
-                    inner,
-                );
-            *out.wrapping_add(3 * out_stride + 1) = _mm512_reduce_add_ps(s31)
-                + tail(
-                    x.wrapping_add(3 * inner),
-                    w.wrapping_add(1 * inner),
-                    full,
-                    inner,
-                );
-            *out.wrapping_add(3 * out_stride + 2) = _mm512_reduce_add_ps(s32)
-                + tail(
-                    x.wrapping_add(3 * inner),
-                    w.wrapping_add(2 * inner),
-                    full,
-                    inner,
-                );
-            *out.wrapping_add(3 * out_stride + 3) = _mm512_reduce_add_ps(s33)
-                + tail(
-                    x.wrapping_add(3 * inner),
-                    w.wrapping_add(3 * inner),
-                    full,
-                    inner,
-                );
-        }
-    }
-
-    /// 1 row(s) of `x` against 4 weight row(s): 4 accumulators in registers.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn tile_1x4(x: *const f32, w: *const W, inner: usize, out: *mut f32, out_stride: usize) {
-        unsafe {
-            let mut s00 = _mm512_setzero_ps();
-            let mut s01 = _mm512_setzero_ps();
-            let mut s02 = _mm512_setzero_ps();
-            let mut s03 = _mm512_setzero_ps();
-            let full = inner / 16 * 16;
-            let mut k = 0;
-            while k < full {
-                let w0 = load(w.wrapping_add(0 * inner + k));
-                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(0 * inner + k + PREFETCH) as *const i8);
-                let w1 = load(w.wrapping_add(1 * inner + k));
-                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(1 * inner + k + PREFETCH) as *const i8);
-                let w2 = load(w.wrapping_add(2 * inner + k));
-                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(2 * inner + k + PREFETCH) as *const i8);
-                let w3 = load(w.wrapping_add(3 * inner + k));
-                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(3 * inner + k + PREFETCH) as *const i8);
-                let x0 = _mm512_loadu_ps(x.wrapping_add(0 * inner + k));
-                s00 = _mm512_fmadd_ps(x0, w0, s00);
-                s01 = _mm512_fmadd_ps(x0, w1, s01);
-                s02 = _mm512_fmadd_ps(x0, w2, s02);
-                s03 = _mm512_fmadd_ps(x0, w3, s03);
-                k += 16;
-            }
-            *out.wrapping_add(0 * out_stride + 0) = _mm512_reduce_add_ps(s00)
-                + tail(
-                    x.wrapping_add(0 * inner),
-                    w.wrapping_add(0 * inner),
-                    full,
-                    inner,
-                );
-            *out.wrapping_add(0 * out_stride + 1) = _mm512_reduce_add_ps(s01)
-                + tail(
-                    x.wrapping_add(0 * inner),
-                    w.wrapping_add(1 * inner),
-                    full,
-                    inner,
-                );
-            *out.wrapping_add(0 * out_stride + 2) = _mm512_reduce_add_ps(s02)
-                + tail(
-                    x.wrapping_add(0 * inner),
-                    w.wrapping_add(2 * inner),
-                    full,
-                    inner,
-                );
-            *out.wrapping_add(0 * out_stride + 3) = _mm512_reduce_add_ps(s03)
-                + tail(
-                    x.wrapping_add(0 * inner),
-                    w.wrapping_add(3 * inner),
-                    full,
-                    inner,
-                );
-        }
-    }
-
-    /// 1 row(s) of `x` against 1 weight row(s): 1 accumulators in registers.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn tile_1x1(x: *const f32, w: *const W, inner: usize, out: *mut f32, out_stride: usize) {
-        unsafe {
-            let mut s00 = _mm512_setzero_ps();
-            let full = inner / 16 * 16;
-            let mut k = 0;
-            while k < full {
-                let w0 = load(w.wrapping_add(0 * inner + k));
-                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(0 * inner + k + PREFETCH) as *const i8);
-                let x0 = _mm512_loadu_ps(x.wrapping_add(0 * inner + k));
-                s00 = _mm512_fmadd_ps(x0, w0, s00);
-                k += 16;
-            }
-            *out.wrapping_add(0 * out_stride + 0) = _mm512_reduce_add_ps(s00)
-                + tail(
-                    x.wrapping_add(0 * inner),
-                    w.wrapping_add(0 * inner),
-                    full,
-                    inner,
-                );
-        }
-    }
+    };
 }
 
-/// f16 weights, widened to f32 as they are loaded (half the bytes to read).
-#[cfg(target_arch = "x86_64")]
-// The tiles are written out by hand; `0 * inner` keeps the rows visibly aligned.
-#[allow(clippy::erasing_op, clippy::identity_op)]
-mod avx512_f16 {
-    use std::arch::x86_64::*;
+avx512_kernel!(
+    /// f32 weights.
+    avx512_f32, f32, prefetch = 256, load = |p| _mm512_loadu_ps(p)
+);
 
-    type W = half::f16;
-    /// Weights to prefetch ahead of the loads, per weight row.
-    const PREFETCH: usize = 512;
-
-    /// # Safety
-    /// The CPU must have AVX-512F; `x` is `[rows, inner]`, `w` `[n, inner]`, `acc` `[rows, n]`.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn outputs(
-        x: &[f32],
-        rows: usize,
-        inner: usize,
-        w: &[W],
-        n: usize,
-        acc: &mut [f32],
-    ) {
-        assert!(x.len() >= rows * inner && w.len() >= n * inner && acc.len() >= rows * n);
-        let (xp, wp, op) = (x.as_ptr(), w.as_ptr(), acc.as_mut_ptr());
-        // SAFETY: every tile reads rows `r..r + R` of `x`, rows `o..o + O` of `w`
-        // (16 values at a time, below `inner`) and writes `acc[r.., o..]`, all
-        // inside the bounds asserted above.
-        unsafe {
-            let mut o = 0;
-            while o + 4 <= n {
-                let mut r = 0;
-                while r + 4 <= rows {
-                    tile_4x4(
-                        xp.wrapping_add(r * inner),
-                        wp.wrapping_add(o * inner),
-                        inner,
-                        op.wrapping_add(r * n + o),
-                        n,
-                    );
-                    r += 4;
-                }
-                while r < rows {
-                    tile_1x4(
-                        xp.wrapping_add(r * inner),
-                        wp.wrapping_add(o * inner),
-                        inner,
-                        op.wrapping_add(r * n + o),
-                        n,
-                    );
-                    r += 1;
-                }
-                o += 4;
-            }
-            while o < n {
-                for r in 0..rows {
-                    tile_1x1(
-                        xp.wrapping_add(r * inner),
-                        wp.wrapping_add(o * inner),
-                        inner,
-                        op.wrapping_add(r * n + o),
-                        n,
-                    );
-                }
-                o += 1;
-            }
-        }
-    }
-
-    /// 16 weights as f32.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    unsafe fn load(p: *const W) -> __m512 {
-        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)) }
-    }
-
-    /// The products past the last whole vector.
-    #[inline]
-    #[allow(clippy::useless_conversion)] // f32::from widens f16, and is the identity for f32
-    unsafe fn tail(x: *const f32, w: *const W, from: usize, inner: usize) -> f32 {
-        let mut sum = 0f32;
-        for k in from..inner {
-            // SAFETY: `k < inner`, inside the rows the caller gives.
-            sum += unsafe { *x.wrapping_add(k) * f32::from(*w.wrapping_add(k)) };
-        }
-        sum
-    }
-
-    /// 4 row(s) of `x` against 4 weight row(s): 16 accumulators in registers.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn tile_4x4(x: *const f32, w: *const W, inner: usize, out: *mut f32, out_stride: usize) {
-        unsafe {
-            let mut s00 = _mm512_setzero_ps();
-            let mut s01 = _mm512_setzero_ps();
-            let mut s02 = _mm512_setzero_ps();
-            let mut s03 = _mm512_setzero_ps();
-            let mut s10 = _mm512_setzero_ps();
-            let mut s11 = _mm512_setzero_ps();
-            let mut s12 = _mm512_setzero_ps();
-            let mut s13 = _mm512_setzero_ps();
-            let mut s20 = _mm512_setzero_ps();
-            let mut s21 = _mm512_setzero_ps();
-            let mut s22 = _mm512_setzero_ps();
-            let mut s23 = _mm512_setzero_ps();
-            let mut s30 = _mm512_setzero_ps();
-            let mut s31 = _mm512_setzero_ps();
-            let mut s32 = _mm512_setzero_ps();
-            let mut s33 = _mm512_setzero_ps();
-            let full = inner / 16 * 16;
-            let mut k = 0;
-            while k < full {
-                let w0 = load(w.wrapping_add(0 * inner + k));
-                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(0 * inner + k + PREFETCH) as *const i8);
-                let w1 = load(w.wrapping_add(1 * inner + k));
-                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(1 * inner + k + PREFETCH) as *const i8);
-                let w2 = load(w.wrapping_add(2 * inner + k));
-                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(2 * inner + k + PREFETCH) as *const i8);
-                let w3 = load(w.wrapping_add(3 * inner + k));
-                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(3 * inner + k + PREFETCH) as *const i8);
-                let x0 = _mm512_loadu_ps(x.wrapping_add(0 * inner + k));
-                s00 = _mm512_fmadd_ps(x0, w0, s00);
-                s01 = _mm512_fmadd_ps(x0, w1, s01);
-                s02 = _mm512_fmadd_ps(x0, w2, s02);
-                s03 = _mm512_fmadd_ps(x0, w3, s03);
-                let x1 = _mm512_loadu_ps(x.wrapping_add(1 * inner + k));
-                s10 = _mm512_fmadd_ps(x1, w0, s10);
-                s11 = _mm512_fmadd_ps(x1, w1, s11);
-                s12 = _mm512_fmadd_ps(x1, w2, s12);
-                s13 = _mm512_fmadd_ps(x1, w3, s13);
-                let x2 = _mm512_loadu_ps(x.wrapping_add(2 * inner + k));
-                s20 = _mm512_fmadd_ps(x2, w0, s20);
-                s21 = _mm512_fmadd_ps(x2, w1, s21);
-                s22 = _mm512_fmadd_ps(x2, w2, s22);
-                s23 = _mm512_fmadd_ps(x2, w3, s23);
-                let x3 = _mm512_loadu_ps(x.wrapping_add(3 * inner + k));
-                s30 = _mm512_fmadd_ps(x3, w0, s30);
-                s31 = _mm512_fmadd_ps(x3, w1, s31);
-                s32 = _mm512_fmadd_ps(x3, w2, s32);
-                s33 = _mm512_fmadd_ps(x3, w3, s33);
-                k += 16;
-            }
-            *out.wrapping_add(0 * out_stride + 0) = _mm512_reduce_add_ps(s00)
-                + tail(
-                    x.wrapping_add(0 * inner),
-                    w.wrapping_add(0 * inner),
-                    full,
-                    inner,
-                );
-            *out.wrapping_add(0 * out_stride + 1) = _mm512_reduce_add_ps(s01)
-                + tail(
-                    x.wrapping_add(0 * inner),
-                    w.wrapping_add(1 * inner),
-                    full,
-                    inner,
-                );
-            *out.wrapping_add(0 * out_stride + 2) = _mm512_reduce_add_ps(s02)
-                + tail(
-                    x.wrapping_add(0 * inner),
-                    w.wrapping_add(2 * inner),
-                    full,
-                    inner,
-                );
-            *out.wrapping_add(0 * out_stride + 3) = _mm512_reduce_add_ps(s03)
-                + tail(
-                    x.wrapping_add(0 * inner),
-                    w.wrapping_add(3 * inner),
-                    full,
-                    inner,
-                );
-            *out.wrapping_add(1 * out_stride + 0) = _mm512_reduce_add_ps(s10)
-                + tail(
-                    x.wrapping_add(1 * inner),
-                    w.wrapping_add(0 * inner),
-                    full,
-                    inner,
-                );
-            *out.wrapping_add(1 * out_stride + 1) = _mm512_reduce_add_ps(s11)
-                + tail(
-                    x.wrapping_add(1 * inner),
-                    w.wrapping_add(1 * inner),
-                    full,
-                    inner,
-                );
-            *out.wrapping_add(1 * out_stride + 2) = _mm512_reduce_add_ps(s12)
-                + tail(
-                    x.wrapping_add(1 * inner),
-                    w.wrapping_add(2 * inner),
-                    full,
-                    inner,
-                );
-            *out.wrapping_add(1 * out_stride + 3) = _mm512_reduce_add_ps(s13)
-                + tail(
-                    x.wrapping_add(1 * inner),
-                    w.wrapping_add(3 * inner),
-                    full,
-                    inner,
-                );
-            *out.wrapping_add(2 * out_stride + 0) = _mm512_reduce_add_ps(s20)
-                + tail(
-                    x.wrapping_add(2 * inner),
-                    w.wrapping_add(0 * inner),
-                    full,
-                    inner,
-                );
-            *out.wrapping_add(2 * out_stride + 1) = _mm512_reduce_add_ps(s21)
-                + tail(
-                    x.wrapping_add(2 * inner),
-                    w.wrapping_add(1 * inner),
-                    full,
-                    inner,
-                );
-            *out.wrapping_add(2 * out_stride + 2) = _mm512_reduce_add_ps(s22)
-                + tail(
-                    x.wrapping_add(2 * inner),
-                    w.wrapping_add(2 * inner),
-                    full,
-                    inner,
-                );
-            *out.wrapping_add(2 * out_stride + 3) = _mm512_reduce_add_ps(s23)
-                + tail(
-                    x.wrapping_add(2 * inner),
-                    w.wrapping_add(3 * inner),
-                    full,
-                    inner,
-                );
-            *out.wrapping_add(3 * out_stride + 0) = _mm512_reduce_add_ps(s30)
-                + tail(
-                    x.wrapping_add(3 * inner),
-                    w.wrapping_add(0 * inner),
-                    full,
-                    inner,
-                );
-            *out.wrapping_add(3 * out_stride + 1) = _mm512_reduce_add_ps(s31)
-                + tail(
-                    x.wrapping_add(3 * inner),
-                    w.wrapping_add(1 * inner),
-                    full,
-                    inner,
-                );
-            *out.wrapping_add(3 * out_stride + 2) = _mm512_reduce_add_ps(s32)
-                + tail(
-                    x.wrapping_add(3 * inner),
-                    w.wrapping_add(2 * inner),
-                    full,
-                    inner,
-                );
-            *out.wrapping_add(3 * out_stride + 3) = _mm512_reduce_add_ps(s33)
-                + tail(
-                    x.wrapping_add(3 * inner),
-                    w.wrapping_add(3 * inner),
-                    full,
-                    inner,
-                );
-        }
-    }
-
-    /// 1 row(s) of `x` against 4 weight row(s): 4 accumulators in registers.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn tile_1x4(x: *const f32, w: *const W, inner: usize, out: *mut f32, out_stride: usize) {
-        unsafe {
-            let mut s00 = _mm512_setzero_ps();
-            let mut s01 = _mm512_setzero_ps();
-            let mut s02 = _mm512_setzero_ps();
-            let mut s03 = _mm512_setzero_ps();
-            let full = inner / 16 * 16;
-            let mut k = 0;
-            while k < full {
-                let w0 = load(w.wrapping_add(0 * inner + k));
-                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(0 * inner + k + PREFETCH) as *const i8);
-                let w1 = load(w.wrapping_add(1 * inner + k));
-                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(1 * inner + k + PREFETCH) as *const i8);
-                let w2 = load(w.wrapping_add(2 * inner + k));
-                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(2 * inner + k + PREFETCH) as *const i8);
-                let w3 = load(w.wrapping_add(3 * inner + k));
-                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(3 * inner + k + PREFETCH) as *const i8);
-                let x0 = _mm512_loadu_ps(x.wrapping_add(0 * inner + k));
-                s00 = _mm512_fmadd_ps(x0, w0, s00);
-                s01 = _mm512_fmadd_ps(x0, w1, s01);
-                s02 = _mm512_fmadd_ps(x0, w2, s02);
-                s03 = _mm512_fmadd_ps(x0, w3, s03);
-                k += 16;
-            }
-            *out.wrapping_add(0 * out_stride + 0) = _mm512_reduce_add_ps(s00)
-                + tail(
-                    x.wrapping_add(0 * inner),
-                    w.wrapping_add(0 * inner),
-                    full,
-                    inner,
-                );
-            *out.wrapping_add(0 * out_stride + 1) = _mm512_reduce_add_ps(s01)
-                + tail(
-                    x.wrapping_add(0 * inner),
-                    w.wrapping_add(1 * inner),
-                    full,
-                    inner,
-                );
-            *out.wrapping_add(0 * out_stride + 2) = _mm512_reduce_add_ps(s02)
-                + tail(
-                    x.wrapping_add(0 * inner),
-                    w.wrapping_add(2 * inner),
-                    full,
-                    inner,
-                );
-            *out.wrapping_add(0 * out_stride + 3) = _mm512_reduce_add_ps(s03)
-                + tail(
-                    x.wrapping_add(0 * inner),
-                    w.wrapping_add(3 * inner),
-                    full,
-                    inner,
-                );
-        }
-    }
-
-    /// 1 row(s) of `x` against 1 weight row(s): 1 accumulators in registers.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn tile_1x1(x: *const f32, w: *const W, inner: usize, out: *mut f32, out_stride: usize) {
-        unsafe {
-            let mut s00 = _mm512_setzero_ps();
-            let full = inner / 16 * 16;
-            let mut k = 0;
-            while k < full {
-                let w0 = load(w.wrapping_add(0 * inner + k));
-                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(0 * inner + k + PREFETCH) as *const i8);
-                let x0 = _mm512_loadu_ps(x.wrapping_add(0 * inner + k));
-                s00 = _mm512_fmadd_ps(x0, w0, s00);
-                k += 16;
-            }
-            *out.wrapping_add(0 * out_stride + 0) = _mm512_reduce_add_ps(s00)
-                + tail(
-                    x.wrapping_add(0 * inner),
-                    w.wrapping_add(0 * inner),
-                    full,
-                    inner,
-                );
-        }
-    }
-}
+avx512_kernel!(
+    /// f16 weights, widened to f32 as they are loaded (half the bytes to read).
+    avx512_f16, half::f16, prefetch = 512,
+    load = |p| _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+);
 
 /// Attention of one new token per sequence over the KV cache (a decoding
 /// step), or `None` when this does not apply (another backend or dtype, no
