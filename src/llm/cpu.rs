@@ -6,9 +6,9 @@
 //! matrix product takes a single-threaded vector path for one row, which reads
 //! about 8 GB/s here, and burn has no fast f16 product on the CPU. This kernel
 //! streams the weights in their file layout (`[out, in]`, one contiguous row
-//! per output, f16 by default: half the bytes) on every core, each weight row
-//! read once for every 4 rows of the input, with AVX-512 when the CPU has it
-//! (checked at run time). It serves every projection on the CPU, prompts
+//! per output, f16 by default: half the bytes) on every core, each weight
+//! vector loaded (and widened) once for up to 8 rows of the input, with AVX-512
+//! when the CPU has it (checked at run time). It serves every projection on the CPU, prompts
 //! included; attention, norms, the rotary embedding and the cache stay burn
 //! operations.
 
@@ -34,7 +34,7 @@ impl Weights<'_> {
 }
 
 /// Weight rows per task: enough to stream, small enough to share the work out.
-const OUTPUTS_PER_TASK: usize = 64;
+const OUTPUTS_PER_TASK: usize = 48;
 
 /// `x @ wᵀ` for a flex tensor `w` stored `[out, in]` in f32 or f16, or `None`
 /// when the kernel does not apply (another backend, another dtype, a
@@ -94,12 +94,22 @@ pub fn matmul_rows(x: &[f32], rows: usize, inner: usize, w: Weights<'_>, cols: u
     out
 }
 
+/// Whether the AVX-512 kernels can run. They need the vector-length extension
+/// too: without it the compiler keeps accumulators out of zmm16–31 (their
+/// 256- and 128-bit halves, used by the final sums, would need VL) and spills
+/// them to the stack.
+#[cfg(target_arch = "x86_64")]
+fn avx512() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+}
+
 /// Outputs of a block of `n` weight rows for every row of `x`, into `acc`
 /// (`[rows, n]`).
 fn outputs(x: &[f32], rows: usize, inner: usize, w: Weights<'_>, n: usize, acc: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F, checked just above.
+    if avx512() {
+        // SAFETY: the CPU has AVX-512F and VL, checked just above.
         unsafe {
             match w {
                 Weights::F32(w) => avx512_f32::outputs(x, rows, inner, w, n, acc),
@@ -129,16 +139,29 @@ fn outputs(x: &[f32], rows: usize, inner: usize, w: Weights<'_>, n: usize, acc: 
 }
 
 // The AVX-512 kernels use explicit intrinsics and keep their accumulators in
-// named variables, so they stay fast whatever the crate's optimisation level;
-// pointer offsets are `wrapping_add` because debug builds check every `add`
-// in the inner loop (the bounds are asserted once, up front). Tiles of 4 rows of `x` by 4 weight rows keep 16 accumulators in
-// registers: each weight vector loaded serves 4 rows, each input vector 4
-// outputs.
+// named variables, so they stay fast at the crate's debug optimisation level
+// (opt-level 1; the dev profile turns debug assertions off for this crate,
+// see Cargo.toml). Pointer offsets are `wrapping_add`: no overflow check in
+// the inner loop (the bounds are asserted once, up front). With 8 rows or
+// more, tiles of 8 rows of `x` by 3 weight rows keep 24 accumulators in
+// registers (each weight vector loaded serves 8 rows, each input vector 3
+// outputs); with fewer rows, tiles of 4 by 4.
+
+/// 16 weights at `$p` as f32: loaded, or loaded and widened.
+#[cfg(target_arch = "x86_64")]
+macro_rules! load16 {
+    (f32, $p:expr) => {
+        _mm512_loadu_ps($p)
+    };
+    (f16, $p:expr) => {
+        _mm512_cvtph_ps(_mm256_loadu_si256($p as *const __m256i))
+    };
+}
 
 /// The two kernels, one per weight type: they differ only in how 16 weights
 /// are loaded and how far ahead to prefetch.
 macro_rules! avx512_kernel {
-    ($(#[$doc:meta])* $name:ident, $w:ty, prefetch = $prefetch:expr, load = |$p:ident| $load:expr) => {
+    ($(#[$doc:meta])* $name:ident, $w:ty, $kind:ident, prefetch = $prefetch:expr) => {
         $(#[$doc])*
         #[cfg(target_arch = "x86_64")]
         // The tiles are written out by hand; `0 * inner` keeps the rows visibly aligned.
@@ -151,8 +174,8 @@ macro_rules! avx512_kernel {
             const PREFETCH: usize = $prefetch;
 
             /// # Safety
-            /// The CPU must have AVX-512F; `x` is `[rows, inner]`, `w` `[n, inner]`, `acc` `[rows, n]`.
-            #[target_feature(enable = "avx512f")]
+            /// The CPU must have AVX-512F and VL; `x` is `[rows, inner]`, `w` `[n, inner]`, `acc` `[rows, n]`.
+            #[target_feature(enable = "avx512f,avx512vl")]
             pub unsafe fn outputs(
                 x: &[f32],
                 rows: usize,
@@ -168,29 +191,68 @@ macro_rules! avx512_kernel {
                 // inside the bounds asserted above.
                 unsafe {
                     let mut o = 0;
-                    while o + 4 <= n {
-                        let mut r = 0;
-                        while r + 4 <= rows {
-                            tile_4x4(
-                                xp.wrapping_add(r * inner),
-                                wp.wrapping_add(o * inner),
-                                inner,
-                                op.wrapping_add(r * n + o),
-                                n,
-                            );
-                            r += 4;
+                    if rows >= 8 {
+                        // Many rows: 8 rows by 3 outputs, each weight vector widened
+                        // once for 8 rows.
+                        while o + 3 <= n {
+                            let mut r = 0;
+                            while r + 8 <= rows {
+                                tile_8x3(
+                                    xp.wrapping_add(r * inner),
+                                    wp.wrapping_add(o * inner),
+                                    inner,
+                                    op.wrapping_add(r * n + o),
+                                    n,
+                                );
+                                r += 8;
+                            }
+                            while r + 4 <= rows {
+                                tile_4x3(
+                                    xp.wrapping_add(r * inner),
+                                    wp.wrapping_add(o * inner),
+                                    inner,
+                                    op.wrapping_add(r * n + o),
+                                    n,
+                                );
+                                r += 4;
+                            }
+                            while r < rows {
+                                tile_1x3(
+                                    xp.wrapping_add(r * inner),
+                                    wp.wrapping_add(o * inner),
+                                    inner,
+                                    op.wrapping_add(r * n + o),
+                                    n,
+                                );
+                                r += 1;
+                            }
+                            o += 3;
                         }
-                        while r < rows {
-                            tile_1x4(
-                                xp.wrapping_add(r * inner),
-                                wp.wrapping_add(o * inner),
-                                inner,
-                                op.wrapping_add(r * n + o),
-                                n,
-                            );
-                            r += 1;
+                    } else {
+                        while o + 4 <= n {
+                            let mut r = 0;
+                            while r + 4 <= rows {
+                                tile_4x4(
+                                    xp.wrapping_add(r * inner),
+                                    wp.wrapping_add(o * inner),
+                                    inner,
+                                    op.wrapping_add(r * n + o),
+                                    n,
+                                );
+                                r += 4;
+                            }
+                            while r < rows {
+                                tile_1x4(
+                                    xp.wrapping_add(r * inner),
+                                    wp.wrapping_add(o * inner),
+                                    inner,
+                                    op.wrapping_add(r * n + o),
+                                    n,
+                                );
+                                r += 1;
+                            }
+                            o += 4;
                         }
-                        o += 4;
                     }
                     while o < n {
                         for r in 0..rows {
@@ -207,29 +269,238 @@ macro_rules! avx512_kernel {
                 }
             }
 
-            /// 16 weights as f32.
-            #[target_feature(enable = "avx512f")]
-            #[inline]
-            unsafe fn load($p: *const W) -> __m512 {
-                unsafe { $load }
-            }
 
-            /// The products past the last whole vector.
+            /// The sum of an accumulator, plus the products past the last whole vector.
+            #[target_feature(enable = "avx512f,avx512vl")]
             #[inline]
             #[allow(clippy::useless_conversion)] // f32::from widens f16, and is the identity for f32
-            unsafe fn tail(x: *const f32, w: *const W, from: usize, inner: usize) -> f32 {
-                let mut sum = 0f32;
-                for k in from..inner {
+            unsafe fn finish(s: __m512, x: *const f32, w: *const W, full: usize, inner: usize) -> f32 {
+                let mut sum = _mm512_reduce_add_ps(s);
+                for k in full..inner {
                     // SAFETY: `k < inner`, inside the rows the caller gives.
                     sum += unsafe { *x.wrapping_add(k) * f32::from(*w.wrapping_add(k)) };
                 }
                 sum
             }
 
-            /// 4 row(s) of `x` against 4 weight row(s): 16 accumulators in registers.
-            #[target_feature(enable = "avx512f")]
+            /// 8 row(s) of `x` against 3 weight row(s): 24 accumulator(s) in registers.
+            #[target_feature(enable = "avx512f,avx512vl")]
+            unsafe fn tile_8x3(x: *const f32, w: *const W, inner: usize, out: *mut f32, out_stride: usize) {
+                unsafe {
+                    let wp0 = w.wrapping_add(0 * inner);
+                    let wp1 = w.wrapping_add(1 * inner);
+                    let wp2 = w.wrapping_add(2 * inner);
+                    let xp0 = x.wrapping_add(0 * inner);
+                    let xp1 = x.wrapping_add(1 * inner);
+                    let xp2 = x.wrapping_add(2 * inner);
+                    let xp3 = x.wrapping_add(3 * inner);
+                    let xp4 = x.wrapping_add(4 * inner);
+                    let xp5 = x.wrapping_add(5 * inner);
+                    let xp6 = x.wrapping_add(6 * inner);
+                    let xp7 = x.wrapping_add(7 * inner);
+                    let mut s00 = _mm512_setzero_ps();
+                    let mut s01 = _mm512_setzero_ps();
+                    let mut s02 = _mm512_setzero_ps();
+                    let mut s10 = _mm512_setzero_ps();
+                    let mut s11 = _mm512_setzero_ps();
+                    let mut s12 = _mm512_setzero_ps();
+                    let mut s20 = _mm512_setzero_ps();
+                    let mut s21 = _mm512_setzero_ps();
+                    let mut s22 = _mm512_setzero_ps();
+                    let mut s30 = _mm512_setzero_ps();
+                    let mut s31 = _mm512_setzero_ps();
+                    let mut s32 = _mm512_setzero_ps();
+                    let mut s40 = _mm512_setzero_ps();
+                    let mut s41 = _mm512_setzero_ps();
+                    let mut s42 = _mm512_setzero_ps();
+                    let mut s50 = _mm512_setzero_ps();
+                    let mut s51 = _mm512_setzero_ps();
+                    let mut s52 = _mm512_setzero_ps();
+                    let mut s60 = _mm512_setzero_ps();
+                    let mut s61 = _mm512_setzero_ps();
+                    let mut s62 = _mm512_setzero_ps();
+                    let mut s70 = _mm512_setzero_ps();
+                    let mut s71 = _mm512_setzero_ps();
+                    let mut s72 = _mm512_setzero_ps();
+                    let full = inner / 16 * 16;
+                    let mut k = 0;
+                    while k < full {
+                        let w0 = load16!($kind, wp0.wrapping_add(k));
+                        _mm_prefetch::<_MM_HINT_T0>(wp0.wrapping_add(k).wrapping_add(PREFETCH) as *const i8);
+                        let w1 = load16!($kind, wp1.wrapping_add(k));
+                        _mm_prefetch::<_MM_HINT_T0>(wp1.wrapping_add(k).wrapping_add(PREFETCH) as *const i8);
+                        let w2 = load16!($kind, wp2.wrapping_add(k));
+                        _mm_prefetch::<_MM_HINT_T0>(wp2.wrapping_add(k).wrapping_add(PREFETCH) as *const i8);
+                        let x0 = _mm512_loadu_ps(xp0.wrapping_add(k));
+                        s00 = _mm512_fmadd_ps(x0, w0, s00);
+                        s01 = _mm512_fmadd_ps(x0, w1, s01);
+                        s02 = _mm512_fmadd_ps(x0, w2, s02);
+                        let x1 = _mm512_loadu_ps(xp1.wrapping_add(k));
+                        s10 = _mm512_fmadd_ps(x1, w0, s10);
+                        s11 = _mm512_fmadd_ps(x1, w1, s11);
+                        s12 = _mm512_fmadd_ps(x1, w2, s12);
+                        let x2 = _mm512_loadu_ps(xp2.wrapping_add(k));
+                        s20 = _mm512_fmadd_ps(x2, w0, s20);
+                        s21 = _mm512_fmadd_ps(x2, w1, s21);
+                        s22 = _mm512_fmadd_ps(x2, w2, s22);
+                        let x3 = _mm512_loadu_ps(xp3.wrapping_add(k));
+                        s30 = _mm512_fmadd_ps(x3, w0, s30);
+                        s31 = _mm512_fmadd_ps(x3, w1, s31);
+                        s32 = _mm512_fmadd_ps(x3, w2, s32);
+                        let x4 = _mm512_loadu_ps(xp4.wrapping_add(k));
+                        s40 = _mm512_fmadd_ps(x4, w0, s40);
+                        s41 = _mm512_fmadd_ps(x4, w1, s41);
+                        s42 = _mm512_fmadd_ps(x4, w2, s42);
+                        let x5 = _mm512_loadu_ps(xp5.wrapping_add(k));
+                        s50 = _mm512_fmadd_ps(x5, w0, s50);
+                        s51 = _mm512_fmadd_ps(x5, w1, s51);
+                        s52 = _mm512_fmadd_ps(x5, w2, s52);
+                        let x6 = _mm512_loadu_ps(xp6.wrapping_add(k));
+                        s60 = _mm512_fmadd_ps(x6, w0, s60);
+                        s61 = _mm512_fmadd_ps(x6, w1, s61);
+                        s62 = _mm512_fmadd_ps(x6, w2, s62);
+                        let x7 = _mm512_loadu_ps(xp7.wrapping_add(k));
+                        s70 = _mm512_fmadd_ps(x7, w0, s70);
+                        s71 = _mm512_fmadd_ps(x7, w1, s71);
+                        s72 = _mm512_fmadd_ps(x7, w2, s72);
+                        k = k.wrapping_add(16);
+                    }
+                    *out.wrapping_add(0 * out_stride + 0) = finish(s00, xp0, wp0, full, inner);
+                    *out.wrapping_add(0 * out_stride + 1) = finish(s01, xp0, wp1, full, inner);
+                    *out.wrapping_add(0 * out_stride + 2) = finish(s02, xp0, wp2, full, inner);
+                    *out.wrapping_add(1 * out_stride + 0) = finish(s10, xp1, wp0, full, inner);
+                    *out.wrapping_add(1 * out_stride + 1) = finish(s11, xp1, wp1, full, inner);
+                    *out.wrapping_add(1 * out_stride + 2) = finish(s12, xp1, wp2, full, inner);
+                    *out.wrapping_add(2 * out_stride + 0) = finish(s20, xp2, wp0, full, inner);
+                    *out.wrapping_add(2 * out_stride + 1) = finish(s21, xp2, wp1, full, inner);
+                    *out.wrapping_add(2 * out_stride + 2) = finish(s22, xp2, wp2, full, inner);
+                    *out.wrapping_add(3 * out_stride + 0) = finish(s30, xp3, wp0, full, inner);
+                    *out.wrapping_add(3 * out_stride + 1) = finish(s31, xp3, wp1, full, inner);
+                    *out.wrapping_add(3 * out_stride + 2) = finish(s32, xp3, wp2, full, inner);
+                    *out.wrapping_add(4 * out_stride + 0) = finish(s40, xp4, wp0, full, inner);
+                    *out.wrapping_add(4 * out_stride + 1) = finish(s41, xp4, wp1, full, inner);
+                    *out.wrapping_add(4 * out_stride + 2) = finish(s42, xp4, wp2, full, inner);
+                    *out.wrapping_add(5 * out_stride + 0) = finish(s50, xp5, wp0, full, inner);
+                    *out.wrapping_add(5 * out_stride + 1) = finish(s51, xp5, wp1, full, inner);
+                    *out.wrapping_add(5 * out_stride + 2) = finish(s52, xp5, wp2, full, inner);
+                    *out.wrapping_add(6 * out_stride + 0) = finish(s60, xp6, wp0, full, inner);
+                    *out.wrapping_add(6 * out_stride + 1) = finish(s61, xp6, wp1, full, inner);
+                    *out.wrapping_add(6 * out_stride + 2) = finish(s62, xp6, wp2, full, inner);
+                    *out.wrapping_add(7 * out_stride + 0) = finish(s70, xp7, wp0, full, inner);
+                    *out.wrapping_add(7 * out_stride + 1) = finish(s71, xp7, wp1, full, inner);
+                    *out.wrapping_add(7 * out_stride + 2) = finish(s72, xp7, wp2, full, inner);
+                }
+            }
+
+            /// 4 row(s) of `x` against 3 weight row(s): 12 accumulator(s) in registers.
+            #[target_feature(enable = "avx512f,avx512vl")]
+            unsafe fn tile_4x3(x: *const f32, w: *const W, inner: usize, out: *mut f32, out_stride: usize) {
+                unsafe {
+                    let wp0 = w.wrapping_add(0 * inner);
+                    let wp1 = w.wrapping_add(1 * inner);
+                    let wp2 = w.wrapping_add(2 * inner);
+                    let xp0 = x.wrapping_add(0 * inner);
+                    let xp1 = x.wrapping_add(1 * inner);
+                    let xp2 = x.wrapping_add(2 * inner);
+                    let xp3 = x.wrapping_add(3 * inner);
+                    let mut s00 = _mm512_setzero_ps();
+                    let mut s01 = _mm512_setzero_ps();
+                    let mut s02 = _mm512_setzero_ps();
+                    let mut s10 = _mm512_setzero_ps();
+                    let mut s11 = _mm512_setzero_ps();
+                    let mut s12 = _mm512_setzero_ps();
+                    let mut s20 = _mm512_setzero_ps();
+                    let mut s21 = _mm512_setzero_ps();
+                    let mut s22 = _mm512_setzero_ps();
+                    let mut s30 = _mm512_setzero_ps();
+                    let mut s31 = _mm512_setzero_ps();
+                    let mut s32 = _mm512_setzero_ps();
+                    let full = inner / 16 * 16;
+                    let mut k = 0;
+                    while k < full {
+                        let w0 = load16!($kind, wp0.wrapping_add(k));
+                        _mm_prefetch::<_MM_HINT_T0>(wp0.wrapping_add(k).wrapping_add(PREFETCH) as *const i8);
+                        let w1 = load16!($kind, wp1.wrapping_add(k));
+                        _mm_prefetch::<_MM_HINT_T0>(wp1.wrapping_add(k).wrapping_add(PREFETCH) as *const i8);
+                        let w2 = load16!($kind, wp2.wrapping_add(k));
+                        _mm_prefetch::<_MM_HINT_T0>(wp2.wrapping_add(k).wrapping_add(PREFETCH) as *const i8);
+                        let x0 = _mm512_loadu_ps(xp0.wrapping_add(k));
+                        s00 = _mm512_fmadd_ps(x0, w0, s00);
+                        s01 = _mm512_fmadd_ps(x0, w1, s01);
+                        s02 = _mm512_fmadd_ps(x0, w2, s02);
+                        let x1 = _mm512_loadu_ps(xp1.wrapping_add(k));
+                        s10 = _mm512_fmadd_ps(x1, w0, s10);
+                        s11 = _mm512_fmadd_ps(x1, w1, s11);
+                        s12 = _mm512_fmadd_ps(x1, w2, s12);
+                        let x2 = _mm512_loadu_ps(xp2.wrapping_add(k));
+                        s20 = _mm512_fmadd_ps(x2, w0, s20);
+                        s21 = _mm512_fmadd_ps(x2, w1, s21);
+                        s22 = _mm512_fmadd_ps(x2, w2, s22);
+                        let x3 = _mm512_loadu_ps(xp3.wrapping_add(k));
+                        s30 = _mm512_fmadd_ps(x3, w0, s30);
+                        s31 = _mm512_fmadd_ps(x3, w1, s31);
+                        s32 = _mm512_fmadd_ps(x3, w2, s32);
+                        k = k.wrapping_add(16);
+                    }
+                    *out.wrapping_add(0 * out_stride + 0) = finish(s00, xp0, wp0, full, inner);
+                    *out.wrapping_add(0 * out_stride + 1) = finish(s01, xp0, wp1, full, inner);
+                    *out.wrapping_add(0 * out_stride + 2) = finish(s02, xp0, wp2, full, inner);
+                    *out.wrapping_add(1 * out_stride + 0) = finish(s10, xp1, wp0, full, inner);
+                    *out.wrapping_add(1 * out_stride + 1) = finish(s11, xp1, wp1, full, inner);
+                    *out.wrapping_add(1 * out_stride + 2) = finish(s12, xp1, wp2, full, inner);
+                    *out.wrapping_add(2 * out_stride + 0) = finish(s20, xp2, wp0, full, inner);
+                    *out.wrapping_add(2 * out_stride + 1) = finish(s21, xp2, wp1, full, inner);
+                    *out.wrapping_add(2 * out_stride + 2) = finish(s22, xp2, wp2, full, inner);
+                    *out.wrapping_add(3 * out_stride + 0) = finish(s30, xp3, wp0, full, inner);
+                    *out.wrapping_add(3 * out_stride + 1) = finish(s31, xp3, wp1, full, inner);
+                    *out.wrapping_add(3 * out_stride + 2) = finish(s32, xp3, wp2, full, inner);
+                }
+            }
+
+            /// 1 row(s) of `x` against 3 weight row(s): 3 accumulator(s) in registers.
+            #[target_feature(enable = "avx512f,avx512vl")]
+            unsafe fn tile_1x3(x: *const f32, w: *const W, inner: usize, out: *mut f32, out_stride: usize) {
+                unsafe {
+                    let wp0 = w.wrapping_add(0 * inner);
+                    let wp1 = w.wrapping_add(1 * inner);
+                    let wp2 = w.wrapping_add(2 * inner);
+                    let xp0 = x.wrapping_add(0 * inner);
+                    let mut s00 = _mm512_setzero_ps();
+                    let mut s01 = _mm512_setzero_ps();
+                    let mut s02 = _mm512_setzero_ps();
+                    let full = inner / 16 * 16;
+                    let mut k = 0;
+                    while k < full {
+                        let w0 = load16!($kind, wp0.wrapping_add(k));
+                        _mm_prefetch::<_MM_HINT_T0>(wp0.wrapping_add(k).wrapping_add(PREFETCH) as *const i8);
+                        let w1 = load16!($kind, wp1.wrapping_add(k));
+                        _mm_prefetch::<_MM_HINT_T0>(wp1.wrapping_add(k).wrapping_add(PREFETCH) as *const i8);
+                        let w2 = load16!($kind, wp2.wrapping_add(k));
+                        _mm_prefetch::<_MM_HINT_T0>(wp2.wrapping_add(k).wrapping_add(PREFETCH) as *const i8);
+                        let x0 = _mm512_loadu_ps(xp0.wrapping_add(k));
+                        s00 = _mm512_fmadd_ps(x0, w0, s00);
+                        s01 = _mm512_fmadd_ps(x0, w1, s01);
+                        s02 = _mm512_fmadd_ps(x0, w2, s02);
+                        k = k.wrapping_add(16);
+                    }
+                    *out.wrapping_add(0 * out_stride + 0) = finish(s00, xp0, wp0, full, inner);
+                    *out.wrapping_add(0 * out_stride + 1) = finish(s01, xp0, wp1, full, inner);
+                    *out.wrapping_add(0 * out_stride + 2) = finish(s02, xp0, wp2, full, inner);
+                }
+            }
+
+            /// 4 row(s) of `x` against 4 weight row(s): 16 accumulator(s) in registers.
+            #[target_feature(enable = "avx512f,avx512vl")]
             unsafe fn tile_4x4(x: *const f32, w: *const W, inner: usize, out: *mut f32, out_stride: usize) {
                 unsafe {
+                    let wp0 = w.wrapping_add(0 * inner);
+                    let wp1 = w.wrapping_add(1 * inner);
+                    let wp2 = w.wrapping_add(2 * inner);
+                    let wp3 = w.wrapping_add(3 * inner);
+                    let xp0 = x.wrapping_add(0 * inner);
+                    let xp1 = x.wrapping_add(1 * inner);
+                    let xp2 = x.wrapping_add(2 * inner);
+                    let xp3 = x.wrapping_add(3 * inner);
                     let mut s00 = _mm512_setzero_ps();
                     let mut s01 = _mm512_setzero_ps();
                     let mut s02 = _mm512_setzero_ps();
@@ -249,155 +520,64 @@ macro_rules! avx512_kernel {
                     let full = inner / 16 * 16;
                     let mut k = 0;
                     while k < full {
-                        let w0 = load(w.wrapping_add(0 * inner + k));
-                        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(0 * inner + k + PREFETCH) as *const i8);
-                        let w1 = load(w.wrapping_add(1 * inner + k));
-                        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(1 * inner + k + PREFETCH) as *const i8);
-                        let w2 = load(w.wrapping_add(2 * inner + k));
-                        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(2 * inner + k + PREFETCH) as *const i8);
-                        let w3 = load(w.wrapping_add(3 * inner + k));
-                        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(3 * inner + k + PREFETCH) as *const i8);
-                        let x0 = _mm512_loadu_ps(x.wrapping_add(0 * inner + k));
+                        let w0 = load16!($kind, wp0.wrapping_add(k));
+                        _mm_prefetch::<_MM_HINT_T0>(wp0.wrapping_add(k).wrapping_add(PREFETCH) as *const i8);
+                        let w1 = load16!($kind, wp1.wrapping_add(k));
+                        _mm_prefetch::<_MM_HINT_T0>(wp1.wrapping_add(k).wrapping_add(PREFETCH) as *const i8);
+                        let w2 = load16!($kind, wp2.wrapping_add(k));
+                        _mm_prefetch::<_MM_HINT_T0>(wp2.wrapping_add(k).wrapping_add(PREFETCH) as *const i8);
+                        let w3 = load16!($kind, wp3.wrapping_add(k));
+                        _mm_prefetch::<_MM_HINT_T0>(wp3.wrapping_add(k).wrapping_add(PREFETCH) as *const i8);
+                        let x0 = _mm512_loadu_ps(xp0.wrapping_add(k));
                         s00 = _mm512_fmadd_ps(x0, w0, s00);
                         s01 = _mm512_fmadd_ps(x0, w1, s01);
                         s02 = _mm512_fmadd_ps(x0, w2, s02);
                         s03 = _mm512_fmadd_ps(x0, w3, s03);
-                        let x1 = _mm512_loadu_ps(x.wrapping_add(1 * inner + k));
+                        let x1 = _mm512_loadu_ps(xp1.wrapping_add(k));
                         s10 = _mm512_fmadd_ps(x1, w0, s10);
                         s11 = _mm512_fmadd_ps(x1, w1, s11);
                         s12 = _mm512_fmadd_ps(x1, w2, s12);
                         s13 = _mm512_fmadd_ps(x1, w3, s13);
-                        let x2 = _mm512_loadu_ps(x.wrapping_add(2 * inner + k));
+                        let x2 = _mm512_loadu_ps(xp2.wrapping_add(k));
                         s20 = _mm512_fmadd_ps(x2, w0, s20);
                         s21 = _mm512_fmadd_ps(x2, w1, s21);
                         s22 = _mm512_fmadd_ps(x2, w2, s22);
                         s23 = _mm512_fmadd_ps(x2, w3, s23);
-                        let x3 = _mm512_loadu_ps(x.wrapping_add(3 * inner + k));
+                        let x3 = _mm512_loadu_ps(xp3.wrapping_add(k));
                         s30 = _mm512_fmadd_ps(x3, w0, s30);
                         s31 = _mm512_fmadd_ps(x3, w1, s31);
                         s32 = _mm512_fmadd_ps(x3, w2, s32);
                         s33 = _mm512_fmadd_ps(x3, w3, s33);
-                        k += 16;
+                        k = k.wrapping_add(16);
                     }
-                    *out.wrapping_add(0 * out_stride + 0) = _mm512_reduce_add_ps(s00)
-                        + tail(
-                            x.wrapping_add(0 * inner),
-                            w.wrapping_add(0 * inner),
-                            full,
-                            inner,
-                        );
-                    *out.wrapping_add(0 * out_stride + 1) = _mm512_reduce_add_ps(s01)
-                        + tail(
-                            x.wrapping_add(0 * inner),
-                            w.wrapping_add(1 * inner),
-                            full,
-                            inner,
-                        );
-                    *out.wrapping_add(0 * out_stride + 2) = _mm512_reduce_add_ps(s02)
-                        + tail(
-                            x.wrapping_add(0 * inner),
-                            w.wrapping_add(2 * inner),
-                            full,
-                            inner,
-                        );
-                    *out.wrapping_add(0 * out_stride + 3) = _mm512_reduce_add_ps(s03)
-                        + tail(
-                            x.wrapping_add(0 * inner),
-                            w.wrapping_add(3 * inner),
-                            full,
-                            inner,
-                        );
-                    *out.wrapping_add(1 * out_stride + 0) = _mm512_reduce_add_ps(s10)
-                        + tail(
-                            x.wrapping_add(1 * inner),
-                            w.wrapping_add(0 * inner),
-                            full,
-                            inner,
-                        );
-                    *out.wrapping_add(1 * out_stride + 1) = _mm512_reduce_add_ps(s11)
-                        + tail(
-                            x.wrapping_add(1 * inner),
-                            w.wrapping_add(1 * inner),
-                            full,
-                            inner,
-                        );
-                    *out.wrapping_add(1 * out_stride + 2) = _mm512_reduce_add_ps(s12)
-                        + tail(
-                            x.wrapping_add(1 * inner),
-                            w.wrapping_add(2 * inner),
-                            full,
-                            inner,
-                        );
-                    *out.wrapping_add(1 * out_stride + 3) = _mm512_reduce_add_ps(s13)
-                        + tail(
-                            x.wrapping_add(1 * inner),
-                            w.wrapping_add(3 * inner),
-                            full,
-                            inner,
-                        );
-                    *out.wrapping_add(2 * out_stride + 0) = _mm512_reduce_add_ps(s20)
-                        + tail(
-                            x.wrapping_add(2 * inner),
-                            w.wrapping_add(0 * inner),
-                            full,
-                            inner,
-                        );
-                    *out.wrapping_add(2 * out_stride + 1) = _mm512_reduce_add_ps(s21)
-                        + tail(
-                            x.wrapping_add(2 * inner),
-                            w.wrapping_add(1 * inner),
-                            full,
-                            inner,
-                        );
-                    *out.wrapping_add(2 * out_stride + 2) = _mm512_reduce_add_ps(s22)
-                        + tail(
-                            x.wrapping_add(2 * inner),
-                            w.wrapping_add(2 * inner),
-                            full,
-                            inner,
-                        );
-                    *out.wrapping_add(2 * out_stride + 3) = _mm512_reduce_add_ps(s23)
-                        + tail(
-                            x.wrapping_add(2 * inner),
-                            w.wrapping_add(3 * inner),
-                            full,
-                            inner,
-                        );
-                    *out.wrapping_add(3 * out_stride + 0) = _mm512_reduce_add_ps(s30)
-                        + tail(
-                            x.wrapping_add(3 * inner),
-                            w.wrapping_add(0 * inner),
-                            full,
-                            inner,
-                        );
-                    *out.wrapping_add(3 * out_stride + 1) = _mm512_reduce_add_ps(s31)
-                        + tail(
-                            x.wrapping_add(3 * inner),
-                            w.wrapping_add(1 * inner),
-                            full,
-                            inner,
-                        );
-                    *out.wrapping_add(3 * out_stride + 2) = _mm512_reduce_add_ps(s32)
-                        + tail(
-                            x.wrapping_add(3 * inner),
-                            w.wrapping_add(2 * inner),
-                            full,
-                            inner,
-                        );
-                    *out.wrapping_add(3 * out_stride + 3) = _mm512_reduce_add_ps(s33)
-                        + tail(
-                            x.wrapping_add(3 * inner),
-                            w.wrapping_add(3 * inner),
-                            full,
-                            inner,
-                        );
+                    *out.wrapping_add(0 * out_stride + 0) = finish(s00, xp0, wp0, full, inner);
+                    *out.wrapping_add(0 * out_stride + 1) = finish(s01, xp0, wp1, full, inner);
+                    *out.wrapping_add(0 * out_stride + 2) = finish(s02, xp0, wp2, full, inner);
+                    *out.wrapping_add(0 * out_stride + 3) = finish(s03, xp0, wp3, full, inner);
+                    *out.wrapping_add(1 * out_stride + 0) = finish(s10, xp1, wp0, full, inner);
+                    *out.wrapping_add(1 * out_stride + 1) = finish(s11, xp1, wp1, full, inner);
+                    *out.wrapping_add(1 * out_stride + 2) = finish(s12, xp1, wp2, full, inner);
+                    *out.wrapping_add(1 * out_stride + 3) = finish(s13, xp1, wp3, full, inner);
+                    *out.wrapping_add(2 * out_stride + 0) = finish(s20, xp2, wp0, full, inner);
+                    *out.wrapping_add(2 * out_stride + 1) = finish(s21, xp2, wp1, full, inner);
+                    *out.wrapping_add(2 * out_stride + 2) = finish(s22, xp2, wp2, full, inner);
+                    *out.wrapping_add(2 * out_stride + 3) = finish(s23, xp2, wp3, full, inner);
+                    *out.wrapping_add(3 * out_stride + 0) = finish(s30, xp3, wp0, full, inner);
+                    *out.wrapping_add(3 * out_stride + 1) = finish(s31, xp3, wp1, full, inner);
+                    *out.wrapping_add(3 * out_stride + 2) = finish(s32, xp3, wp2, full, inner);
+                    *out.wrapping_add(3 * out_stride + 3) = finish(s33, xp3, wp3, full, inner);
                 }
             }
 
-            /// 1 row(s) of `x` against 4 weight row(s): 4 accumulators in registers.
-            #[target_feature(enable = "avx512f")]
+            /// 1 row(s) of `x` against 4 weight row(s): 4 accumulator(s) in registers.
+            #[target_feature(enable = "avx512f,avx512vl")]
             unsafe fn tile_1x4(x: *const f32, w: *const W, inner: usize, out: *mut f32, out_stride: usize) {
                 unsafe {
+                    let wp0 = w.wrapping_add(0 * inner);
+                    let wp1 = w.wrapping_add(1 * inner);
+                    let wp2 = w.wrapping_add(2 * inner);
+                    let wp3 = w.wrapping_add(3 * inner);
+                    let xp0 = x.wrapping_add(0 * inner);
                     let mut s00 = _mm512_setzero_ps();
                     let mut s01 = _mm512_setzero_ps();
                     let mut s02 = _mm512_setzero_ps();
@@ -405,73 +585,45 @@ macro_rules! avx512_kernel {
                     let full = inner / 16 * 16;
                     let mut k = 0;
                     while k < full {
-                        let w0 = load(w.wrapping_add(0 * inner + k));
-                        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(0 * inner + k + PREFETCH) as *const i8);
-                        let w1 = load(w.wrapping_add(1 * inner + k));
-                        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(1 * inner + k + PREFETCH) as *const i8);
-                        let w2 = load(w.wrapping_add(2 * inner + k));
-                        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(2 * inner + k + PREFETCH) as *const i8);
-                        let w3 = load(w.wrapping_add(3 * inner + k));
-                        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(3 * inner + k + PREFETCH) as *const i8);
-                        let x0 = _mm512_loadu_ps(x.wrapping_add(0 * inner + k));
+                        let w0 = load16!($kind, wp0.wrapping_add(k));
+                        _mm_prefetch::<_MM_HINT_T0>(wp0.wrapping_add(k).wrapping_add(PREFETCH) as *const i8);
+                        let w1 = load16!($kind, wp1.wrapping_add(k));
+                        _mm_prefetch::<_MM_HINT_T0>(wp1.wrapping_add(k).wrapping_add(PREFETCH) as *const i8);
+                        let w2 = load16!($kind, wp2.wrapping_add(k));
+                        _mm_prefetch::<_MM_HINT_T0>(wp2.wrapping_add(k).wrapping_add(PREFETCH) as *const i8);
+                        let w3 = load16!($kind, wp3.wrapping_add(k));
+                        _mm_prefetch::<_MM_HINT_T0>(wp3.wrapping_add(k).wrapping_add(PREFETCH) as *const i8);
+                        let x0 = _mm512_loadu_ps(xp0.wrapping_add(k));
                         s00 = _mm512_fmadd_ps(x0, w0, s00);
                         s01 = _mm512_fmadd_ps(x0, w1, s01);
                         s02 = _mm512_fmadd_ps(x0, w2, s02);
                         s03 = _mm512_fmadd_ps(x0, w3, s03);
-                        k += 16;
+                        k = k.wrapping_add(16);
                     }
-                    *out.wrapping_add(0 * out_stride + 0) = _mm512_reduce_add_ps(s00)
-                        + tail(
-                            x.wrapping_add(0 * inner),
-                            w.wrapping_add(0 * inner),
-                            full,
-                            inner,
-                        );
-                    *out.wrapping_add(0 * out_stride + 1) = _mm512_reduce_add_ps(s01)
-                        + tail(
-                            x.wrapping_add(0 * inner),
-                            w.wrapping_add(1 * inner),
-                            full,
-                            inner,
-                        );
-                    *out.wrapping_add(0 * out_stride + 2) = _mm512_reduce_add_ps(s02)
-                        + tail(
-                            x.wrapping_add(0 * inner),
-                            w.wrapping_add(2 * inner),
-                            full,
-                            inner,
-                        );
-                    *out.wrapping_add(0 * out_stride + 3) = _mm512_reduce_add_ps(s03)
-                        + tail(
-                            x.wrapping_add(0 * inner),
-                            w.wrapping_add(3 * inner),
-                            full,
-                            inner,
-                        );
+                    *out.wrapping_add(0 * out_stride + 0) = finish(s00, xp0, wp0, full, inner);
+                    *out.wrapping_add(0 * out_stride + 1) = finish(s01, xp0, wp1, full, inner);
+                    *out.wrapping_add(0 * out_stride + 2) = finish(s02, xp0, wp2, full, inner);
+                    *out.wrapping_add(0 * out_stride + 3) = finish(s03, xp0, wp3, full, inner);
                 }
             }
 
-            /// 1 row(s) of `x` against 1 weight row(s): 1 accumulators in registers.
-            #[target_feature(enable = "avx512f")]
+            /// 1 row(s) of `x` against 1 weight row(s): 1 accumulator(s) in registers.
+            #[target_feature(enable = "avx512f,avx512vl")]
             unsafe fn tile_1x1(x: *const f32, w: *const W, inner: usize, out: *mut f32, out_stride: usize) {
                 unsafe {
+                    let wp0 = w.wrapping_add(0 * inner);
+                    let xp0 = x.wrapping_add(0 * inner);
                     let mut s00 = _mm512_setzero_ps();
                     let full = inner / 16 * 16;
                     let mut k = 0;
                     while k < full {
-                        let w0 = load(w.wrapping_add(0 * inner + k));
-                        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(0 * inner + k + PREFETCH) as *const i8);
-                        let x0 = _mm512_loadu_ps(x.wrapping_add(0 * inner + k));
+                        let w0 = load16!($kind, wp0.wrapping_add(k));
+                        _mm_prefetch::<_MM_HINT_T0>(wp0.wrapping_add(k).wrapping_add(PREFETCH) as *const i8);
+                        let x0 = _mm512_loadu_ps(xp0.wrapping_add(k));
                         s00 = _mm512_fmadd_ps(x0, w0, s00);
-                        k += 16;
+                        k = k.wrapping_add(16);
                     }
-                    *out.wrapping_add(0 * out_stride + 0) = _mm512_reduce_add_ps(s00)
-                        + tail(
-                            x.wrapping_add(0 * inner),
-                            w.wrapping_add(0 * inner),
-                            full,
-                            inner,
-                        );
+                    *out.wrapping_add(0 * out_stride + 0) = finish(s00, xp0, wp0, full, inner);
                 }
             }
         }
@@ -480,13 +632,12 @@ macro_rules! avx512_kernel {
 
 avx512_kernel!(
     /// f32 weights.
-    avx512_f32, f32, prefetch = 256, load = |p| _mm512_loadu_ps(p)
+    avx512_f32, f32, f32, prefetch = 256
 );
 
 avx512_kernel!(
     /// f16 weights, widened to f32 as they are loaded (half the bytes to read).
-    avx512_f16, half::f16, prefetch = 512,
-    load = |p| _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+    avx512_f16, half::f16, f16, prefetch = 512
 );
 
 /// Attention of one new token per sequence over the KV cache (a decoding
@@ -508,7 +659,7 @@ pub fn decode_attention(
     {
         let [b, kvh, group, hd] = q.dims();
         let [kb, kh, capacity, khd] = keys.dims();
-        if !std::arch::is_x86_feature_detected!("avx512f")
+        if !avx512()
             || (kb, kh, khd) != (b, kvh, hd)
             || values.dims() != keys.dims()
             || !hd.is_multiple_of(16)
@@ -540,7 +691,7 @@ pub fn decode_attention(
                     let mut max = f32::NEG_INFINITY;
                     for (j, score) in scores.iter_mut().enumerate() {
                         *score = if valid[seq][j] {
-                            // SAFETY: AVX-512F checked above; both rows hold `hd` values.
+                            // SAFETY: AVX-512F and VL checked above; both rows hold `hd` values.
                             let s = unsafe {
                                 avx512_att::dot(qrow, &k[base + j * hd..base + (j + 1) * hd])
                             };
@@ -590,7 +741,7 @@ mod avx512_att {
     use std::arch::x86_64::*;
 
     /// `a · b`, both of a length that is a multiple of 16.
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512vl")]
     pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
         assert!(a.len() == b.len() && a.len().is_multiple_of(16));
         let mut acc = _mm512_setzero_ps();
@@ -608,7 +759,7 @@ mod avx512_att {
     }
 
     /// `out += alpha * x`, both of a length that is a multiple of 16.
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512vl")]
     pub unsafe fn axpy(alpha: f32, x: &[f32], out: &mut [f32]) {
         assert!(x.len() == out.len() && x.len().is_multiple_of(16));
         let a = _mm512_set1_ps(alpha);
@@ -631,11 +782,12 @@ mod tests {
 
     #[test]
     fn kernel_matches_a_plain_product() {
-        // Odd sizes: a remainder of inner rows and a partial column task.
-        // Odd sizes: tails of rows, outputs and the inner dimension.
+        // Odd sizes: tails of rows, outputs and the inner dimension, every
+        // tile shape (8, 4 and 1 rows by 3; 4 and 1 rows by 4; 1 by 1).
         for (rows, inner, cols) in [
             (3, 7 * 16 + 3, OUTPUTS_PER_TASK + 37),
             (9, 64, 6),
+            (13, 3 * 16 + 9, OUTPUTS_PER_TASK + 2),
             (16, 5, 130),
             (5, 48, 70),
         ] {

@@ -535,7 +535,7 @@ fn upload_matrix(m: Matrix, device: &Device, dtype: WeightDtype) -> Tensor<2> {
                 TensorData::new(halves, [m.rows, m.cols]),
                 (device, DType::F16),
             );
-            debug_assert_eq!(t.dtype(), dtype.burn());
+            assert_eq!(t.dtype(), dtype.burn());
             t
         }
     }
