@@ -41,10 +41,32 @@ fn passwords(root: &Path) -> HashMap<String, String> {
     if let Ok(tsv) = std::fs::read_to_string(root.join("pdf/expected/pdf_passwords.tsv")) {
         for line in tsv.lines().skip(1) {
             let cols: Vec<&str> = line.split('\t').collect();
-            if cols.len() > 1 && !matches!(cols[1], "(empty)" | "unknown") && !cols[1].contains(' ')
-            {
-                out.insert(cols[0].to_string(), cols[1].to_string());
+            if cols.len() < 2 || matches!(cols[1], "(empty)" | "unknown") {
+                continue;
             }
+            // `Sª\u00ADSLprep (SASLprep-normalised: SaSLprep)`: the password as
+            // typed is the part before any comment, with `\uXXXX` escapes.
+            let typed = cols[1].split(" (").next().unwrap_or_default();
+            let mut password = String::new();
+            let mut rest = typed;
+            while let Some(at) = rest.find("\\u") {
+                password.push_str(&rest[..at]);
+                let code = rest
+                    .get(at + 2..at + 6)
+                    .and_then(|h| u32::from_str_radix(h, 16).ok());
+                match code.and_then(char::from_u32) {
+                    Some(c) => {
+                        password.push(c);
+                        rest = &rest[at + 6..];
+                    }
+                    None => {
+                        password.push_str("\\u");
+                        rest = &rest[at + 2..];
+                    }
+                }
+            }
+            password.push_str(rest);
+            out.insert(cols[0].to_string(), password);
         }
     }
     out
@@ -145,6 +167,22 @@ fn every_corpus_document_is_extracted_or_reported() {
         "ok",
         "AES-256 with its password"
     );
+    for (file, what) in [
+        (
+            "pdfminer_rc4-40_userpw-baz_ownerpw-foo.pdf",
+            "RC4 40-bit, /Encrypt inline",
+        ),
+        (
+            "pdfjs_issue6010_2_userpw-nonascii.pdf",
+            "non-ASCII R6 password",
+        ),
+        (
+            "pdfjs_saslprep-r6_userpw-saslprep.pdf",
+            "R6 password needing SASLprep",
+        ),
+    ] {
+        assert_eq!(reason_of(file), "ok", "{what}");
+    }
     assert_eq!(
         reason_of("lopdf_encrypted_aes128_emptypw.pdf"),
         "ok",

@@ -115,6 +115,41 @@ fn encrypted_pdf_needs_its_password() {
 }
 
 #[test]
+fn encrypt_dictionaries_written_inline_open_with_their_passwords() {
+    // lopdf alone finds no encryption in these (the trailer holds the /Encrypt
+    // dictionary itself, not a reference to it) and refuses every password.
+    for (file, password, text) in [
+        ("pdf/encrypted-userpw-baz.pdf", "baz", "Secret!"),
+        ("pdf/encrypted-userpw-baz.pdf", "foo", "Secret!"),
+        ("pdf/encrypted-r6-userpw-nonascii.pdf", "æøå", "Issue 6010"),
+    ] {
+        let options = ExtractOptions {
+            password: Some(password.into()),
+            ..Default::default()
+        };
+        let doc = extract_with(file, &options).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(doc.text().contains(text), "{file}: {:?}", doc.text());
+    }
+    for (file, password) in [
+        ("pdf/encrypted-userpw-baz.pdf", None),
+        ("pdf/encrypted-userpw-baz.pdf", Some("nope")),
+        ("pdf/encrypted-r6-userpw-nonascii.pdf", None),
+    ] {
+        let options = ExtractOptions {
+            password: password.map(str::to_string),
+            ..Default::default()
+        };
+        let err = extract_with(file, &options).unwrap_err();
+        let want = if password.is_some() {
+            "the password given does not open it"
+        } else {
+            "it needs a password"
+        };
+        assert!(err.contains(want), "{file}: {err}");
+    }
+}
+
+#[test]
 fn broken_pdfs_are_reported_with_their_reason() {
     let err = extract_with("pdf/scanned.pdf", &ExtractOptions::default()).unwrap_err();
     assert!(err.contains("no text layer (scanned?)"), "{err}");

@@ -80,6 +80,14 @@ fn load(bytes: &[u8], options: &ExtractOptions) -> Result<Document, String> {
         max_decompressed_size: Some(options.max_decompressed_bytes as usize),
         ..Default::default()
     };
+    let fixed;
+    let bytes = match indirect_encrypt(bytes, &opts(None)) {
+        Some(with_reference) => {
+            fixed = with_reference;
+            &fixed[..]
+        }
+        None => bytes,
+    };
     let mut doc = Document::load_mem_with_options(bytes, opts(options.password.as_deref()))
         .or_else(|e| {
             if options.password.is_some() {
@@ -88,13 +96,80 @@ fn load(bytes: &[u8], options: &ExtractOptions) -> Result<Document, String> {
                 Document::load_mem_with_options(bytes, opts(Some("")))
             }
         })
-        .map_err(describe_load_error)?;
+        .map_err(|e| match e {
+            lopdf::Error::InvalidPassword => password_error(options),
+            e => describe_load_error(e),
+        })?;
     if doc.is_encrypted() {
         let password = options.password.clone().unwrap_or_default();
         doc.decrypt(&password)
             .map_err(|_| password_error(options))?;
     }
     Ok(doc)
+}
+
+/// lopdf decrypts only files whose trailer names the `/Encrypt` dictionary by
+/// reference; with the dictionary written inline (cpdf does this) it finds no
+/// encryption, rejects every password and loads nothing. For such a file,
+/// the bytes with an incremental update appended that moves the dictionary
+/// into an object of its own; `None` for every other file.
+fn indirect_encrypt(bytes: &[u8], options: &LoadOptions) -> Option<Vec<u8>> {
+    let inline = memchr::memmem::find_iter(bytes, b"/Encrypt").any(|at| {
+        bytes[at + b"/Encrypt".len()..]
+            .trim_ascii_start()
+            .starts_with(b"<<")
+    });
+    if !inline {
+        return None;
+    }
+    let doc = Document::load_mem_with_options(bytes, options.clone()).ok()?;
+    let Ok(Object::Dictionary(encrypt)) = doc.trailer.get(b"Encrypt") else {
+        return None;
+    };
+    let prev = doc.xref_start;
+    let number = doc
+        .trailer
+        .get(b"Size")
+        .and_then(Object::as_i64)
+        .ok()
+        .and_then(|size| u32::try_from(size).ok())?
+        .max(doc.max_id + 1);
+    let mut encrypt = Object::Dictionary(encrypt.clone());
+    hex_strings(&mut encrypt);
+    let mut out = bytes.to_vec();
+    out.extend_from_slice(b"\n");
+    let offset = out.len();
+    out.extend_from_slice(format!("{number} 0 obj\n").as_bytes());
+    lopdf::Writer::write_object(&mut out, &encrypt).ok()?;
+    out.extend_from_slice(b"\nendobj\n");
+    let xref = out.len();
+    out.extend_from_slice(
+        format!("xref\n{number} 1\n{offset:010} 00000 n\r\ntrailer\n<<").as_bytes(),
+    );
+    for key in [b"Root".as_slice(), b"Info", b"ID"] {
+        if let Ok(value) = doc.trailer.get(key) {
+            out.push(b'/');
+            out.extend_from_slice(key);
+            out.push(b' ');
+            lopdf::Writer::write_object(&mut out, value).ok()?;
+        }
+    }
+    let size = number + 1;
+    out.extend_from_slice(
+        format!("/Size {size}/Prev {prev}/Encrypt {number} 0 R>>\nstartxref\n{xref}\n%%EOF\n")
+            .as_bytes(),
+    );
+    Some(out)
+}
+
+/// Strings written as hex: binary hashes survive any writer's escaping.
+fn hex_strings(object: &mut Object) {
+    match object {
+        Object::String(_, format) => *format = lopdf::StringFormat::Hexadecimal,
+        Object::Array(items) => items.iter_mut().for_each(hex_strings),
+        Object::Dictionary(dict) => dict.iter_mut().for_each(|(_, v)| hex_strings(v)),
+        _ => {}
+    }
 }
 
 fn password_error(options: &ExtractOptions) -> String {
