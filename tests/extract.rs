@@ -34,7 +34,15 @@ fn expected(rel: &str) -> String {
 
 #[test]
 fn pdf_text_per_page_matches_the_expected_text() {
-    for name in ["french-diacritics", "ligatures", "libreoffice-writer"] {
+    // vertical-cjk: a TrueType CID font with no ToUnicode map (its characters
+    // come from the Adobe-Japan1 collection), written top to bottom, columns
+    // right to left; its pages 2 and 3 are empty.
+    for name in [
+        "french-diacritics",
+        "ligatures",
+        "libreoffice-writer",
+        "vertical-cjk",
+    ] {
         let doc = extract(&format!("pdf/{name}.pdf"));
         assert_eq!(doc.format, Format::Pdf);
         assert_eq!(

@@ -2,12 +2,16 @@
 //!
 //! The Unicode of a code comes from the font's `ToUnicode` CMap when it has one,
 //! else from its encoding (a base encoding plus `Differences` glyph names, read
-//! through the Adobe Glyph List), else from predefined Unicode CMaps. Widths come
+//! through the Adobe Glyph List), else from predefined Unicode CMaps, else, for
+//! CID fonts with Identity encodings, from the character collection they name
+//! (Adobe-Japan1, GB1, CNS1, Korea1). Widths come
 //! from `Widths`/`FirstChar` (simple fonts) or `W`/`DW` (CID fonts).
 
 use std::collections::HashMap;
 
 use lopdf::{Dictionary, Document, Object};
+
+use super::cid::Collection;
 
 /// What one character code shows.
 pub struct Glyph {
@@ -26,6 +30,9 @@ pub struct Font {
     encoding: Option<Box<[Option<String>; 256]>>,
     /// For Type0 fonts with a predefined Unicode CMap (UCS-2 / UTF-16).
     utf16_codes: bool,
+    /// For Type0 fonts with an Identity encoding (codes are CIDs): the
+    /// character collection their CID font names, if moulin knows it.
+    collection: Option<Collection>,
     widths: HashMap<u32, f32>,
     default_width: f32,
     /// Glyph-space to text-space scale (1/1000 except for Type3 fonts).
@@ -58,6 +65,7 @@ impl Font {
             to_unicode: HashMap::new(),
             encoding: None,
             utf16_codes: false,
+            collection: None,
             widths: HashMap::new(),
             default_width: 0.5,
             scale: 0.001,
@@ -170,8 +178,10 @@ impl Font {
     fn load_type0(&mut self, doc: &Document, dict: &Dictionary) {
         self.codespace = vec![(2, 0, 0xFFFF)];
         self.default_width = 1.0;
+        let mut identity = false;
         match dict.get(b"Encoding").map(|o| resolve(doc, o)) {
             Ok(Object::Name(name)) => {
+                identity = matches!(name.as_slice(), b"Identity-H" | b"Identity-V");
                 let name = String::from_utf8_lossy(name);
                 self.vertical = name.ends_with("-V");
                 if name.starts_with("Uni") && (name.contains("UCS2") || name.contains("UTF16")) {
@@ -199,6 +209,16 @@ impl Font {
             .and_then(|a| a.first())
             .and_then(|o| resolve(doc, o).as_dict().ok());
         let Some(cid_font) = descendant else { return };
+        if identity
+            && let Ok(Object::Dictionary(info)) =
+                cid_font.get(b"CIDSystemInfo").map(|o| resolve(doc, o))
+        {
+            let field = |key: &[u8]| match info.get(key).map(|o| resolve(doc, o)) {
+                Ok(Object::String(s, _)) => s.clone(),
+                _ => Vec::new(),
+            };
+            self.collection = Collection::named(&field(b"Registry"), &field(b"Ordering"));
+        }
         if let Some(dw) = cid_font
             .get(b"DW")
             .ok()
@@ -298,6 +318,9 @@ impl Font {
         }
         if self.utf16_codes {
             return char::from_u32(code).map(String::from).unwrap_or_default();
+        }
+        if let Some(collection) = self.collection {
+            return collection.char(code).map(String::from).unwrap_or_default();
         }
         String::new()
     }

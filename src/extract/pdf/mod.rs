@@ -7,6 +7,7 @@
 //! bomb, a self-referencing XObject or a page-tree loop ends in an error or in a
 //! truncated page, never in a hang.
 
+mod cid;
 mod font;
 mod layout;
 
