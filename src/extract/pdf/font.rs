@@ -328,8 +328,14 @@ impl Font {
 
 /// Ligatures are split and presentation forms flattened, so that words match queries.
 pub fn normalize_glyph_text(text: &str, out: &mut String) {
+    use unicode_normalization::UnicodeNormalization;
     for c in text.chars() {
         match c {
+            // Arabic presentation forms (contextual shapes, lam-alef and
+            // other ligatures): the letters a query is typed with.
+            '\u{FB50}'..='\u{FDFF}' | '\u{FE70}'..='\u{FEFC}' => {
+                out.extend(std::iter::once(c).nfkc())
+            }
             '\u{FB00}' => out.push_str("ff"),
             '\u{FB01}' => out.push_str("fi"),
             '\u{FB02}' => out.push_str("fl"),

@@ -24,6 +24,9 @@ struct Segment {
     y: f32,
     size: f32,
     text: String,
+    /// Where each glyph's text starts in `text`, left to right: right-to-left
+    /// lines are put back in reading order from these.
+    starts: Vec<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -126,8 +129,10 @@ fn segments(mut glyphs: Vec<Glyph>) -> Vec<Segment> {
                         && !s.text.ends_with(char::is_whitespace)
                         && !g.text.starts_with(char::is_whitespace);
                     if needs_space {
+                        s.starts.push(s.text.len());
                         s.text.push(' ');
                     }
+                    s.starts.push(s.text.len());
                     s.text.push_str(&g.text);
                     s.x1 = s.x1.max(g.x1);
                     s.size = s.size.max(g.size);
@@ -143,6 +148,7 @@ fn segments(mut glyphs: Vec<Glyph>) -> Vec<Segment> {
                         y: g.y,
                         size: g.size,
                         text: g.text,
+                        starts: vec![0],
                     });
                 }
             }
@@ -150,9 +156,56 @@ fn segments(mut glyphs: Vec<Glyph>) -> Vec<Segment> {
         out.extend(seg);
     }
     for s in &mut out {
-        s.text = collapse_spaces(&s.text);
+        s.text = collapse_spaces(&logical_order(&s.text, &s.starts));
     }
     out.retain(|s| !s.text.trim().is_empty());
+    out
+}
+
+/// Right-to-left script (Hebrew, Arabic, Syriac, Thaana, NKo…, and their
+/// presentation forms).
+fn is_rtl(c: char) -> bool {
+    matches!(c, '\u{0590}'..='\u{08FF}' | '\u{FB1D}'..='\u{FDFF}' | '\u{FE70}'..='\u{FEFF}')
+}
+
+/// A line's text in reading order. Glyphs are placed left to right; in a line
+/// written mostly in a right-to-left script they are read right to left, except
+/// runs of left-to-right text and numbers inside it, read left to right.
+/// `starts` are the byte offsets of the glyphs (and inserted spaces) in `text`.
+fn logical_order(text: &str, starts: &[usize]) -> String {
+    let rtl = text.chars().filter(|&c| is_rtl(c)).count();
+    let ltr = text
+        .chars()
+        .filter(|c| c.is_alphanumeric() && !is_rtl(*c))
+        .count();
+    if rtl <= ltr {
+        return text.to_string();
+    }
+    let pieces: Vec<&str> = starts
+        .iter()
+        .enumerate()
+        .map(|(i, &start)| &text[start..starts.get(i + 1).copied().unwrap_or(text.len())])
+        .collect();
+    let is_ltr = |p: &str| p.chars().any(|c| c.is_alphanumeric() && !is_rtl(c));
+    let is_neutral = |p: &str| !p.chars().any(|c| c.is_alphanumeric());
+    let mut out = String::with_capacity(text.len());
+    let mut end = pieces.len();
+    while end > 0 {
+        let mut start = end - 1;
+        if is_ltr(pieces[start]) {
+            // Extend the run left over LTR pieces and the neutral ones between them.
+            while start > 0
+                && (is_ltr(pieces[start - 1])
+                    || (start > 1 && is_neutral(pieces[start - 1]) && is_ltr(pieces[start - 2])))
+            {
+                start -= 1;
+            }
+        }
+        for piece in &pieces[start..end] {
+            out.push_str(piece);
+        }
+        end = start;
+    }
     out
 }
 
@@ -316,6 +369,45 @@ mod tests {
             size: 10.0,
             text: text.into(),
         }
+    }
+
+    /// One glyph per character, 5 units apart, as a right-to-left line is
+    /// drawn: its first letter rightmost.
+    fn glyphs_left_to_right(x: f32, y: f32, visual: &str) -> Vec<Glyph> {
+        visual
+            .chars()
+            .enumerate()
+            .filter(|(_, c)| *c != ' ')
+            .map(|(i, c)| Glyph {
+                x0: x + 5.0 * i as f32,
+                x1: x + 5.0 * i as f32 + 4.0,
+                y,
+                size: 10.0,
+                text: c.into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn right_to_left_lines_read_right_to_left_with_numbers_left_to_right() {
+        // "قانون 2024 الجديد" ("the new law 2024"), drawn left to right as it
+        // is seen: the last word leftmost, the number's digits in their order.
+        let visual: String = "الجديد 2024 قانون"
+            .split(' ')
+            .map(|w| {
+                if w.chars().all(|c| c.is_ascii_digit()) {
+                    w.to_string()
+                } else {
+                    w.chars().rev().collect()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        let glyphs = glyphs_left_to_right(10.0, 100.0, &visual);
+        assert_eq!(page_text(glyphs), "قانون 2024 الجديد");
+        // A Latin line is left alone, Arabic words inside it too.
+        let glyphs = glyphs_left_to_right(10.0, 100.0, "Loi 2024 sur la laïcité");
+        assert_eq!(page_text(glyphs), "Loi 2024 sur la laïcité");
     }
 
     #[test]
