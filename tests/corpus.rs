@@ -38,7 +38,14 @@ fn corpus_files(root: &Path) -> Vec<PathBuf> {
 /// Known passwords, from the corpus's own lists.
 fn passwords(root: &Path) -> HashMap<String, String> {
     let mut out = HashMap::new();
-    if let Ok(tsv) = std::fs::read_to_string(root.join("pdf/expected/pdf_passwords.tsv")) {
+    let lists = [
+        "pdf/expected/pdf_passwords.tsv",
+        "spreadsheets/expected/spreadsheet_passwords.tsv",
+    ];
+    for tsv in lists
+        .iter()
+        .filter_map(|l| std::fs::read_to_string(root.join(l)).ok())
+    {
         for line in tsv.lines().skip(1) {
             let cols: Vec<&str> = line.split('\t').collect();
             if cols.len() < 2 || matches!(cols[1], "(empty)" | "unknown") {

@@ -199,6 +199,39 @@ fn spreadsheets_become_markdown_tables_with_iso_dates() {
 }
 
 #[test]
+fn encrypted_workbooks_open_with_their_password() {
+    // Agile (AES-256, SHA-512; AES-128, SHA-1) and standard (AES-128 ECB) encryption.
+    for file in [
+        "sheets/encrypted-agile-userpw-password.xlsx",
+        "sheets/encrypted-agile-userpw-password.xlsb",
+        "sheets/encrypted-standard-userpw-password.xlsx",
+    ] {
+        let options = ExtractOptions {
+            password: Some("password".into()),
+            ..Default::default()
+        };
+        let doc = extract_with(file, &options).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(doc.format.is_spreadsheet(), "{file}");
+        assert!(
+            doc.text().contains("| Password: password |"),
+            "{file}: {}",
+            doc.text()
+        );
+        let err = extract_with(file, &ExtractOptions::default()).unwrap_err();
+        assert!(err.contains("it needs a password"), "{file}: {err}");
+        let wrong = ExtractOptions {
+            password: Some("nope".into()),
+            ..Default::default()
+        };
+        let err = extract_with(file, &wrong).unwrap_err();
+        assert!(
+            err.contains("the password given does not open it"),
+            "{file}: {err}"
+        );
+    }
+}
+
+#[test]
 fn hidden_sheets_are_marked() {
     let doc = extract("sheets/hidden-sheets.xls");
     let hidden: Vec<_> = doc.sections.iter().filter(|s| s.location.hidden).collect();

@@ -64,7 +64,7 @@ enum Command {
         /// Print the sections with their provenance and metadata as JSON.
         #[arg(long)]
         json: bool,
-        /// Password of an encrypted PDF.
+        /// Password of an encrypted PDF or xlsx/xlsb workbook.
         #[arg(long, env = "MOULIN_PASSWORD")]
         password: Option<String>,
     },
@@ -113,7 +113,7 @@ struct IngestArgs {
     /// Size chunks in the embedding model's tokens.
     #[arg(long)]
     tokens: bool,
-    /// Password of encrypted PDFs.
+    /// Password of encrypted PDFs and xlsx/xlsb workbooks.
     #[arg(long, env = "MOULIN_PASSWORD")]
     password: Option<String>,
     /// Delete documents of earlier runs that are not among these inputs.

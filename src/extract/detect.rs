@@ -119,7 +119,10 @@ fn detect_ole(bytes: &[u8]) -> Result<Format, String> {
         memchr::memmem::find(bytes, &pattern).is_some()
     };
     if has("EncryptionInfo") && has("EncryptedPackage") {
-        return Err("password-protected workbook (encrypted OOXML): not supported".into());
+        return Err(
+            "password-protected workbook: it needs a password (extract.password or --password)"
+                .into(),
+        );
     }
     if has("WordDocument") {
         return Err("unsupported format: Word 97-2003 document (DOC)".into());

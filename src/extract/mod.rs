@@ -10,6 +10,7 @@ pub mod detect;
 pub mod fetch;
 pub mod html;
 pub mod isolate;
+mod office_crypto;
 pub mod pdf;
 pub mod sheet;
 pub mod text;
@@ -95,6 +96,16 @@ pub fn extract(
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(Error::extract(source, "empty file"));
     }
+    // A password-protected OOXML workbook: with a password, the package inside.
+    let decrypted;
+    let bytes = match &options.password {
+        Some(password) if office_crypto::is_encrypted_package(bytes) => {
+            decrypted = office_crypto::decrypt_package(bytes, password)
+                .map_err(|reason| Error::extract(source, reason))?;
+            &decrypted[..]
+        }
+        _ => bytes,
+    };
     let format = detect::detect(bytes, name_hint, content_type)
         .map_err(|reason| Error::extract(source, reason))?;
     let result = catch_unwind(AssertUnwindSafe(|| {

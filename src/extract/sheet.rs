@@ -23,7 +23,16 @@ pub fn extract_workbook(
     let mut workbook: calamine::Sheets<_> = match format {
         Format::Xlsx => calamine::Sheets::Xlsx(calamine::Xlsx::new(cursor).map_err(describe)?),
         Format::Xlsb => calamine::Sheets::Xlsb(calamine::Xlsb::new(cursor).map_err(describe)?),
-        Format::Xls => calamine::Sheets::Xls(calamine::Xls::new(cursor).map_err(describe)?),
+        Format::Xls => calamine::Sheets::Xls(calamine::Xls::new(cursor).map_err(|e| {
+            let reason = describe(e);
+            if options.password.is_some() && reason.starts_with("password-protected") {
+                // Excel 97-2003 encrypts record by record (RC4 or XOR obfuscation).
+                "password-protected workbook: decrypting Excel 97-2003 (.xls) files is not supported"
+                    .to_string()
+            } else {
+                reason
+            }
+        })?),
         Format::Ods => calamine::Sheets::Ods(calamine::Ods::new(cursor).map_err(describe)?),
         other => return Err(format!("not a workbook: {}", other.as_str())),
     };
