@@ -269,7 +269,6 @@ macro_rules! avx512_kernel {
                 }
             }
 
-
             /// The sum of an accumulator, plus the products past the last whole vector.
             #[target_feature(enable = "avx512f,avx512vl")]
             #[inline]
