@@ -139,7 +139,8 @@ fn outputs(x: &[f32], rows: usize, inner: usize, w: Weights<'_>, n: usize, acc: 
 }
 
 // The AVX-512 kernels use explicit intrinsics and keep their accumulators in
-// named variables, so they stay fast at the crate's debug optimisation level
+// fixed-size arrays that the compiler unrolls into registers, so they stay fast
+// at the crate's debug optimisation level
 // (opt-level 1; the dev profile turns debug assertions off for this crate,
 // see Cargo.toml). Pointer offsets are `wrapping_add`: no overflow check in
 // the inner loop (the bounds are asserted once, up front). With 8 rows or
@@ -164,8 +165,6 @@ macro_rules! avx512_kernel {
     ($(#[$doc:meta])* $name:ident, $w:ty, $kind:ident, prefetch = $prefetch:expr) => {
         $(#[$doc])*
         #[cfg(target_arch = "x86_64")]
-        // The tiles are written out by hand; `0 * inner` keeps the rows visibly aligned.
-        #[allow(clippy::erasing_op, clippy::identity_op)]
         mod $name {
             use std::arch::x86_64::*;
 
@@ -197,7 +196,7 @@ macro_rules! avx512_kernel {
                         while o + 3 <= n {
                             let mut r = 0;
                             while r + 8 <= rows {
-                                tile_8x3(
+                                tile::<8, 3>(
                                     xp.wrapping_add(r * inner),
                                     wp.wrapping_add(o * inner),
                                     inner,
@@ -207,7 +206,7 @@ macro_rules! avx512_kernel {
                                 r += 8;
                             }
                             while r + 4 <= rows {
-                                tile_4x3(
+                                tile::<4, 3>(
                                     xp.wrapping_add(r * inner),
                                     wp.wrapping_add(o * inner),
                                     inner,
@@ -217,7 +216,7 @@ macro_rules! avx512_kernel {
                                 r += 4;
                             }
                             while r < rows {
-                                tile_1x3(
+                                tile::<1, 3>(
                                     xp.wrapping_add(r * inner),
                                     wp.wrapping_add(o * inner),
                                     inner,
@@ -232,7 +231,7 @@ macro_rules! avx512_kernel {
                         while o + 4 <= n {
                             let mut r = 0;
                             while r + 4 <= rows {
-                                tile_4x4(
+                                tile::<4, 4>(
                                     xp.wrapping_add(r * inner),
                                     wp.wrapping_add(o * inner),
                                     inner,
@@ -242,7 +241,7 @@ macro_rules! avx512_kernel {
                                 r += 4;
                             }
                             while r < rows {
-                                tile_1x4(
+                                tile::<1, 4>(
                                     xp.wrapping_add(r * inner),
                                     wp.wrapping_add(o * inner),
                                     inner,
@@ -256,7 +255,7 @@ macro_rules! avx512_kernel {
                     }
                     while o < n {
                         for r in 0..rows {
-                            tile_1x1(
+                            tile::<1, 1>(
                                 xp.wrapping_add(r * inner),
                                 wp.wrapping_add(o * inner),
                                 inner,
@@ -282,347 +281,48 @@ macro_rules! avx512_kernel {
                 sum
             }
 
-            /// 8 row(s) of `x` against 3 weight row(s): 24 accumulator(s) in registers.
+            /// `R` rows of `x` against `O` weight rows: `R × O` accumulators, kept in
+            /// registers (the loops over `R` and `O` have constant bounds and unroll;
+            /// the row pointers are computed once, outside the inner loop).
             #[target_feature(enable = "avx512f,avx512vl")]
-            unsafe fn tile_8x3(x: *const f32, w: *const W, inner: usize, out: *mut f32, out_stride: usize) {
-                unsafe {
-                    let wp0 = w.wrapping_add(0 * inner);
-                    let wp1 = w.wrapping_add(1 * inner);
-                    let wp2 = w.wrapping_add(2 * inner);
-                    let xp0 = x.wrapping_add(0 * inner);
-                    let xp1 = x.wrapping_add(1 * inner);
-                    let xp2 = x.wrapping_add(2 * inner);
-                    let xp3 = x.wrapping_add(3 * inner);
-                    let xp4 = x.wrapping_add(4 * inner);
-                    let xp5 = x.wrapping_add(5 * inner);
-                    let xp6 = x.wrapping_add(6 * inner);
-                    let xp7 = x.wrapping_add(7 * inner);
-                    let mut s00 = _mm512_setzero_ps();
-                    let mut s01 = _mm512_setzero_ps();
-                    let mut s02 = _mm512_setzero_ps();
-                    let mut s10 = _mm512_setzero_ps();
-                    let mut s11 = _mm512_setzero_ps();
-                    let mut s12 = _mm512_setzero_ps();
-                    let mut s20 = _mm512_setzero_ps();
-                    let mut s21 = _mm512_setzero_ps();
-                    let mut s22 = _mm512_setzero_ps();
-                    let mut s30 = _mm512_setzero_ps();
-                    let mut s31 = _mm512_setzero_ps();
-                    let mut s32 = _mm512_setzero_ps();
-                    let mut s40 = _mm512_setzero_ps();
-                    let mut s41 = _mm512_setzero_ps();
-                    let mut s42 = _mm512_setzero_ps();
-                    let mut s50 = _mm512_setzero_ps();
-                    let mut s51 = _mm512_setzero_ps();
-                    let mut s52 = _mm512_setzero_ps();
-                    let mut s60 = _mm512_setzero_ps();
-                    let mut s61 = _mm512_setzero_ps();
-                    let mut s62 = _mm512_setzero_ps();
-                    let mut s70 = _mm512_setzero_ps();
-                    let mut s71 = _mm512_setzero_ps();
-                    let mut s72 = _mm512_setzero_ps();
-                    let full = inner / 16 * 16;
-                    let mut k = 0;
-                    while k < full {
-                        let w0 = load16!($kind, wp0.wrapping_add(k));
-                        _mm_prefetch::<_MM_HINT_T0>(wp0.wrapping_add(k).wrapping_add(PREFETCH) as *const i8);
-                        let w1 = load16!($kind, wp1.wrapping_add(k));
-                        _mm_prefetch::<_MM_HINT_T0>(wp1.wrapping_add(k).wrapping_add(PREFETCH) as *const i8);
-                        let w2 = load16!($kind, wp2.wrapping_add(k));
-                        _mm_prefetch::<_MM_HINT_T0>(wp2.wrapping_add(k).wrapping_add(PREFETCH) as *const i8);
-                        let x0 = _mm512_loadu_ps(xp0.wrapping_add(k));
-                        s00 = _mm512_fmadd_ps(x0, w0, s00);
-                        s01 = _mm512_fmadd_ps(x0, w1, s01);
-                        s02 = _mm512_fmadd_ps(x0, w2, s02);
-                        let x1 = _mm512_loadu_ps(xp1.wrapping_add(k));
-                        s10 = _mm512_fmadd_ps(x1, w0, s10);
-                        s11 = _mm512_fmadd_ps(x1, w1, s11);
-                        s12 = _mm512_fmadd_ps(x1, w2, s12);
-                        let x2 = _mm512_loadu_ps(xp2.wrapping_add(k));
-                        s20 = _mm512_fmadd_ps(x2, w0, s20);
-                        s21 = _mm512_fmadd_ps(x2, w1, s21);
-                        s22 = _mm512_fmadd_ps(x2, w2, s22);
-                        let x3 = _mm512_loadu_ps(xp3.wrapping_add(k));
-                        s30 = _mm512_fmadd_ps(x3, w0, s30);
-                        s31 = _mm512_fmadd_ps(x3, w1, s31);
-                        s32 = _mm512_fmadd_ps(x3, w2, s32);
-                        let x4 = _mm512_loadu_ps(xp4.wrapping_add(k));
-                        s40 = _mm512_fmadd_ps(x4, w0, s40);
-                        s41 = _mm512_fmadd_ps(x4, w1, s41);
-                        s42 = _mm512_fmadd_ps(x4, w2, s42);
-                        let x5 = _mm512_loadu_ps(xp5.wrapping_add(k));
-                        s50 = _mm512_fmadd_ps(x5, w0, s50);
-                        s51 = _mm512_fmadd_ps(x5, w1, s51);
-                        s52 = _mm512_fmadd_ps(x5, w2, s52);
-                        let x6 = _mm512_loadu_ps(xp6.wrapping_add(k));
-                        s60 = _mm512_fmadd_ps(x6, w0, s60);
-                        s61 = _mm512_fmadd_ps(x6, w1, s61);
-                        s62 = _mm512_fmadd_ps(x6, w2, s62);
-                        let x7 = _mm512_loadu_ps(xp7.wrapping_add(k));
-                        s70 = _mm512_fmadd_ps(x7, w0, s70);
-                        s71 = _mm512_fmadd_ps(x7, w1, s71);
-                        s72 = _mm512_fmadd_ps(x7, w2, s72);
-                        k = k.wrapping_add(16);
+            unsafe fn tile<const R: usize, const O: usize>(
+                x: *const f32,
+                w: *const W,
+                inner: usize,
+                out: *mut f32,
+                out_stride: usize,
+            ) {
+                let wp: [*const W; O] = std::array::from_fn(|o| w.wrapping_add(o * inner));
+                let xp: [*const f32; R] = std::array::from_fn(|r| x.wrapping_add(r * inner));
+                let mut s = [[_mm512_setzero_ps(); O]; R];
+                let full = inner / 16 * 16;
+                let mut k = 0;
+                while k < full {
+                    let mut wv = [_mm512_setzero_ps(); O];
+                    for o in 0..O {
+                        // SAFETY: `k + 16 <= inner`: inside weight row `o`.
+                        wv[o] = unsafe { load16!($kind, wp[o].wrapping_add(k)) };
+                        _mm_prefetch::<_MM_HINT_T0>(
+                            wp[o].wrapping_add(k).wrapping_add(PREFETCH) as *const i8,
+                        );
                     }
-                    *out.wrapping_add(0 * out_stride + 0) = finish(s00, xp0, wp0, full, inner);
-                    *out.wrapping_add(0 * out_stride + 1) = finish(s01, xp0, wp1, full, inner);
-                    *out.wrapping_add(0 * out_stride + 2) = finish(s02, xp0, wp2, full, inner);
-                    *out.wrapping_add(1 * out_stride + 0) = finish(s10, xp1, wp0, full, inner);
-                    *out.wrapping_add(1 * out_stride + 1) = finish(s11, xp1, wp1, full, inner);
-                    *out.wrapping_add(1 * out_stride + 2) = finish(s12, xp1, wp2, full, inner);
-                    *out.wrapping_add(2 * out_stride + 0) = finish(s20, xp2, wp0, full, inner);
-                    *out.wrapping_add(2 * out_stride + 1) = finish(s21, xp2, wp1, full, inner);
-                    *out.wrapping_add(2 * out_stride + 2) = finish(s22, xp2, wp2, full, inner);
-                    *out.wrapping_add(3 * out_stride + 0) = finish(s30, xp3, wp0, full, inner);
-                    *out.wrapping_add(3 * out_stride + 1) = finish(s31, xp3, wp1, full, inner);
-                    *out.wrapping_add(3 * out_stride + 2) = finish(s32, xp3, wp2, full, inner);
-                    *out.wrapping_add(4 * out_stride + 0) = finish(s40, xp4, wp0, full, inner);
-                    *out.wrapping_add(4 * out_stride + 1) = finish(s41, xp4, wp1, full, inner);
-                    *out.wrapping_add(4 * out_stride + 2) = finish(s42, xp4, wp2, full, inner);
-                    *out.wrapping_add(5 * out_stride + 0) = finish(s50, xp5, wp0, full, inner);
-                    *out.wrapping_add(5 * out_stride + 1) = finish(s51, xp5, wp1, full, inner);
-                    *out.wrapping_add(5 * out_stride + 2) = finish(s52, xp5, wp2, full, inner);
-                    *out.wrapping_add(6 * out_stride + 0) = finish(s60, xp6, wp0, full, inner);
-                    *out.wrapping_add(6 * out_stride + 1) = finish(s61, xp6, wp1, full, inner);
-                    *out.wrapping_add(6 * out_stride + 2) = finish(s62, xp6, wp2, full, inner);
-                    *out.wrapping_add(7 * out_stride + 0) = finish(s70, xp7, wp0, full, inner);
-                    *out.wrapping_add(7 * out_stride + 1) = finish(s71, xp7, wp1, full, inner);
-                    *out.wrapping_add(7 * out_stride + 2) = finish(s72, xp7, wp2, full, inner);
+                    for r in 0..R {
+                        // SAFETY: as above, inside row `r` of `x`.
+                        let xv = unsafe { _mm512_loadu_ps(xp[r].wrapping_add(k)) };
+                        for o in 0..O {
+                            s[r][o] = _mm512_fmadd_ps(xv, wv[o], s[r][o]);
+                        }
+                    }
+                    k = k.wrapping_add(16);
                 }
-            }
-
-            /// 4 row(s) of `x` against 3 weight row(s): 12 accumulator(s) in registers.
-            #[target_feature(enable = "avx512f,avx512vl")]
-            unsafe fn tile_4x3(x: *const f32, w: *const W, inner: usize, out: *mut f32, out_stride: usize) {
-                unsafe {
-                    let wp0 = w.wrapping_add(0 * inner);
-                    let wp1 = w.wrapping_add(1 * inner);
-                    let wp2 = w.wrapping_add(2 * inner);
-                    let xp0 = x.wrapping_add(0 * inner);
-                    let xp1 = x.wrapping_add(1 * inner);
-                    let xp2 = x.wrapping_add(2 * inner);
-                    let xp3 = x.wrapping_add(3 * inner);
-                    let mut s00 = _mm512_setzero_ps();
-                    let mut s01 = _mm512_setzero_ps();
-                    let mut s02 = _mm512_setzero_ps();
-                    let mut s10 = _mm512_setzero_ps();
-                    let mut s11 = _mm512_setzero_ps();
-                    let mut s12 = _mm512_setzero_ps();
-                    let mut s20 = _mm512_setzero_ps();
-                    let mut s21 = _mm512_setzero_ps();
-                    let mut s22 = _mm512_setzero_ps();
-                    let mut s30 = _mm512_setzero_ps();
-                    let mut s31 = _mm512_setzero_ps();
-                    let mut s32 = _mm512_setzero_ps();
-                    let full = inner / 16 * 16;
-                    let mut k = 0;
-                    while k < full {
-                        let w0 = load16!($kind, wp0.wrapping_add(k));
-                        _mm_prefetch::<_MM_HINT_T0>(wp0.wrapping_add(k).wrapping_add(PREFETCH) as *const i8);
-                        let w1 = load16!($kind, wp1.wrapping_add(k));
-                        _mm_prefetch::<_MM_HINT_T0>(wp1.wrapping_add(k).wrapping_add(PREFETCH) as *const i8);
-                        let w2 = load16!($kind, wp2.wrapping_add(k));
-                        _mm_prefetch::<_MM_HINT_T0>(wp2.wrapping_add(k).wrapping_add(PREFETCH) as *const i8);
-                        let x0 = _mm512_loadu_ps(xp0.wrapping_add(k));
-                        s00 = _mm512_fmadd_ps(x0, w0, s00);
-                        s01 = _mm512_fmadd_ps(x0, w1, s01);
-                        s02 = _mm512_fmadd_ps(x0, w2, s02);
-                        let x1 = _mm512_loadu_ps(xp1.wrapping_add(k));
-                        s10 = _mm512_fmadd_ps(x1, w0, s10);
-                        s11 = _mm512_fmadd_ps(x1, w1, s11);
-                        s12 = _mm512_fmadd_ps(x1, w2, s12);
-                        let x2 = _mm512_loadu_ps(xp2.wrapping_add(k));
-                        s20 = _mm512_fmadd_ps(x2, w0, s20);
-                        s21 = _mm512_fmadd_ps(x2, w1, s21);
-                        s22 = _mm512_fmadd_ps(x2, w2, s22);
-                        let x3 = _mm512_loadu_ps(xp3.wrapping_add(k));
-                        s30 = _mm512_fmadd_ps(x3, w0, s30);
-                        s31 = _mm512_fmadd_ps(x3, w1, s31);
-                        s32 = _mm512_fmadd_ps(x3, w2, s32);
-                        k = k.wrapping_add(16);
+                for r in 0..R {
+                    for o in 0..O {
+                        // SAFETY: the caller's tile of `out` is `R` rows of `out_stride`.
+                        unsafe {
+                            *out.wrapping_add(r * out_stride + o) =
+                                finish(s[r][o], xp[r], wp[o], full, inner);
+                        }
                     }
-                    *out.wrapping_add(0 * out_stride + 0) = finish(s00, xp0, wp0, full, inner);
-                    *out.wrapping_add(0 * out_stride + 1) = finish(s01, xp0, wp1, full, inner);
-                    *out.wrapping_add(0 * out_stride + 2) = finish(s02, xp0, wp2, full, inner);
-                    *out.wrapping_add(1 * out_stride + 0) = finish(s10, xp1, wp0, full, inner);
-                    *out.wrapping_add(1 * out_stride + 1) = finish(s11, xp1, wp1, full, inner);
-                    *out.wrapping_add(1 * out_stride + 2) = finish(s12, xp1, wp2, full, inner);
-                    *out.wrapping_add(2 * out_stride + 0) = finish(s20, xp2, wp0, full, inner);
-                    *out.wrapping_add(2 * out_stride + 1) = finish(s21, xp2, wp1, full, inner);
-                    *out.wrapping_add(2 * out_stride + 2) = finish(s22, xp2, wp2, full, inner);
-                    *out.wrapping_add(3 * out_stride + 0) = finish(s30, xp3, wp0, full, inner);
-                    *out.wrapping_add(3 * out_stride + 1) = finish(s31, xp3, wp1, full, inner);
-                    *out.wrapping_add(3 * out_stride + 2) = finish(s32, xp3, wp2, full, inner);
-                }
-            }
-
-            /// 1 row(s) of `x` against 3 weight row(s): 3 accumulator(s) in registers.
-            #[target_feature(enable = "avx512f,avx512vl")]
-            unsafe fn tile_1x3(x: *const f32, w: *const W, inner: usize, out: *mut f32, out_stride: usize) {
-                unsafe {
-                    let wp0 = w.wrapping_add(0 * inner);
-                    let wp1 = w.wrapping_add(1 * inner);
-                    let wp2 = w.wrapping_add(2 * inner);
-                    let xp0 = x.wrapping_add(0 * inner);
-                    let mut s00 = _mm512_setzero_ps();
-                    let mut s01 = _mm512_setzero_ps();
-                    let mut s02 = _mm512_setzero_ps();
-                    let full = inner / 16 * 16;
-                    let mut k = 0;
-                    while k < full {
-                        let w0 = load16!($kind, wp0.wrapping_add(k));
-                        _mm_prefetch::<_MM_HINT_T0>(wp0.wrapping_add(k).wrapping_add(PREFETCH) as *const i8);
-                        let w1 = load16!($kind, wp1.wrapping_add(k));
-                        _mm_prefetch::<_MM_HINT_T0>(wp1.wrapping_add(k).wrapping_add(PREFETCH) as *const i8);
-                        let w2 = load16!($kind, wp2.wrapping_add(k));
-                        _mm_prefetch::<_MM_HINT_T0>(wp2.wrapping_add(k).wrapping_add(PREFETCH) as *const i8);
-                        let x0 = _mm512_loadu_ps(xp0.wrapping_add(k));
-                        s00 = _mm512_fmadd_ps(x0, w0, s00);
-                        s01 = _mm512_fmadd_ps(x0, w1, s01);
-                        s02 = _mm512_fmadd_ps(x0, w2, s02);
-                        k = k.wrapping_add(16);
-                    }
-                    *out.wrapping_add(0 * out_stride + 0) = finish(s00, xp0, wp0, full, inner);
-                    *out.wrapping_add(0 * out_stride + 1) = finish(s01, xp0, wp1, full, inner);
-                    *out.wrapping_add(0 * out_stride + 2) = finish(s02, xp0, wp2, full, inner);
-                }
-            }
-
-            /// 4 row(s) of `x` against 4 weight row(s): 16 accumulator(s) in registers.
-            #[target_feature(enable = "avx512f,avx512vl")]
-            unsafe fn tile_4x4(x: *const f32, w: *const W, inner: usize, out: *mut f32, out_stride: usize) {
-                unsafe {
-                    let wp0 = w.wrapping_add(0 * inner);
-                    let wp1 = w.wrapping_add(1 * inner);
-                    let wp2 = w.wrapping_add(2 * inner);
-                    let wp3 = w.wrapping_add(3 * inner);
-                    let xp0 = x.wrapping_add(0 * inner);
-                    let xp1 = x.wrapping_add(1 * inner);
-                    let xp2 = x.wrapping_add(2 * inner);
-                    let xp3 = x.wrapping_add(3 * inner);
-                    let mut s00 = _mm512_setzero_ps();
-                    let mut s01 = _mm512_setzero_ps();
-                    let mut s02 = _mm512_setzero_ps();
-                    let mut s03 = _mm512_setzero_ps();
-                    let mut s10 = _mm512_setzero_ps();
-                    let mut s11 = _mm512_setzero_ps();
-                    let mut s12 = _mm512_setzero_ps();
-                    let mut s13 = _mm512_setzero_ps();
-                    let mut s20 = _mm512_setzero_ps();
-                    let mut s21 = _mm512_setzero_ps();
-                    let mut s22 = _mm512_setzero_ps();
-                    let mut s23 = _mm512_setzero_ps();
-                    let mut s30 = _mm512_setzero_ps();
-                    let mut s31 = _mm512_setzero_ps();
-                    let mut s32 = _mm512_setzero_ps();
-                    let mut s33 = _mm512_setzero_ps();
-                    let full = inner / 16 * 16;
-                    let mut k = 0;
-                    while k < full {
-                        let w0 = load16!($kind, wp0.wrapping_add(k));
-                        _mm_prefetch::<_MM_HINT_T0>(wp0.wrapping_add(k).wrapping_add(PREFETCH) as *const i8);
-                        let w1 = load16!($kind, wp1.wrapping_add(k));
-                        _mm_prefetch::<_MM_HINT_T0>(wp1.wrapping_add(k).wrapping_add(PREFETCH) as *const i8);
-                        let w2 = load16!($kind, wp2.wrapping_add(k));
-                        _mm_prefetch::<_MM_HINT_T0>(wp2.wrapping_add(k).wrapping_add(PREFETCH) as *const i8);
-                        let w3 = load16!($kind, wp3.wrapping_add(k));
-                        _mm_prefetch::<_MM_HINT_T0>(wp3.wrapping_add(k).wrapping_add(PREFETCH) as *const i8);
-                        let x0 = _mm512_loadu_ps(xp0.wrapping_add(k));
-                        s00 = _mm512_fmadd_ps(x0, w0, s00);
-                        s01 = _mm512_fmadd_ps(x0, w1, s01);
-                        s02 = _mm512_fmadd_ps(x0, w2, s02);
-                        s03 = _mm512_fmadd_ps(x0, w3, s03);
-                        let x1 = _mm512_loadu_ps(xp1.wrapping_add(k));
-                        s10 = _mm512_fmadd_ps(x1, w0, s10);
-                        s11 = _mm512_fmadd_ps(x1, w1, s11);
-                        s12 = _mm512_fmadd_ps(x1, w2, s12);
-                        s13 = _mm512_fmadd_ps(x1, w3, s13);
-                        let x2 = _mm512_loadu_ps(xp2.wrapping_add(k));
-                        s20 = _mm512_fmadd_ps(x2, w0, s20);
-                        s21 = _mm512_fmadd_ps(x2, w1, s21);
-                        s22 = _mm512_fmadd_ps(x2, w2, s22);
-                        s23 = _mm512_fmadd_ps(x2, w3, s23);
-                        let x3 = _mm512_loadu_ps(xp3.wrapping_add(k));
-                        s30 = _mm512_fmadd_ps(x3, w0, s30);
-                        s31 = _mm512_fmadd_ps(x3, w1, s31);
-                        s32 = _mm512_fmadd_ps(x3, w2, s32);
-                        s33 = _mm512_fmadd_ps(x3, w3, s33);
-                        k = k.wrapping_add(16);
-                    }
-                    *out.wrapping_add(0 * out_stride + 0) = finish(s00, xp0, wp0, full, inner);
-                    *out.wrapping_add(0 * out_stride + 1) = finish(s01, xp0, wp1, full, inner);
-                    *out.wrapping_add(0 * out_stride + 2) = finish(s02, xp0, wp2, full, inner);
-                    *out.wrapping_add(0 * out_stride + 3) = finish(s03, xp0, wp3, full, inner);
-                    *out.wrapping_add(1 * out_stride + 0) = finish(s10, xp1, wp0, full, inner);
-                    *out.wrapping_add(1 * out_stride + 1) = finish(s11, xp1, wp1, full, inner);
-                    *out.wrapping_add(1 * out_stride + 2) = finish(s12, xp1, wp2, full, inner);
-                    *out.wrapping_add(1 * out_stride + 3) = finish(s13, xp1, wp3, full, inner);
-                    *out.wrapping_add(2 * out_stride + 0) = finish(s20, xp2, wp0, full, inner);
-                    *out.wrapping_add(2 * out_stride + 1) = finish(s21, xp2, wp1, full, inner);
-                    *out.wrapping_add(2 * out_stride + 2) = finish(s22, xp2, wp2, full, inner);
-                    *out.wrapping_add(2 * out_stride + 3) = finish(s23, xp2, wp3, full, inner);
-                    *out.wrapping_add(3 * out_stride + 0) = finish(s30, xp3, wp0, full, inner);
-                    *out.wrapping_add(3 * out_stride + 1) = finish(s31, xp3, wp1, full, inner);
-                    *out.wrapping_add(3 * out_stride + 2) = finish(s32, xp3, wp2, full, inner);
-                    *out.wrapping_add(3 * out_stride + 3) = finish(s33, xp3, wp3, full, inner);
-                }
-            }
-
-            /// 1 row(s) of `x` against 4 weight row(s): 4 accumulator(s) in registers.
-            #[target_feature(enable = "avx512f,avx512vl")]
-            unsafe fn tile_1x4(x: *const f32, w: *const W, inner: usize, out: *mut f32, out_stride: usize) {
-                unsafe {
-                    let wp0 = w.wrapping_add(0 * inner);
-                    let wp1 = w.wrapping_add(1 * inner);
-                    let wp2 = w.wrapping_add(2 * inner);
-                    let wp3 = w.wrapping_add(3 * inner);
-                    let xp0 = x.wrapping_add(0 * inner);
-                    let mut s00 = _mm512_setzero_ps();
-                    let mut s01 = _mm512_setzero_ps();
-                    let mut s02 = _mm512_setzero_ps();
-                    let mut s03 = _mm512_setzero_ps();
-                    let full = inner / 16 * 16;
-                    let mut k = 0;
-                    while k < full {
-                        let w0 = load16!($kind, wp0.wrapping_add(k));
-                        _mm_prefetch::<_MM_HINT_T0>(wp0.wrapping_add(k).wrapping_add(PREFETCH) as *const i8);
-                        let w1 = load16!($kind, wp1.wrapping_add(k));
-                        _mm_prefetch::<_MM_HINT_T0>(wp1.wrapping_add(k).wrapping_add(PREFETCH) as *const i8);
-                        let w2 = load16!($kind, wp2.wrapping_add(k));
-                        _mm_prefetch::<_MM_HINT_T0>(wp2.wrapping_add(k).wrapping_add(PREFETCH) as *const i8);
-                        let w3 = load16!($kind, wp3.wrapping_add(k));
-                        _mm_prefetch::<_MM_HINT_T0>(wp3.wrapping_add(k).wrapping_add(PREFETCH) as *const i8);
-                        let x0 = _mm512_loadu_ps(xp0.wrapping_add(k));
-                        s00 = _mm512_fmadd_ps(x0, w0, s00);
-                        s01 = _mm512_fmadd_ps(x0, w1, s01);
-                        s02 = _mm512_fmadd_ps(x0, w2, s02);
-                        s03 = _mm512_fmadd_ps(x0, w3, s03);
-                        k = k.wrapping_add(16);
-                    }
-                    *out.wrapping_add(0 * out_stride + 0) = finish(s00, xp0, wp0, full, inner);
-                    *out.wrapping_add(0 * out_stride + 1) = finish(s01, xp0, wp1, full, inner);
-                    *out.wrapping_add(0 * out_stride + 2) = finish(s02, xp0, wp2, full, inner);
-                    *out.wrapping_add(0 * out_stride + 3) = finish(s03, xp0, wp3, full, inner);
-                }
-            }
-
-            /// 1 row(s) of `x` against 1 weight row(s): 1 accumulator(s) in registers.
-            #[target_feature(enable = "avx512f,avx512vl")]
-            unsafe fn tile_1x1(x: *const f32, w: *const W, inner: usize, out: *mut f32, out_stride: usize) {
-                unsafe {
-                    let wp0 = w.wrapping_add(0 * inner);
-                    let xp0 = x.wrapping_add(0 * inner);
-                    let mut s00 = _mm512_setzero_ps();
-                    let full = inner / 16 * 16;
-                    let mut k = 0;
-                    while k < full {
-                        let w0 = load16!($kind, wp0.wrapping_add(k));
-                        _mm_prefetch::<_MM_HINT_T0>(wp0.wrapping_add(k).wrapping_add(PREFETCH) as *const i8);
-                        let x0 = _mm512_loadu_ps(xp0.wrapping_add(k));
-                        s00 = _mm512_fmadd_ps(x0, w0, s00);
-                        k = k.wrapping_add(16);
-                    }
-                    *out.wrapping_add(0 * out_stride + 0) = finish(s00, xp0, wp0, full, inner);
                 }
             }
         }
