@@ -12,6 +12,10 @@ use base64::Engine as _;
 
 /// Segment size of an agile-encrypted package.
 const SEGMENT: usize = 4096;
+/// The block keys of agile encryption ([MS-OFFCRYPTO] 2.3.4.13), one per value.
+const VERIFIER_INPUT_BLOCK: [u8; 8] = [0xfe, 0xa7, 0xd2, 0x76, 0x3b, 0x4b, 0x9e, 0x79];
+const VERIFIER_VALUE_BLOCK: [u8; 8] = [0xd7, 0xaa, 0x0f, 0x6d, 0x30, 0x61, 0x34, 0x4e];
+const KEY_VALUE_BLOCK: [u8; 8] = [0x14, 0x6e, 0x0b, 0xe7, 0xab, 0xac, 0xd0, 0xd6];
 /// Key-derivation rounds a file may ask for: Excel writes 100 000; far more
 /// would only burn time on a hostile file.
 const MAX_SPIN_COUNT: u32 = 10_000_000;
@@ -222,21 +226,18 @@ fn agile(descriptor: &[u8], password: &str, data: &[u8]) -> Result<Vec<u8>, Stri
     for i in 0..spins as u32 {
         h = hash.of(&[&i.to_le_bytes(), &h]);
     }
-    let derive = |block: &[u8]| sized(hash.of(&[&h, block]), key_bytes, 0x36);
+    // Each value of the key encryptor is decrypted with its own key: the
+    // password's hash extended by a fixed block.
+    let decrypt = |block: [u8; 8], value: &mut Vec<u8>| {
+        let key = sized(hash.of(&[&h, &block]), key_bytes, 0x36);
+        aes_cbc_decrypt(&key, &salt, value)
+    };
 
     // Check the password: the verifier input's hash must equal the verifier hash.
     let mut input = b64(&key, "encryptedVerifierHashInput")?;
     let mut expected = b64(&key, "encryptedVerifierHashValue")?;
-    aes_cbc_decrypt(
-        &derive(&[0xfe, 0xa7, 0xd2, 0x76, 0x3b, 0x4b, 0x9e, 0x79]),
-        &salt,
-        &mut input,
-    )?;
-    aes_cbc_decrypt(
-        &derive(&[0xd7, 0xaa, 0x0f, 0x6d, 0x30, 0x61, 0x34, 0x4e]),
-        &salt,
-        &mut expected,
-    )?;
+    decrypt(VERIFIER_INPUT_BLOCK, &mut input)?;
+    decrypt(VERIFIER_VALUE_BLOCK, &mut expected)?;
     let salt_size = number(&key, "saltSize").unwrap_or(16).min(input.len());
     let got = hash.of(&[&input[..salt_size]]);
     if expected.len() < got.len() || expected[..got.len()] != got[..] {
@@ -245,11 +246,7 @@ fn agile(descriptor: &[u8], password: &str, data: &[u8]) -> Result<Vec<u8>, Stri
 
     // The package key, then the package, segment by segment.
     let mut secret = b64(&key, "encryptedKeyValue")?;
-    aes_cbc_decrypt(
-        &derive(&[0x14, 0x6e, 0x0b, 0xe7, 0xab, 0xac, 0xd0, 0xd6]),
-        &salt,
-        &mut secret,
-    )?;
+    decrypt(KEY_VALUE_BLOCK, &mut secret)?;
     secret.truncate(key_bytes);
     let package_hash = Hash::named(&get(&key_data, "hashAlgorithm")?)?;
     let package_salt = b64(&key_data, "saltValue")?;
