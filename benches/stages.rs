@@ -238,6 +238,7 @@ mod lancedb_write {
             metadata: Default::default(),
             pages: 1,
             sections: Vec::new(),
+            warnings: Vec::new(),
         };
         let text = "Le contrat de travail à durée déterminée ne peut avoir ni pour objet ni pour effet de pourvoir durablement un emploi. ".repeat(8);
         let chunks: Vec<moulin::Chunk> = (0..n)
@@ -266,7 +267,10 @@ mod lancedb_write {
         bencher.counter(ItemsCount::new(n)).bench_local(|| {
             runtime.block_on(async {
                 let dir = tempfile::tempdir().unwrap();
-                let store = Store::connect(dir.path().to_str().unwrap()).await.unwrap();
+                let store =
+                    Store::connect(dir.path().to_str().unwrap(), moulin::store::Access::Write)
+                        .await
+                        .unwrap();
                 let c = store.open_or_create("bench", &info, "{}").await.unwrap();
                 let docs = [EmbeddedDocument {
                     document: &doc,

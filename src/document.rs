@@ -112,6 +112,9 @@ pub struct Document {
     /// Pages for a PDF, sheets for a workbook, 1 otherwise.
     pub pages: u32,
     pub sections: Vec<Section>,
+    /// What extraction noticed and went past (a name that says another format).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// The separator between sections in a document's text.

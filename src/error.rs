@@ -12,8 +12,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A readable format whose content could not be read (corrupt, encrypted, empty…).
     #[error("{input}: {reason}")]
     Extract { input: String, reason: String },
+    /// Not a format moulin reads; `what` says what it looked like.
+    #[error("{input}: unsupported format: {what}")]
+    Unsupported { input: String, what: String },
     #[error("cannot fetch {url}: {reason}")]
     Fetch {
         url: String,
@@ -27,14 +31,13 @@ pub enum Error {
     Llm { model: String, reason: String },
     #[error("collection {collection}: {reason}")]
     Collection { collection: String, reason: String },
-    #[error("LanceDB database {uri}")]
-    Store {
-        uri: String,
-        #[source]
-        source: lancedb::Error,
-    },
-    #[error("pipeline {path}: {reason}")]
-    Config { path: String, reason: String },
+    #[error("no collection {collection} in {db}")]
+    CollectionNotFound { collection: String, db: String },
+    #[error("database {uri}: {reason}")]
+    Store { uri: String, reason: String },
+    /// Settings that cannot run, every problem listed.
+    #[error(transparent)]
+    Settings(#[from] crate::config::Problems),
     #[error("chunker: {0}")]
     Chunk(String),
 }

@@ -8,6 +8,7 @@
 //! Llama-family language models locally on burn for generation jobs.
 
 pub mod chunk;
+pub mod config;
 pub mod document;
 pub mod embed;
 pub mod error;

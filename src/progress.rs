@@ -4,8 +4,8 @@
 pub trait Reporter: Send + Sync {
     /// The run has `inputs` inputs to go through.
     fn start(&self, _inputs: usize) {}
-    /// One input is done with: extracted (with its pages), skipped or failed.
-    fn input_done(&self, _source: &str, _pages: u32, _failed: Option<&str>) {}
+    /// One input is done with: ingested, unchanged, unsupported or failed.
+    fn input_done(&self, _input: &crate::pipeline::report::InputReport) {}
     /// `chunks` more chunks await embedding.
     fn chunks_queued(&self, _chunks: usize) {}
     /// `chunks` more chunks were embedded.

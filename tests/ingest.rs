@@ -76,6 +76,7 @@ fn demo_corpus_is_searchable_in_french_and_reruns_are_incremental() {
     // Semantic search in French finds the trial-period passage, with its provenance.
     let out = run(&[
         "search",
+        "-c",
         "demo",
         "Combien de temps dure la période d'essai d'un cadre ?",
         "--db",
@@ -108,6 +109,7 @@ fn demo_corpus_is_searchable_in_french_and_reruns_are_incremental() {
     // Lexical and hybrid search work, and filters apply.
     let out = run(&[
         "search",
+        "-c",
         "demo",
         "période d'essai",
         "--db",
@@ -120,6 +122,7 @@ fn demo_corpus_is_searchable_in_french_and_reruns_are_incremental() {
     assert!(!json(&out).as_array().unwrap().is_empty());
     let out = run(&[
         "search",
+        "-c",
         "demo",
         "décision du Journal officiel",
         "--db",
@@ -143,7 +146,8 @@ fn demo_corpus_is_searchable_in_french_and_reruns_are_incremental() {
 
     // Spreadsheet hits carry their sheet and rows.
     let out = run(&[
-        "search", "demo", "question", "--db", db, "--format", "xlsx", "--json", "--mode", "lexical",
+        "search", "-c", "demo", "question", "--db", db, "--format", "xlsx", "--json", "--mode",
+        "lexical",
     ]);
     let hits = json(&out);
     let h = hits
@@ -153,7 +157,7 @@ fn demo_corpus_is_searchable_in_french_and_reruns_are_incremental() {
         .expect("the workbook matches");
     assert!(h["sheet"].is_string() && h["rows"].is_array(), "{h}");
 
-    // A second run changes nothing: every good input is skipped as unchanged.
+    // A second run changes nothing: every good input is unchanged.
     fs::remove_file(docs.join("tronque.pdf")).unwrap();
     let out = run(&[
         "ingest",
@@ -167,12 +171,12 @@ fn demo_corpus_is_searchable_in_french_and_reruns_are_incremental() {
     ]);
     assert_eq!(out.status.code(), Some(0));
     let r = report(&report_path);
-    assert_eq!(r["totals"]["skipped"], 3, "{}", r["totals"]);
+    assert_eq!(r["totals"]["unchanged"], 3, "{}", r["totals"]);
     assert_eq!(r["totals"]["ingested"], 0);
 
     // A changed file is ingested again; its old chunks are replaced, not duplicated.
-    let out = run(&["collections", "demo", "--db", db, "--json"]);
-    let before = json(&out)[0]["chunks"].as_u64().unwrap();
+    let out = run(&["collections", "show", "-c", "demo", "--db", db, "--json"]);
+    let before = json(&out)["chunks"].as_u64().unwrap();
     let page = fs::read_to_string(docs.join("fiche-periode-essai.html")).unwrap();
     fs::write(
         docs.join("fiche-periode-essai.html"),
@@ -191,13 +195,17 @@ fn demo_corpus_is_searchable_in_french_and_reruns_are_incremental() {
     ]);
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(report(&report_path)["totals"]["ingested"], 1);
-    let out = run(&["collections", "demo", "--db", db, "--json"]);
-    let info = &json(&out)[0];
+    let out = run(&["collections", "show", "-c", "demo", "--db", db, "--json"]);
+    let info = &json(&out);
     let after = info["chunks"].as_u64().unwrap();
     assert!(after.abs_diff(before) <= 1, "{before} → {after}");
     assert_eq!(info["documents"], 3);
-    assert_eq!(info["info"]["model"], "multilingual-e5-small");
-    assert_eq!(info["info"]["dimension"], 384);
+    assert_eq!(info["model"]["name"], "multilingual-e5-small");
+    assert_eq!(info["model"]["dimension"], 384);
+    assert_eq!(
+        info["config"]["collection"]["name"], "demo",
+        "the configuration is a JSON object, not a string"
+    );
 }
 
 #[test]
@@ -266,6 +274,7 @@ fn web_pages_are_fetched_from_a_local_server() {
 
     let out = run(&[
         "search",
+        "-c",
         "web",
         "préavis de démission",
         "--db",
@@ -342,7 +351,7 @@ fn a_collection_refuses_another_model() {
         "c",
         "--db",
         db,
-        "--model",
+        "--embedding-model",
         other.to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(2));

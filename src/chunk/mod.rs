@@ -70,6 +70,12 @@ impl ChunkerConfig {
         }
     }
 
+    pub fn split_mut(&mut self) -> &mut SplitConfig {
+        match self {
+            ChunkerConfig::Markdown(s) | ChunkerConfig::Text(s) => s,
+        }
+    }
+
     /// Problems with these settings, each with its key.
     pub fn problems(&self) -> Vec<(String, String)> {
         let s = self.split();
@@ -77,7 +83,7 @@ impl ChunkerConfig {
         if s.size == 0 {
             out.push(("size".into(), "must be at least 1".into()));
         }
-        if s.overlap >= s.size.max(1) {
+        if s.size > 0 && s.overlap >= s.size {
             out.push((
                 "overlap".into(),
                 format!("must be smaller than size ({})", s.size),
@@ -338,6 +344,7 @@ mod tests {
             metadata: Default::default(),
             pages: 1,
             sections,
+            warnings: Vec::new(),
         }
     }
 

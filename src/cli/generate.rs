@@ -3,53 +3,67 @@
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Args;
+use moulin::config::{Origin, Problem, Problems};
 use moulin::llm::batch::{self, BatchOptions};
 use moulin::llm::{DeviceKind, Llm, LoadOptions, Message, Request, Sampling, WeightDtype};
 
 #[derive(Args)]
 pub struct GenerateArgs {
     /// The prompt, sent through the model's chat template (unless --raw).
-    #[arg(required_unless_present = "input", conflicts_with = "input")]
+    #[arg(
+        required_unless_present = "input",
+        conflicts_with = "input",
+        value_name = "PROMPT"
+    )]
     prompt: Option<String>,
     /// A JSONL file of prompts: one {"id", "prompt" | "messages", ...} per line.
-    #[arg(long, requires = "output")]
+    #[arg(long, requires = "output", value_name = "FILE")]
     input: Option<PathBuf>,
     /// Where to append results (JSONL); ids already there are skipped.
-    #[arg(long, requires = "input")]
+    #[arg(long, requires = "input", value_name = "FILE")]
     output: Option<PathBuf>,
-    /// A GGUF file or a Hugging Face folder; default: the model setup.sh installs.
-    #[arg(long, env = "MOULIN_LLM")]
-    model: Option<PathBuf>,
+    /// Language model: a GGUF file or a Hugging Face folder [default: the model setup.sh installs].
+    #[arg(
+        long,
+        env = "MOULIN_LLM",
+        hide_env_values = true,
+        value_name = "FILE|DIR"
+    )]
+    llm: Option<PathBuf>,
+    /// Where the model runs; GPUs need a build with the matching cargo feature.
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     device: DeviceKind,
-    /// Weight precision on the device (default: f16).
+    /// Weight precision on the device [default: f16].
     #[arg(long, value_enum)]
     dtype: Option<Dtype>,
-    #[arg(long, default_value_t = 256)]
+    /// Most tokens generated per answer, at least 1.
+    #[arg(long, default_value_t = 256, value_name = "N")]
     max_new_tokens: usize,
-    /// 0 for greedy decoding.
-    #[arg(long, default_value_t = 0.0)]
+    /// Sampling temperature; 0 for greedy decoding.
+    #[arg(long, default_value_t = 0.0, value_name = "T")]
     temperature: f32,
     /// Sample among the k most likely tokens (0: all).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_name = "K")]
     top_k: usize,
-    #[arg(long, default_value_t = 1.0)]
+    /// Sample among the most likely tokens whose probabilities add up to P (0 < P ≤ 1).
+    #[arg(long, default_value_t = 1.0, value_name = "P")]
     top_p: f32,
-    #[arg(long, default_value_t = 0)]
+    /// Seed of the sampler: the same seed gives the same answer.
+    #[arg(long, default_value_t = 0, value_name = "N")]
     seed: u64,
     /// Stop when the answer contains this text (repeatable).
-    #[arg(long)]
+    #[arg(long, value_name = "TEXT")]
     stop: Vec<String>,
     /// A system message before the prompt.
-    #[arg(long)]
+    #[arg(long, value_name = "TEXT")]
     system: Option<String>,
     /// Send the prompt as it is, without the chat template.
     #[arg(long)]
     raw: bool,
-    /// Prompts decoded together (batch files).
-    #[arg(long, default_value_t = 8)]
+    /// Prompts decoded together (batch files), at least 1.
+    #[arg(long, default_value_t = 8, value_name = "N")]
     batch_size: usize,
     /// Print the answer as JSON with its token counts and timings.
     #[arg(long)]
@@ -62,17 +76,63 @@ enum Dtype {
     F16,
 }
 
-pub fn command(args: GenerateArgs) -> Result<u8> {
-    let path = args
-        .model
-        .clone()
-        .unwrap_or_else(moulin::llm::default_model_path);
-    if !path.exists() {
-        bail!(
-            "no language model at {}: run scripts/setup.sh to install the default one, or pass --model FILE_OR_FOLDER",
-            path.display()
+/// Every option checked before the model loads (it takes seconds to minutes).
+fn check(
+    args: &GenerateArgs,
+    model: &std::path::Path,
+    sampling: &Sampling,
+) -> Result<(), Problems> {
+    let mut problems = Problems::new("moulin generate");
+    let mut push = |flag: &str, message: String| {
+        problems.list.push(Problem {
+            key: String::new(),
+            message,
+            origin: Origin::Flag { flag: flag.into() },
+        })
+    };
+    if !model.exists() {
+        push(
+            "--llm",
+            format!(
+                "no language model at {}: run scripts/setup.sh to install the default one, or give a GGUF file or a Hugging Face folder",
+                model.display()
+            ),
         );
     }
+    if let Some(input) = &args.input
+        && let Err(m) = super::paths::check_readable(input)
+    {
+        push("--input", m);
+    }
+    if let Some(output) = &args.output
+        && let Err(m) = super::paths::check_writable(output)
+    {
+        push("--output", m);
+    }
+    if args.max_new_tokens == 0 {
+        push("--max-new-tokens", "must be at least 1".into());
+    }
+    if args.batch_size == 0 {
+        push("--batch-size", "must be at least 1".into());
+    }
+    for (key, message) in sampling.problems() {
+        push(&format!("--{}", key.replace('_', "-")), message);
+    }
+    problems.into_result()
+}
+
+pub fn command(args: GenerateArgs, quiet: bool) -> Result<u8> {
+    let path = args
+        .llm
+        .clone()
+        .unwrap_or_else(moulin::llm::default_model_path);
+    let sampling = Sampling {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        seed: args.seed,
+    };
+    check(&args, &path, &sampling)?;
     let options = LoadOptions {
         device: args.device,
         dtype: args.dtype.map(|d| match d {
@@ -83,13 +143,6 @@ pub fn command(args: GenerateArgs) -> Result<u8> {
     };
     let llm = Llm::load(&path, &options)?;
     eprintln!("{}", llm.report);
-    let sampling = Sampling {
-        temperature: args.temperature,
-        top_k: args.top_k,
-        top_p: args.top_p,
-        seed: args.seed,
-    };
-    sampling.check().map_err(anyhow::Error::msg)?;
 
     if let (Some(input), Some(output)) = (&args.input, &args.output) {
         let options = BatchOptions {
@@ -99,14 +152,14 @@ pub fn command(args: GenerateArgs) -> Result<u8> {
         };
         let tty = std::io::stderr().is_terminal();
         let report = batch::run(&llm, input, output, &options, |done, total, rate| {
-            if tty {
-                eprint!("\r{done}/{total} prompts, {rate:.1} tokens/s   ");
-            } else {
-                eprintln!("{done}/{total} prompts, {rate:.1} tokens/s");
+            match (quiet, tty) {
+                (true, _) => {}
+                (false, true) => eprint!("\r{done}/{total} prompts, {rate:.1} tokens/s   "),
+                (false, false) => eprintln!("{done}/{total} prompts, {rate:.1} tokens/s"),
             }
         })
         .with_context(|| format!("batch {}", input.display()))?;
-        if tty && report.completed > 0 {
+        if tty && !quiet && report.completed > 0 {
             eprintln!();
         }
         for (line, reason) in &report.failed {

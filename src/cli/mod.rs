@@ -1,32 +1,39 @@
-//! Command-line interface: argument parsing, output rendering, exit codes.
+//! Command-line interface: argument parsing, settings checks, output rendering, exit codes.
 //!
-//! Exit codes: 0 when everything went through, 1 when some inputs failed (the
-//! report says which), 2 when the command itself could not proceed.
+//! Each command resolves and checks all its settings before it loads a model or
+//! touches a collection, and reports every problem at once (see
+//! [`moulin::config`]). Data goes to stdout; errors, warnings, progress and
+//! summaries to stderr. Exit codes: 0 when everything went through, 1 when
+//! some inputs or items failed (the report says which), 2 when the command
+//! could not proceed (bad settings, a missing collection, a usage error).
 
+mod args;
+mod collections;
+mod docs;
+mod extract;
 mod generate;
+mod ingest;
+mod paths;
 mod progress;
+mod search;
+mod style;
+mod validate;
 
-use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand};
-use moulin::embed::{Embedder, EmbedderConfig, OnnxEmbedder};
-use moulin::extract::ExtractOptions;
-use moulin::pipeline::config::{self, PipelineConfig};
-use moulin::pipeline::report::RunReport;
-use moulin::pipeline::{Isolation, Pipeline};
-use moulin::progress::Reporter;
-use moulin::store::search::{self, Filters, Mode};
-use moulin::store::{DEFAULT_DB, Store};
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
 #[command(
     name = "moulin",
     version,
-    about = "Turn documents (PDF, spreadsheets, web pages) into searchable LanceDB collections, offline.",
-    after_help = "Models load from local files only. Run scripts/setup.sh once to install the default model."
+    about = "Turn documents (PDF, spreadsheets, web pages) into searchable LanceDB collections, \
+             and run a local language model, offline.",
+    long_about = None,
+    max_term_width = 100,
+    after_help = "Models load from local files only: scripts/setup.sh installs the default ones.\n\
+                  Exit codes: 0 all went through, 1 some inputs failed, 2 the command could not proceed.",
 )]
 struct Cli {
     #[command(subcommand)]
@@ -34,130 +41,107 @@ struct Cli {
     /// More logs on stderr (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
-    /// No progress bars.
+    /// No progress bars or progress lines.
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// How logs on stderr are written: text for people, json (one object per line) for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Ingest files, folders and URLs into a collection, without a pipeline file.
-    Ingest(IngestArgs),
-    /// Run pipeline files.
-    Run {
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
-        /// Write the run report as JSON to this file.
-        #[arg(long)]
-        report: Option<PathBuf>,
-    },
-    /// Check pipeline files and list every problem found.
-    Validate {
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
-    },
-    /// Search a collection.
-    Search(SearchArgs),
-    /// Print what extraction makes of a file or URL, without building a collection.
-    Extract {
-        input: String,
-        /// Print the sections with their provenance and metadata as JSON.
-        #[arg(long)]
-        json: bool,
-        /// Password of an encrypted PDF or xlsx/xlsb workbook.
-        #[arg(long, env = "MOULIN_PASSWORD")]
-        password: Option<String>,
-    },
-    /// List the collections of a database, or describe one.
-    Collections {
-        /// A collection to describe: its model, configuration and counts.
-        name: Option<String>,
-        #[arg(long, default_value = DEFAULT_DB, env = "MOULIN_DB")]
-        db: String,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Delete a collection.
-    Drop {
-        name: String,
-        #[arg(long, default_value = DEFAULT_DB, env = "MOULIN_DB")]
-        db: String,
-    },
+    /// Ingest files, folders, globs and URLs into a collection, without a pipeline file.
+    #[command(
+        mut_arg("collection", |a| a.required(true)),
+        after_long_help = examples(&[
+            ("Ingest the demo corpus into the collection demo of ./data", "moulin ingest fixtures/demo -c demo"),
+            ("A folder and a web page", "moulin ingest fixtures/demo https://www.service-public.fr/particuliers/vosdroits/F2208 -c fiches"),
+            ("Chunks of 400 tokens, documents whose file is gone removed, a report", "moulin ingest fixtures/demo -c demo --tokens --prune --report report.json"),
+        ]),
+    )]
+    Ingest(ingest::IngestArgs),
+    /// Run pipeline files: the sources, stages and collection each describes.
+    #[command(after_long_help = examples(&[
+        ("Run the demo pipeline", "moulin run pipelines/demo.toml"),
+        ("Into another collection and database, with a report", "moulin run pipelines/demo.toml -c demo-test --db /tmp/moulin --report report.json"),
+        ("Several pipelines, one report each in reports/", "moulin run pipelines/demo.toml pipelines/example-full.toml --report reports"),
+    ]))]
+    Run(ingest::RunArgs),
+    /// Check pipeline files and list every problem, with its line and key.
+    #[command(after_long_help = examples(&[
+        ("Check every pipeline file", "moulin validate pipelines/*.toml"),
+        ("The problems as JSON, for an editor or CI", "moulin validate pipelines/demo.toml --json"),
+    ]))]
+    Validate(validate::ValidateArgs),
+    /// Search a collection: semantic, lexical (BM25) or hybrid.
+    #[command(after_long_help = examples(&[
+        ("Hybrid search, the 5 best passages", "moulin search -c demo \"Quelle est la durée de la période d'essai ?\""),
+        ("Lexical search in PDFs only, as JSON", "moulin search -c demo \"décision\" --mode lexical --format pdf --json"),
+        ("Filter by source and by a column", "moulin search -c demo \"préavis\" --source '*fiche-*' --where \"page_start <= 3\" -n 3"),
+    ]))]
+    Search(search::SearchArgs),
+    /// Show what extraction makes of a file or URL, without writing anything.
+    #[command(after_long_help = examples(&[
+        ("The text of a PDF, as it will be chunked", "moulin extract fixtures/demo/jorf-2023-06-21-decision.pdf"),
+        ("Sections with page, sheet and rows, as JSON", "moulin extract fixtures/demo/crpa-questions.xlsx --json"),
+        ("An encrypted PDF", "moulin extract fixtures/pdf/encrypted-userpw-baz.pdf --password baz"),
+    ]))]
+    Extract(extract::ExtractArgs),
+    /// List, describe and delete collections.
+    #[command(after_long_help = examples(&[
+        ("The collections of ./data", "moulin collections list"),
+        ("One collection: model, configuration, counts, as JSON", "moulin collections show -c demo --json"),
+        ("Delete a collection", "moulin collections delete -c demo-test --db /tmp/moulin"),
+    ]))]
+    Collections(collections::CollectionsArgs),
     /// Generate text with a local language model: one prompt, or a JSONL file of them.
+    #[command(after_long_help = examples(&[
+        ("One prompt with the default model", "moulin generate \"Quelle est la capitale de la France ?\""),
+        ("Sampling, at most 200 new tokens", "moulin generate \"Résume le contrat.\" --max-new-tokens 200 --temperature 0.7 --seed 1"),
+        ("A batch file, resumable", "moulin generate --input prompts.jsonl --output answers.jsonl --batch-size 8"),
+    ]))]
     Generate(generate::GenerateArgs),
     /// Print the JSON Schema of pipeline files.
+    #[command(after_long_help = examples(&[
+        ("Refresh the committed schema", "moulin schema > schemas/pipeline.schema.json"),
+        ("Give it to an editor's TOML language server", "moulin schema > ~/.config/moulin/pipeline.schema.json"),
+    ]))]
     Schema,
+    /// Print shell completions.
+    #[command(after_long_help = examples(&[
+        ("Bash, for the current user", "moulin completions bash > ~/.local/share/bash-completion/completions/moulin"),
+        ("Zsh", "moulin completions zsh > ~/.zfunc/_moulin"),
+        ("Fish", "moulin completions fish > ~/.config/fish/completions/moulin.fish"),
+    ]))]
+    Completions(docs::CompletionsArgs),
+    /// Print the man page, or write one page per command into a folder.
+    #[command(after_long_help = examples(&[
+        ("Read it", "moulin man | man -l -"),
+        ("Install the pages of every command", "moulin man --dir ~/.local/share/man/man1"),
+    ]))]
+    Man(docs::ManArgs),
     /// Internal: extract one input read from stdin (used for isolation).
     #[command(name = "__extract", hide = true)]
     InternalExtract,
 }
 
-#[derive(Args)]
-struct IngestArgs {
-    /// Files, folders, globs or http(s) URLs.
-    #[arg(required = true)]
-    inputs: Vec<String>,
-    #[arg(short, long)]
-    collection: String,
-    /// LanceDB database: a folder or any LanceDB URI.
-    #[arg(long, default_value = DEFAULT_DB, env = "MOULIN_DB")]
-    db: String,
-    /// Embedding model: a folder, or a model name in moulin's cache.
-    #[arg(long)]
-    model: Option<String>,
-    /// Largest chunk, in characters (or tokens with --tokens).
-    #[arg(long)]
-    chunk_size: Option<usize>,
-    #[arg(long)]
-    overlap: Option<usize>,
-    /// Size chunks in the embedding model's tokens.
-    #[arg(long)]
-    tokens: bool,
-    /// Password of encrypted PDFs and xlsx/xlsb workbooks.
-    #[arg(long, env = "MOULIN_PASSWORD")]
-    password: Option<String>,
-    /// Delete documents of earlier runs that are not among these inputs.
-    #[arg(long)]
-    prune: bool,
-    /// Write the run report as JSON to this file.
-    #[arg(long)]
-    report: Option<PathBuf>,
-}
-
-#[derive(Args)]
-struct SearchArgs {
-    collection: String,
-    query: String,
-    #[arg(long, default_value = DEFAULT_DB, env = "MOULIN_DB")]
-    db: String,
-    #[arg(long, value_enum, default_value_t = Mode::Hybrid)]
-    mode: Mode,
-    #[arg(short = 'n', long, default_value_t = 5)]
-    limit: usize,
-    /// Only sources matching this pattern (`*` wildcards) or containing this text.
-    #[arg(long)]
-    source: Option<String>,
-    /// Only documents of this format (pdf, xlsx, csv, html…).
-    #[arg(long)]
-    format: Option<String>,
-    /// Only documents whose metadata has KEY=VALUE (repeatable).
-    #[arg(long = "meta", value_parser = parse_key_value)]
-    metadata: Vec<(String, String)>,
-    /// A SQL predicate over the collection's columns, e.g. "page_start <= 3".
-    #[arg(long = "where")]
-    sql: Option<String>,
-    /// The embedding model, when it is not the one recorded in the collection.
-    #[arg(long)]
-    model: Option<String>,
-    /// Print the hits as a JSON array.
-    #[arg(long)]
-    json: bool,
-}
-
-fn parse_key_value(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+/// The "Examples:" section that ends a command's long help.
+fn examples(list: &[(&str, &str)]) -> String {
+    let mut out = String::from("Examples:\n");
+    for (i, (what, command)) in list.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&format!("  # {what}\n  {command}\n"));
+    }
+    out
 }
 
 pub fn main() -> ExitCode {
@@ -171,34 +155,47 @@ pub fn main() -> ExitCode {
             }
         };
     }
-    init_logging(cli.verbose);
-    if let Command::Generate(args) = cli.command {
+    init_logging(cli.verbose, cli.log_format);
+    let quiet = cli.quiet;
+    let outcome = match cli.command {
         // No async work: the model runs on rayon's threads.
-        return match generate::command(args) {
-            Ok(code) => ExitCode::from(code),
-            Err(err) => report_error(&err),
-        };
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    match runtime.block_on(run(cli)) {
+        Command::Generate(args) => generate::command(args, quiet),
+        Command::Validate(args) => validate::command(args),
+        Command::Schema => docs::schema(),
+        Command::Completions(args) => docs::completions(args),
+        Command::Man(args) => docs::man(args),
+        command => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|runtime| runtime.block_on(run(command, quiet))),
+    };
+    match outcome {
         Ok(code) => ExitCode::from(code),
-        Err(err) => report_error(&err),
+        Err(err) => {
+            style::error(&err);
+            ExitCode::from(2)
+        }
     }
 }
 
-fn report_error(err: &anyhow::Error) -> ExitCode {
-    let mut stderr = std::io::stderr().lock();
-    let _ = writeln!(stderr, "error: {err}");
-    for cause in err.chain().skip(1) {
-        let _ = writeln!(stderr, "  Caused by: {cause}");
+async fn run(command: Command, quiet: bool) -> Result<u8> {
+    match command {
+        Command::Ingest(args) => ingest::ingest(args, quiet).await,
+        Command::Run(args) => ingest::run(args, quiet).await,
+        Command::Search(args) => search::command(args).await,
+        Command::Extract(args) => extract::command(args).await,
+        Command::Collections(args) => collections::command(args).await,
+        Command::Generate(_)
+        | Command::Validate(_)
+        | Command::Schema
+        | Command::Completions(_)
+        | Command::Man(_)
+        | Command::InternalExtract => unreachable!("handled without the async runtime"),
     }
-    ExitCode::from(2)
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, format: LogFormat) {
     let default = match verbose {
         0 => "warn",
         1 => "info,lance=warn,lancedb=warn",
@@ -206,285 +203,119 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(style::color(&std::io::stderr())).init(),
+    }
 }
 
-async fn run(cli: Cli) -> Result<u8> {
-    match cli.command {
-        Command::Ingest(args) => {
-            let mut config = PipelineConfig::quick(&args.collection, &args.db, &args.inputs);
-            config.collection.prune = args.prune;
-            config.extract.password = args.password;
-            let EmbedderConfig::Onnx(onnx) = &mut config.embedder;
-            if let Some(model) = args.model {
-                onnx.model = model;
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// Every visible subcommand, as its path of names (`["collections", "show"]`).
+    fn commands() -> Vec<(Vec<String>, clap::Command)> {
+        fn walk(
+            path: Vec<String>,
+            cmd: &clap::Command,
+            out: &mut Vec<(Vec<String>, clap::Command)>,
+        ) {
+            // `help` is clap's own, with a copy of the tree under it.
+            for sub in cmd
+                .get_subcommands()
+                .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+            {
+                let mut p = path.clone();
+                p.push(sub.get_name().to_string());
+                out.push((p.clone(), sub.clone()));
+                walk(p, sub, out);
             }
-            let split = match &mut config.chunker {
-                moulin::chunk::ChunkerConfig::Markdown(s)
-                | moulin::chunk::ChunkerConfig::Text(s) => s,
-            };
-            if args.tokens {
-                split.unit = moulin::chunk::SizeUnit::Tokens;
-                split.size = 400;
-                split.overlap = 40;
-            }
-            if let Some(size) = args.chunk_size {
-                split.size = size;
-                split.overlap = split.overlap.min(size / 2);
-            }
-            if let Some(overlap) = args.overlap {
-                split.overlap = overlap;
-            }
-            if let Some((key, problem)) = config.chunker.problems().into_iter().next() {
-                bail!("chunker {key} {problem}");
-            }
-            run_pipeline(config, args.report, cli.quiet).await
         }
-        Command::Run { files, report } => {
-            let mut worst = 0;
-            for file in files {
-                let config = config::load_or_error(&file)?;
-                worst = worst.max(run_pipeline(config, report.clone(), cli.quiet).await?);
+        let mut out = Vec::new();
+        let mut root = Cli::command();
+        root.build();
+        out.push((Vec::new(), root.clone()));
+        walk(Vec::new(), &root, &mut out);
+        out
+    }
+
+    #[test]
+    fn the_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_argument_and_command_has_help() {
+        for (path, cmd) in commands() {
+            let name = format!("moulin {}", path.join(" "));
+            assert!(cmd.get_about().is_some(), "{name} has no help line");
+            for arg in cmd.get_arguments() {
+                if arg.is_hide_set() || ["help", "version"].contains(&arg.get_id().as_str()) {
+                    continue;
+                }
+                assert!(
+                    arg.get_help().is_some(),
+                    "{name}: {} has no help line",
+                    arg.get_id()
+                );
             }
-            Ok(worst)
         }
-        Command::Validate { files } => {
-            let mut bad = 0;
-            for file in &files {
-                match config::load(file) {
-                    Ok(_) => println!("{}: ok", file.display()),
-                    Err(problems) => {
-                        bad += 1;
-                        println!("{}: {} problem(s)", file.display(), problems.len());
-                        for p in problems {
-                            println!("  - {p}");
-                        }
-                    }
+    }
+
+    /// Every command's long help ends with examples, and every example parses.
+    #[test]
+    fn every_command_ends_with_examples_that_parse() {
+        for (path, cmd) in commands() {
+            if path.is_empty() || cmd.has_subcommands() {
+                continue;
+            }
+            let name = format!("moulin {}", path.join(" "));
+            let after = cmd
+                .get_after_long_help()
+                .unwrap_or_else(|| panic!("{name} has no examples"))
+                .to_string();
+            let lines: Vec<&str> = after
+                .lines()
+                .map(str::trim)
+                .filter(|l| l.starts_with("moulin "))
+                .collect();
+            assert!(
+                (2..=3).contains(&lines.len()),
+                "{name}: {} examples",
+                lines.len()
+            );
+            for line in lines {
+                // Indented by two, an example must fit the help's 100 columns to be copied whole.
+                assert!(
+                    line.chars().count() <= 98,
+                    "{name}: too long to fit: {line}"
+                );
+                // What the shell passes to moulin: the words before a pipe or redirection.
+                let command = line.split(['|', '>']).next().unwrap();
+                let words = shlex::split(command).unwrap();
+                if let Err(e) = Cli::try_parse_from(&words) {
+                    panic!("{name}: example {words:?} does not parse:\n{e}");
                 }
             }
-            Ok(if bad > 0 { 1 } else { 0 })
-        }
-        Command::Search(args) => search_command(args).await,
-        Command::Extract {
-            input,
-            json,
-            password,
-        } => extract_command(&input, json, password).await,
-        Command::Collections { name, db, json } => collections_command(name, &db, json).await,
-        Command::Drop { name, db } => {
-            let store = Store::connect(&db).await?;
-            store.open(&name).await?;
-            store.drop_collection(&name).await?;
-            eprintln!("dropped {name} from {db}");
-            Ok(0)
-        }
-        Command::Schema => {
-            println!("{}", serde_json::to_string_pretty(&config::json_schema())?);
-            Ok(0)
-        }
-        Command::InternalExtract | Command::Generate(_) => {
-            unreachable!("handled before the runtime starts")
         }
     }
-}
 
-async fn run_pipeline(
-    config: PipelineConfig,
-    report_path: Option<PathBuf>,
-    quiet: bool,
-) -> Result<u8> {
-    let exe = std::env::current_exe().context("cannot find the moulin executable")?;
-    let pipeline = Pipeline::new(config, Isolation::Subprocess(exe));
-    let bars = progress::Bars::new(quiet);
-    let reporter: &dyn Reporter = match &bars {
-        Some(b) => b,
-        None => &progress::Plain,
-    };
-    let report = pipeline.run(reporter).await?;
-    if let Some(path) = &report_path {
-        let file = std::fs::File::create(path)
-            .with_context(|| format!("cannot write the report to {}", path.display()))?;
-        serde_json::to_writer_pretty(file, &report)?;
-    }
-    summary(&report, report_path.is_some());
-    Ok(report.exit_code() as u8)
-}
-
-fn summary(report: &RunReport, has_report: bool) {
-    let t = &report.totals;
-    let s = &report.seconds;
-    let mut err = std::io::stderr().lock();
-    let _ = writeln!(
-        err,
-        "{}: {} ingested, {} skipped, {} failed of {} inputs; {} pages, {} chunks in {:.1} s \
-         (extract {:.1} s, embed {:.1} s, write {:.1} s)",
-        report.collection,
-        t.ingested,
-        t.skipped,
-        t.failed,
-        t.inputs,
-        t.pages,
-        t.chunks,
-        s.total,
-        s.extract,
-        s.embed,
-        s.write
-    );
-    if t.pruned > 0 {
-        let _ = writeln!(err, "pruned {} documents whose source is gone", t.pruned);
-    }
-    let failures: Vec<_> = report
-        .inputs
-        .iter()
-        .filter(|i| i.status == moulin::pipeline::report::Status::Failed)
-        .collect();
-    for f in failures.iter().take(10) {
-        let _ = writeln!(
-            err,
-            "  failed {}: {}",
-            f.path,
-            f.reason.as_deref().unwrap_or("")
-        );
-    }
-    if failures.len() > 10 {
-        let more = failures.len() - 10;
-        let hint = if has_report {
-            "see the report"
-        } else {
-            "use --report FILE to see all"
-        };
-        let _ = writeln!(err, "  … and {more} more ({hint})");
-    }
-}
-
-async fn search_command(args: SearchArgs) -> Result<u8> {
-    let store = Store::connect(&args.db).await?;
-    let collection = store.open(&args.collection).await?;
-    let embedder = if args.mode == Mode::Lexical {
-        None
-    } else {
-        let info = &collection.info;
-        let model = args.model.clone().unwrap_or_else(|| info.model.clone());
-        let onnx = moulin::embed::OnnxConfig {
-            model,
-            query_prefix: Some(info.query_prefix.clone()),
-            passage_prefix: Some(info.passage_prefix.clone()),
-            ..Default::default()
-        };
-        let embedder = tokio::task::spawn_blocking(move || OnnxEmbedder::load(&onnx)).await??;
-        info.check_model(&args.collection, embedder.info())?;
-        Some(embedder)
-    };
-    let filters = Filters {
-        source: args.source,
-        format: args.format,
-        metadata: args.metadata,
-        sql: args.sql,
-    };
-    let hits = search::search(
-        &collection,
-        embedder.as_ref().map(|e| e as &dyn Embedder),
-        &args.query,
-        args.mode,
-        args.limit,
-        &filters,
-    )
-    .await?;
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        serde_json::to_writer_pretty(&mut out, &hits)?;
-        writeln!(out)?;
-        return Ok(0);
-    }
-    if hits.is_empty() {
-        eprintln!("no results");
-    }
-    for (i, hit) in hits.iter().enumerate() {
-        let mut place = String::new();
-        if let Some(p) = hit.page {
-            place.push_str(&format!(" p.{p}"));
-        }
-        if let Some(sheet) = &hit.sheet {
-            place.push_str(&format!(" sheet {sheet:?}"));
-        }
-        if let Some([a, b]) = hit.rows {
-            place.push_str(&format!(" rows {a}-{b}"));
-        }
-        writeln!(out, "{}. [{:.3}] {}{}", i + 1, hit.score, hit.source, place)?;
-        if let Some(h) = &hit.headings {
-            writeln!(out, "   § {h}")?;
-        }
-        let snippet: String = hit.text.chars().take(400).collect();
-        for line in snippet.lines().filter(|l| !l.trim().is_empty()).take(6) {
-            writeln!(out, "   {line}")?;
-        }
-        writeln!(out)?;
-    }
-    Ok(0)
-}
-
-async fn extract_command(input: &str, json: bool, password: Option<String>) -> Result<u8> {
-    let options = ExtractOptions {
-        password,
-        ..Default::default()
-    };
-    let input = if moulin::paths::is_url(input) {
-        moulin::pipeline::sources::Input::Url(input.to_string())
-    } else {
-        moulin::pipeline::sources::Input::Path(PathBuf::from(input))
-    };
-    let client = moulin::extract::fetch::client(&options)?;
-    let isolation = Isolation::Subprocess(std::env::current_exe()?);
-    let doc = moulin::pipeline::extract_input(&isolation, &input, &client, &options).await?;
-    let mut out = std::io::stdout().lock();
-    if json {
-        serde_json::to_writer_pretty(&mut out, &doc)?;
-        writeln!(out)?;
-    } else {
-        writeln!(out, "{}", doc.text())?;
-    }
-    Ok(0)
-}
-
-async fn collections_command(name: Option<String>, db: &str, json: bool) -> Result<u8> {
-    let store = Store::connect(db).await?;
-    let names = match &name {
-        Some(n) => vec![n.clone()],
-        None => store.collections().await?,
-    };
-    let mut all = Vec::new();
-    for n in names {
-        match store.open(&n).await {
-            Ok(c) => all.push(c.stats().await?),
-            Err(e) if name.is_none() => tracing::debug!("{n}: {e}"),
-            Err(e) => return Err(e.into()),
+    /// A change to any command's help is a reviewed snapshot diff.
+    #[test]
+    fn help_snapshots() {
+        for (path, cmd) in commands() {
+            let name = if path.is_empty() {
+                "moulin".to_string()
+            } else {
+                format!("moulin {}", path.join(" "))
+            };
+            let help = cmd.term_width(100).render_long_help().to_string();
+            insta::assert_snapshot!(name.replace(' ', "_"), help, &format!("{name} --help"));
         }
     }
-    let mut out = std::io::stdout().lock();
-    if json {
-        serde_json::to_writer_pretty(&mut out, &all)?;
-        writeln!(out)?;
-        return Ok(0);
-    }
-    for c in &all {
-        writeln!(
-            out,
-            "{}\t{} documents\t{} chunks\t{} ({} dims)\tmoulin {}\tcreated {}",
-            c.name,
-            c.documents,
-            c.chunks,
-            c.info.model,
-            c.info.dimension,
-            c.info.moulin_version,
-            c.info.created_at
-        )?;
-    }
-    if all.is_empty() {
-        eprintln!("no collections in {db}");
-    }
-    Ok(0)
 }

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use moulin::pipeline::report::{InputReport, Status};
 use moulin::progress::Reporter;
 
 pub struct Bars {
@@ -59,11 +60,16 @@ impl Reporter for Bars {
         *self.started.lock().expect("not poisoned") = Some(Instant::now());
     }
 
-    fn input_done(&self, source: &str, pages: u32, failed: Option<&str>) {
-        let pages = self.pages.fetch_add(pages as u64, Ordering::Relaxed) + pages as u64;
-        if let Some(reason) = failed {
+    fn input_done(&self, input: &InputReport) {
+        let pages =
+            self.pages.fetch_add(input.pages as u64, Ordering::Relaxed) + input.pages as u64;
+        if input.status == Status::Failed {
             self.failed.fetch_add(1, Ordering::Relaxed);
-            let _ = self.multi.println(format!("  failed {source}: {reason}"));
+            let _ = self.multi.println(format!(
+                "  failed {}: {}",
+                super::paths::short(&input.path),
+                input.reason.as_deref().unwrap_or("")
+            ));
         }
         self.files.inc(1);
         self.files.set_message(format!(
@@ -90,14 +96,18 @@ impl Reporter for Bars {
     }
 }
 
-/// Logs the failures when no bars are drawn, so that a redirected stderr still says what failed.
+/// Logs what happens when no bars are drawn (with -v), so that a redirected
+/// stderr says it; the summary lists the inputs that were not ingested.
 pub struct Plain;
 
 impl Reporter for Plain {
-    fn input_done(&self, source: &str, _pages: u32, failed: Option<&str>) {
-        if let Some(reason) = failed {
-            tracing::warn!(source, reason, "failed");
-        }
+    fn input_done(&self, input: &InputReport) {
+        tracing::info!(
+            source = input.path,
+            status = input.status.as_str(),
+            reason = input.reason.as_deref().unwrap_or(""),
+            "input done"
+        );
     }
 
     fn note(&self, message: &str) {

@@ -28,6 +28,27 @@ pub enum EmbedderConfig {
     Onnx(OnnxConfig),
 }
 
+impl EmbedderConfig {
+    /// Problems with these settings, each with its key: numbers in range, the model installed.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let EmbedderConfig::Onnx(onnx) = self;
+        let mut out = Vec::new();
+        for (key, value) in [
+            ("batch_size", onnx.batch_size),
+            ("max_batch_tokens", onnx.max_batch_tokens),
+            ("max_length", onnx.max_length),
+        ] {
+            if value == 0 {
+                out.push((key.to_string(), "must be at least 1".to_string()));
+            }
+        }
+        if let Err(m) = check_model(&onnx.model) {
+            out.push(("model".into(), m));
+        }
+        out
+    }
+}
+
 impl Default for EmbedderConfig {
     fn default() -> Self {
         EmbedderConfig::Onnx(OnnxConfig::default())
@@ -128,6 +149,31 @@ pub fn runtime() -> Result<ort::environment::Environment> {
     })
 }
 
+/// The folder of an embedding model, once it is known to hold the files a model needs.
+pub fn check_model(model: &str) -> std::result::Result<PathBuf, String> {
+    let dir = model_folder(model);
+    let missing: Vec<&str> = ["model.onnx", "tokenizer.json"]
+        .into_iter()
+        .filter(|f| !dir.join(f).is_file())
+        .collect();
+    if missing.is_empty() {
+        return Ok(dir);
+    }
+    let place = if dir.is_dir() {
+        format!("no {} in {}", missing.join(" or "), dir.display())
+    } else {
+        format!("no such folder {}", dir.display())
+    };
+    let hint = if model == DEFAULT_MODEL {
+        "run scripts/setup.sh to install the default model"
+    } else {
+        "give a model name installed in moulin's cache, or a folder with model.onnx and tokenizer.json"
+    };
+    Err(format!(
+        "embedding model {model} not found: {place}; {hint}"
+    ))
+}
+
 /// Resolve a model name or path to its folder.
 pub fn model_folder(model: &str) -> PathBuf {
     let path = Path::new(model);
@@ -150,19 +196,14 @@ pub struct OnnxEmbedder {
 
 impl OnnxEmbedder {
     pub fn load(config: &OnnxConfig) -> Result<Self> {
-        let dir = model_folder(&config.model);
+        let dir = check_model(&config.model).map_err(|reason| Error::Model {
+            model: config.model.clone(),
+            reason,
+        })?;
         let fail = |reason: String| Error::Model {
             model: dir.display().to_string(),
             reason,
         };
-        if !dir.join("model.onnx").is_file() {
-            let hint = if config.model == DEFAULT_MODEL {
-                " (run scripts/setup.sh to install the default model)"
-            } else {
-                ""
-            };
-            return Err(fail(format!("no model.onnx in this folder{hint}")));
-        }
         let environment = runtime()?;
         let read =
             |name: &str| std::fs::read(dir.join(name)).map_err(|e| Error::io(dir.join(name), e));

@@ -6,8 +6,17 @@ use crate::document::Format;
 
 const OLE_MAGIC: &[u8] = &[0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1];
 
-/// Detect the format of `bytes`, or say why it is not supported.
-pub fn detect(bytes: &[u8], name: &str, content_type: Option<&str>) -> Result<Format, String> {
+/// Why some bytes are not extracted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejected {
+    /// Not a format moulin reads; the text says what it looked like.
+    Unsupported(String),
+    /// A format moulin reads, in a state it cannot read (corrupt, encrypted).
+    Unreadable(String),
+}
+
+/// Detect the format of `bytes`, or say why it is not read.
+pub fn detect(bytes: &[u8], name: &str, content_type: Option<&str>) -> Result<Format, Rejected> {
     let head = &bytes[..bytes.len().min(1024)];
     // PDF readers accept junk before the header; so do we, within the first kilobyte.
     if memchr::memmem::find(head, b"%PDF-").is_some() {
@@ -21,28 +30,27 @@ pub fn detect(bytes: &[u8], name: &str, content_type: Option<&str>) -> Result<Fo
     }
     // Excel 2.x–4.x worksheets: a BIFF BOF record outside any OLE container.
     if bytes.len() > 4 && matches!((bytes[0], bytes[1]), (0x09, 0x00 | 0x02 | 0x04)) {
-        return Err(
-            "unsupported format: Excel 2.x–4.x worksheet (BIFF2–4), older than the reader handles; \
+        return Err(Rejected::Unsupported(
+            "an Excel 2.x–4.x worksheet (BIFF2–4), older than the reader handles; \
              save it again as .xlsx"
                 .into(),
-        );
+        ));
     }
     let ext = extension(name);
-    if ext == "pdf" {
-        // A PDF whose header is damaged may still hold readable objects.
-        if memchr::memmem::find(bytes, b"endobj").is_some() {
-            return Ok(Format::Pdf);
-        }
-        return Err(
-            "not a PDF: no %PDF header and no PDF objects, though the file is named .pdf".into(),
-        );
+    // A PDF whose header is damaged may still hold readable objects.
+    if ext == "pdf" && memchr::memmem::find(bytes, b"endobj").is_some() {
+        return Ok(Format::Pdf);
     }
     if looks_binary(head) && !is_utf16(bytes) {
-        return Err(match ext.as_str() {
-            "" => "unsupported format: binary content that is not a PDF, a spreadsheet or text"
-                .to_string(),
-            e => format!("unsupported format: binary content with extension .{e}"),
-        });
+        let named = if ext.is_empty() {
+            String::new()
+        } else {
+            format!(", named .{ext}")
+        };
+        return Err(Rejected::Unsupported(format!(
+            "{}{named}",
+            describe_binary(bytes)
+        )));
     }
     if looks_like_html(head) || content_type.is_some_and(|c| c.contains("html")) {
         return Ok(Format::Html);
@@ -57,6 +65,48 @@ pub fn detect(bytes: &[u8], name: &str, content_type: Option<&str>) -> Result<Fo
     })
 }
 
+/// What binary content that moulin does not read looks like, from its magic numbers.
+fn describe_binary(bytes: &[u8]) -> String {
+    let Some(kind) = infer::get(bytes) else {
+        return "binary data, not a PDF, a spreadsheet or text".into();
+    };
+    let what = match kind.matcher_type() {
+        infer::MatcherType::Image => "an image",
+        infer::MatcherType::Video => "a video",
+        infer::MatcherType::Audio => "an audio file",
+        infer::MatcherType::Archive => "an archive",
+        infer::MatcherType::Book => "an e-book",
+        infer::MatcherType::Doc => "an office document",
+        infer::MatcherType::Font => "a font",
+        infer::MatcherType::App => "a program",
+        _ => "a binary file",
+    };
+    format!("{what} ({})", kind.mime_type())
+}
+
+/// A note when the file's name says another format than its content, e.g. a text
+/// file named `.pdf`: the content decides, and the note says the name lied.
+pub fn name_mismatch(format: Format, name: &str) -> Option<String> {
+    let ext = extension(name);
+    let named = match ext.as_str() {
+        "pdf" => Format::Pdf,
+        "xlsx" | "xlsm" => Format::Xlsx,
+        "xlsb" => Format::Xlsb,
+        "xls" => Format::Xls,
+        "ods" => Format::Ods,
+        "csv" | "tsv" | "tab" => Format::Csv,
+        "html" | "htm" | "xhtml" => Format::Html,
+        // Plain text and Markdown may hold anything textual.
+        _ => return None,
+    };
+    (named != format).then(|| {
+        format!(
+            "named .{ext} but read as {}: the content decides the format",
+            format.as_str()
+        )
+    })
+}
+
 fn extension(name: &str) -> String {
     let name = name.rsplit('/').next().unwrap_or(name);
     let name = name.split(['?', '#']).next().unwrap_or(name);
@@ -66,9 +116,9 @@ fn extension(name: &str) -> String {
     }
 }
 
-fn detect_zip(bytes: &[u8]) -> Result<Format, String> {
+fn detect_zip(bytes: &[u8]) -> Result<Format, Rejected> {
     let archive = zip::ZipArchive::new(Cursor::new(bytes))
-        .map_err(|e| format!("corrupt or truncated ZIP container: {e}"))?;
+        .map_err(|e| Rejected::Unreadable(format!("corrupt or truncated ZIP container: {e}")))?;
     let names: Vec<String> = archive
         .file_names()
         .filter_map(|n| n.ok().map(|n| n.to_string()))
@@ -85,21 +135,25 @@ fn detect_zip(bytes: &[u8]) -> Result<Format, String> {
         if mime.contains("opendocument.spreadsheet") {
             return Ok(Format::Ods);
         }
-        return Err(format!(
-            "unsupported format: OpenDocument {}",
+        return Err(Rejected::Unsupported(format!(
+            "an OpenDocument {}",
             mime.trim_start_matches("application/vnd.oasis.opendocument.")
-        ));
+        )));
     }
     if has("word/document.xml") {
-        return Err("unsupported format: Word document (DOCX)".into());
+        return Err(Rejected::Unsupported("a Word document (DOCX)".into()));
     }
     if has("ppt/presentation.xml") {
-        return Err("unsupported format: PowerPoint presentation (PPTX)".into());
+        return Err(Rejected::Unsupported(
+            "a PowerPoint presentation (PPTX)".into(),
+        ));
     }
     if names.is_empty() {
-        return Err("empty ZIP archive: not a workbook".into());
+        return Err(Rejected::Unsupported("an empty ZIP archive".into()));
     }
-    Err("unsupported format: a ZIP archive that is not a workbook".into())
+    Err(Rejected::Unsupported(
+        "a ZIP archive that is not a workbook".into(),
+    ))
 }
 
 fn zip_entry(bytes: &[u8], name: &str) -> Option<String> {
@@ -112,23 +166,27 @@ fn zip_entry(bytes: &[u8], name: &str) -> Option<String> {
 }
 
 /// An OLE compound file: a legacy workbook, or an encrypted OOXML file, or a Word document.
-fn detect_ole(bytes: &[u8]) -> Result<Format, String> {
+fn detect_ole(bytes: &[u8]) -> Result<Format, Rejected> {
     // Directory entries are UTF-16LE names; looking for them is enough to tell the kinds apart.
     let has = |name: &str| {
         let pattern: Vec<u8> = name.encode_utf16().flat_map(|u| u.to_le_bytes()).collect();
         memchr::memmem::find(bytes, &pattern).is_some()
     };
     if has("EncryptionInfo") && has("EncryptedPackage") {
-        return Err(
+        return Err(Rejected::Unreadable(
             "password-protected workbook: it needs a password (extract.password or --password)"
                 .into(),
-        );
+        ));
     }
     if has("WordDocument") {
-        return Err("unsupported format: Word 97-2003 document (DOC)".into());
+        return Err(Rejected::Unsupported(
+            "a Word 97-2003 document (DOC)".into(),
+        ));
     }
     if has("PowerPoint Document") {
-        return Err("unsupported format: PowerPoint 97-2003 presentation (PPT)".into());
+        return Err(Rejected::Unsupported(
+            "a PowerPoint 97-2003 presentation (PPT)".into(),
+        ));
     }
     Ok(Format::Xls)
 }
@@ -176,8 +234,38 @@ mod tests {
     }
 
     #[test]
-    fn binary_junk_is_refused_with_a_reason() {
+    fn binary_junk_is_refused_with_what_it_looks_like() {
         let err = detect(&[0u8, 1, 2, 3, 0, 0, 7, 8], "x.bin", None).unwrap_err();
-        assert!(err.contains("unsupported"), "{err}");
+        assert_eq!(
+            err,
+            Rejected::Unsupported(
+                "binary data, not a PDF, a spreadsheet or text, named .bin".into()
+            )
+        );
+        let png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0";
+        assert_eq!(
+            detect(png, "page.html", None),
+            Err(Rejected::Unsupported(
+                "an image (image/png), named .html".into()
+            ))
+        );
+        let bmp = b"BM\x3a\0\0\0\0\0\0\0\x36\0\0\0\x28\0\0\0\x01\0\0\0\x01\0\0\0\x01\0\x18\0\0\0\0\0\x04\0\0\0";
+        assert_eq!(
+            detect(bmp, "sheet.xls", None),
+            Err(Rejected::Unsupported(
+                "an image (image/bmp), named .xls".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn a_text_file_named_pdf_is_read_as_text_and_the_name_noted() {
+        assert_eq!(detect(b"Bonjour.\n", "notes.pdf", None), Ok(Format::Text));
+        assert_eq!(
+            name_mismatch(Format::Text, "notes.pdf").as_deref(),
+            Some("named .pdf but read as text: the content decides the format")
+        );
+        assert_eq!(name_mismatch(Format::Markdown, "notes.txt"), None);
+        assert_eq!(name_mismatch(Format::Xlsx, "a.xlsm"), None);
     }
 }

@@ -29,6 +29,7 @@ pub struct Request {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Reply {
     Document(Box<Document>),
+    Unsupported(String),
     Failed(String),
 }
 
@@ -83,6 +84,10 @@ pub async fn extract(exe: &Path, request: Request, bytes: &[u8]) -> Result<Docum
     if let Ok(reply) = serde_json::from_slice::<Reply>(&out) {
         return match reply {
             Reply::Document(doc) => Ok(*doc),
+            Reply::Unsupported(what) => Err(Error::Unsupported {
+                input: source,
+                what,
+            }),
             Reply::Failed(reason) => Err(Error::extract(&source, reason)),
         };
     }
@@ -140,6 +145,7 @@ pub fn serve() -> std::io::Result<()> {
         &request.options,
     ) {
         Ok(doc) => Reply::Document(Box::new(doc)),
+        Err(Error::Unsupported { what, .. }) => Reply::Unsupported(what),
         Err(Error::Extract { reason, .. }) => Reply::Failed(reason),
         Err(e) => Reply::Failed(e.to_string()),
     };

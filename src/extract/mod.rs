@@ -67,6 +67,25 @@ impl Default for ExtractOptions {
 }
 
 impl ExtractOptions {
+    /// Problems with these settings, each with its key.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut at_least = |key: &str, value: u64, min: u64| {
+            if value < min {
+                out.push((key.to_string(), format!("must be at least {min}")));
+            }
+        };
+        at_least("max_file_bytes", self.max_file_bytes, 1);
+        at_least("max_decompressed_bytes", self.max_decompressed_bytes, 1);
+        at_least("max_pages", self.max_pages.into(), 1);
+        at_least("max_rows_per_sheet", self.max_rows_per_sheet.into(), 1);
+        // Below this, the extractor process cannot even start.
+        at_least("memory_limit_mb", self.memory_limit_mb, 64);
+        at_least("timeout_seconds", self.timeout_seconds, 1);
+        at_least("http_timeout_seconds", self.http_timeout_seconds, 1);
+        out
+    }
+
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout_seconds.max(1))
     }
@@ -96,6 +115,8 @@ pub fn extract(
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(Error::extract(source, "empty file"));
     }
+    // The hash of the bytes as read: what a rerun compares before extracting.
+    let hash = content_hash(bytes);
     // A password-protected OOXML workbook: with a password, the package inside.
     let decrypted;
     let bytes = match &options.password {
@@ -106,8 +127,13 @@ pub fn extract(
         }
         _ => bytes,
     };
-    let format = detect::detect(bytes, name_hint, content_type)
-        .map_err(|reason| Error::extract(source, reason))?;
+    let format = detect::detect(bytes, name_hint, content_type).map_err(|r| match r {
+        detect::Rejected::Unsupported(what) => Error::Unsupported {
+            input: source.to_string(),
+            what,
+        },
+        detect::Rejected::Unreadable(reason) => Error::extract(source, reason),
+    })?;
     let result = catch_unwind(AssertUnwindSafe(|| {
         extract_format(format, source, bytes, options)
     }));
@@ -142,7 +168,9 @@ pub fn extract(
         };
         return Err(Error::extract(source, reason));
     }
-    doc.content_hash = content_hash(bytes);
+    doc.content_hash = hash;
+    doc.warnings
+        .extend(detect::name_mismatch(format, name_hint));
     Ok(doc)
 }
 
@@ -170,6 +198,7 @@ fn extract_format(
         metadata: parts.metadata,
         pages: parts.pages,
         sections: parts.sections,
+        warnings: Vec::new(),
     })
 }
 

@@ -42,14 +42,23 @@ impl Sampling {
         self.temperature <= 0.0 || self.top_k == 1
     }
 
-    pub fn check(&self) -> std::result::Result<(), String> {
+    /// Problems with these settings, each with its key (`temperature`, `top_p`).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
         if !self.temperature.is_finite() || self.temperature < 0.0 {
-            return Err(format!("temperature {} must be ≥ 0", self.temperature));
+            out.push(("temperature".into(), "must be 0 or more".into()));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(format!("top_p {} must be in (0, 1]", self.top_p));
+            out.push(("top_p".into(), "must be more than 0 and at most 1".into()));
         }
-        Ok(())
+        out
+    }
+
+    pub fn check(&self) -> std::result::Result<(), String> {
+        match self.problems().into_iter().next() {
+            Some((key, problem)) => Err(format!("{key} {problem}")),
+            None => Ok(()),
+        }
     }
 }
 

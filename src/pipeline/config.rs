@@ -1,18 +1,22 @@
-//! Pipeline files: `pipelines/*.toml`, one table per stage, checked against a JSON Schema.
+//! Pipeline files: `pipelines/*.toml`, one table per stage, checked before a run.
 //!
-//! The schema is generated from these types (`moulin schema`, committed in
-//! `schemas/pipeline.schema.json`), and `moulin validate` reports every problem
-//! of a file at once, each with its key path: schema violations first, then
-//! what only the program can check (an overlap larger than the chunk size, a
-//! source folder that does not exist).
+//! The JSON Schema is generated from these types (`moulin schema`, committed in
+//! `schemas/pipeline.schema.json`). [`load`] reports every problem of a file at
+//! once, each with its line and key path: the file's shape against the schema
+//! first, then what only the program can check (an overlap larger than the
+//! chunk size, a source folder that does not exist, a model that is not
+//! installed), for every stage whose shape is right. `moulin ingest` builds the
+//! same configuration from its options ([`PipelineConfig::quick`],
+//! [`Overrides`]), and the same checks name the option at fault.
 
 use std::path::{Path, PathBuf};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::chunk::ChunkerConfig;
+use crate::chunk::{ChunkerConfig, SizeUnit};
+use crate::config::{Origins, Problem, Problems, file};
 use crate::embed::EmbedderConfig;
-use crate::error::{Error, Result};
 use crate::extract::ExtractOptions;
 
 /// A moulin pipeline: where documents come from, how they are cut and embedded,
@@ -67,199 +71,227 @@ pub enum SourceConfig {
     Urls { urls: Vec<String> },
 }
 
-/// A problem in a pipeline file, with its key path (`chunker.overlap`, `sources[1].path`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Problem {
-    pub path: String,
-    pub message: String,
-}
-
-impl std::fmt::Display for Problem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.path.is_empty() {
-            write!(f, "{}", self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
-    }
-}
-
 /// The JSON Schema of pipeline files.
 pub fn json_schema() -> serde_json::Value {
     serde_json::to_value(schemars::schema_for!(PipelineConfig)).expect("serializable schema")
 }
 
-/// Parse and check a pipeline file, returning it or every problem found.
-pub fn load(path: &Path) -> std::result::Result<PipelineConfig, Vec<Problem>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        vec![Problem {
-            path: String::new(),
-            message: format!("cannot read: {e}"),
-        }]
-    })?;
-    parse(&text)
+/// A pipeline, checked, with where each of its settings came from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: PipelineConfig,
+    pub origins: Origins,
 }
 
-pub fn parse(text: &str) -> std::result::Result<PipelineConfig, Vec<Problem>> {
-    let value: toml::Value = toml::from_str(text).map_err(|e| {
-        vec![Problem {
-            path: String::new(),
-            message: format!("not valid TOML: {}", e.message()),
-        }]
-    })?;
-    let json = serde_json::to_value(&value).expect("TOML is JSON-representable");
-    let schema = json_schema();
-    let validator = jsonschema::validator_for(&schema).expect("our schema is valid");
-    let mut problems: Vec<Problem> = validator
-        .iter_errors(&json)
-        .map(|e| Problem {
-            path: key_path(&e.instance_path().to_string()),
-            message: e.to_string(),
-        })
-        .collect();
-    if !problems.is_empty() {
-        for p in &mut problems {
-            refine(p, &json);
-        }
-        problems.sort_by(|a, b| a.path.cmp(&b.path));
-        problems.dedup();
-        return Err(problems);
-    }
-    let config: PipelineConfig = serde_json::from_value(json).map_err(|e| {
-        vec![Problem {
-            path: String::new(),
-            message: e.to_string(),
-        }]
-    })?;
-    problems.extend(config.semantic_problems());
-    if problems.is_empty() {
-        Ok(config)
-    } else {
-        Err(problems)
+/// Read and check a pipeline file: the configuration, or every problem found.
+pub fn load(path: &Path) -> Result<Loaded, Problems> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(path, &text),
+        Err(e) => Err(Problems {
+            subject: path.display().to_string(),
+            list: vec![Problem {
+                key: String::new(),
+                message: format!("cannot read {}: {e}", path.display()),
+                origin: crate::config::Origin::Argument,
+            }],
+        }),
     }
 }
 
-/// A value tagged by `type` that matches no variant gets the schema's vague
-/// "not valid under any of the schemas" message; serde says what is wrong with it.
-fn refine(problem: &mut Problem, json: &serde_json::Value) {
-    if !problem.message.contains("oneOf") && !problem.message.contains("anyOf") {
-        return;
-    }
-    let mut value = json;
-    let path = problem.path.replace('[', ".").replace(']', "");
-    for key in path.split('.').filter(|k| !k.is_empty()) {
-        value = match key.parse::<usize>() {
-            Ok(i) => &value[i],
-            Err(_) => &value[key],
-        };
-    }
-    let error = if problem.path == "chunker" {
-        serde_json::from_value::<ChunkerConfig>(value.clone()).err()
-    } else if problem.path == "embedder" {
-        serde_json::from_value::<EmbedderConfig>(value.clone()).err()
-    } else if problem.path.starts_with("sources[") {
-        serde_json::from_value::<SourceConfig>(value.clone()).err()
-    } else {
-        None
+/// Check the text of the pipeline file `path`.
+pub fn parse(path: &Path, text: &str) -> Result<Loaded, Problems> {
+    let subject = path.display().to_string();
+    let read = file::read(path, text, &json_schema());
+    let origins = read.origins;
+    let mut list = read.problems;
+    let Some(json) = read.value else {
+        return Err(Problems { subject, list });
     };
-    if let Some(e) = error {
-        problem.message = e.to_string();
+    // What only the program can check runs on every part whose shape is right:
+    // values with a problem of shape are left out (defaults stand in for them),
+    // and a stage that still does not read as its type is skipped.
+    let mut sound = json;
+    for p in &list {
+        remove(&mut sound, &p.key);
+    }
+    let (config, checks) = match serde_json::from_value::<PipelineConfig>(sound.clone()) {
+        Ok(config) => {
+            let checks = config.check(&origins);
+            (list.is_empty().then_some(config), checks)
+        }
+        Err(_) => (None, check_sections(&sound, &origins)),
+    };
+    let shape: Vec<String> = list.iter().map(|p| p.key.clone()).collect();
+    list.extend(checks.into_iter().filter(|p| !shape.contains(&p.key)));
+    file::sort_by_position(&mut list);
+    match config {
+        Some(config) if list.is_empty() => Ok(Loaded { config, origins }),
+        _ => Err(Problems { subject, list }),
     }
 }
 
-/// `/sources/1/path` as `sources[1].path`.
-fn key_path(pointer: &str) -> String {
-    let mut out = String::new();
-    for part in pointer.split('/').filter(|p| !p.is_empty()) {
-        if part.chars().all(|c| c.is_ascii_digit()) {
-            out.push_str(&format!("[{part}]"));
-        } else {
-            if !out.is_empty() {
-                out.push('.');
+/// Remove the value at a key path (`sources[1].path`) from a JSON value.
+fn remove(json: &mut serde_json::Value, key: &str) {
+    let mut parts: Vec<String> = Vec::new();
+    for part in key.split('.') {
+        let mut rest = part;
+        while let Some(open) = rest.find('[') {
+            if open > 0 {
+                parts.push(rest[..open].to_string());
             }
-            out.push_str(part);
+            let close = rest[open..].find(']').map_or(rest.len(), |c| open + c);
+            parts.push(rest[open + 1..close].to_string());
+            rest = rest.get(close + 1..).unwrap_or("");
+        }
+        if !rest.is_empty() {
+            parts.push(rest.to_string());
         }
     }
-    out
+    let Some((last, path)) = parts.split_last() else {
+        return;
+    };
+    let mut value = json;
+    for p in path {
+        let next = match value {
+            serde_json::Value::Array(a) => p.parse::<usize>().ok().and_then(|i| a.get_mut(i)),
+            serde_json::Value::Object(o) => o.get_mut(p),
+            _ => None,
+        };
+        match next {
+            Some(v) => value = v,
+            None => return,
+        }
+    }
+    if let serde_json::Value::Object(o) = value {
+        o.remove(last);
+    }
 }
 
-impl PipelineConfig {
-    /// What the schema cannot say.
-    fn semantic_problems(&self) -> Vec<Problem> {
+/// The checks of every stage of `json` that reads as its type.
+fn check_sections(json: &serde_json::Value, origins: &Origins) -> Vec<Problem> {
+    fn section<T: DeserializeOwned + Default>(json: &serde_json::Value, key: &str) -> Option<T> {
+        match json.get(key) {
+            Some(v) => serde_json::from_value(v.clone()).ok(),
+            None => Some(T::default()),
+        }
+    }
+    let mut out = Vec::new();
+    if let Some(c) = json
+        .get("collection")
+        .and_then(|v| serde_json::from_value::<CollectionConfig>(v.clone()).ok())
+    {
+        out.extend(prefixed("collection", c.problems()));
+    }
+    if let Some(sources) = json.get("sources").and_then(|v| v.as_array()) {
+        if sources.is_empty() {
+            out.push(("sources".into(), "list at least one source".into()));
+        }
+        for (i, s) in sources.iter().enumerate() {
+            if let Ok(source) = serde_json::from_value::<SourceConfig>(s.clone()) {
+                out.extend(prefixed(&format!("sources[{i}]"), source.problems()));
+            }
+        }
+    }
+    if let Some(e) = section::<ExtractOptions>(json, "extract") {
+        out.extend(prefixed("extract", e.problems()));
+    }
+    if let Some(c) = section::<ChunkerConfig>(json, "chunker") {
+        out.extend(prefixed("chunker", c.problems()));
+    }
+    if let Some(e) = section::<EmbedderConfig>(json, "embedder") {
+        out.extend(prefixed("embedder", e.problems()));
+    }
+    out.into_iter()
+        .map(|(key, message)| origins.problem(key, message))
+        .collect()
+}
+
+fn prefixed(prefix: &str, problems: Vec<(String, String)>) -> Vec<(String, String)> {
+    problems
+        .into_iter()
+        .map(|(k, m)| (crate::config::join_key(prefix, &k), m))
+        .collect()
+}
+
+impl CollectionConfig {
+    fn problems(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
-        let mut push = |path: String, message: String| out.push(Problem { path, message });
-        if self.collection.name.trim().is_empty() {
-            push("collection.name".into(), "must not be empty".into());
+        if let Err(m) = crate::store::check_collection_name(&self.name) {
+            out.push(("name".into(), m));
         }
-        if !self
-            .collection
-            .name
-            .chars()
-            .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'))
-        {
-            push(
-                "collection.name".into(),
-                "use letters, digits, '_', '-' and '.' only".into(),
-            );
-        }
-        if self.sources.is_empty() {
-            push("sources".into(), "list at least one source".into());
-        }
-        for (i, source) in self.sources.iter().enumerate() {
-            match source {
-                SourceConfig::Files {
-                    path,
-                    include,
-                    exclude,
-                } => {
-                    let is_glob = path.contains(['*', '?', '[']);
-                    if !is_glob && !Path::new(path).exists() {
-                        push(
-                            format!("sources[{i}].path"),
-                            format!("{path} does not exist"),
-                        );
-                    }
-                    for (key, globs) in [("include", include), ("exclude", exclude)] {
-                        for (j, g) in globs.iter().enumerate() {
-                            if let Err(e) = globset::Glob::new(g) {
-                                push(format!("sources[{i}].{key}[{j}]"), e.to_string());
-                            }
-                        }
-                    }
-                }
-                SourceConfig::Urls { urls } => {
-                    for (j, u) in urls.iter().enumerate() {
-                        match url::Url::parse(u) {
-                            Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
-                            Ok(_) => push(
-                                format!("sources[{i}].urls[{j}]"),
-                                "only http and https URLs are fetched".into(),
-                            ),
-                            Err(e) => push(format!("sources[{i}].urls[{j}]"), e.to_string()),
-                        }
-                    }
-                }
-            }
-        }
-        for (key, problem) in self.chunker.problems() {
-            push(format!("chunker.{key}"), problem);
-        }
-        let crate::embed::EmbedderConfig::Onnx(onnx) = &self.embedder;
-        if onnx.batch_size == 0 {
-            push("embedder.batch_size".into(), "must be at least 1".into());
+        if let Err(m) = crate::store::check_db(&self.db, crate::store::Access::Write) {
+            out.push(("db".into(), m));
         }
         out
     }
+}
 
-    /// The configuration as JSON, recorded in collections and reports.
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("serializable")
+impl SourceConfig {
+    /// Problems of this source, with keys relative to it.
+    fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        match self {
+            SourceConfig::Files {
+                path,
+                include,
+                exclude,
+            } => {
+                if let Err(m) = super::sources::check_path(path) {
+                    out.push(("path".into(), m));
+                }
+                for (key, globs) in [("include", include), ("exclude", exclude)] {
+                    for (j, g) in globs.iter().enumerate() {
+                        if let Err(e) = globset::Glob::new(g) {
+                            out.push((format!("{key}[{j}]"), format!("bad glob {g:?}: {e}")));
+                        }
+                    }
+                }
+            }
+            SourceConfig::Urls { urls } => {
+                if urls.is_empty() {
+                    out.push(("urls".into(), "list at least one URL".into()));
+                }
+                for (j, u) in urls.iter().enumerate() {
+                    if let Err(m) = super::sources::check_url(u) {
+                        out.push((format!("urls[{j}]"), m));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+impl PipelineConfig {
+    /// Every problem that the schema cannot see, each with its origin.
+    pub fn check(&self, origins: &Origins) -> Vec<Problem> {
+        let mut out = prefixed("collection", self.collection.problems());
+        if self.sources.is_empty() {
+            out.push(("sources".into(), "list at least one source".into()));
+        }
+        for (i, source) in self.sources.iter().enumerate() {
+            out.extend(prefixed(&format!("sources[{i}]"), source.problems()));
+        }
+        out.extend(prefixed("extract", self.extract.problems()));
+        out.extend(prefixed("chunker", self.chunker.problems()));
+        out.extend(prefixed("embedder", self.embedder.problems()));
+        out.into_iter()
+            .map(|(key, message)| origins.problem(key, message))
+            .collect()
+    }
+
+    /// The configuration as recorded in collections and reports: no secrets.
+    pub fn recorded(&self) -> serde_json::Value {
+        let mut config = self.clone();
+        config.extract.password = None;
+        serde_json::to_value(config).expect("serializable")
     }
 
     /// A pipeline for `moulin ingest`: the given inputs with default stages.
-    pub fn quick(collection: &str, db: &str, inputs: &[String]) -> PipelineConfig {
+    /// Anything with a URL scheme is a URL (so that `ftp://…` is refused as a URL).
+    pub fn quick(collection: &str, db: &str, inputs: &[String]) -> Loaded {
         let (urls, paths): (Vec<&String>, Vec<&String>) =
-            inputs.iter().partition(|i| crate::paths::is_url(i));
+            inputs.iter().partition(|i| crate::paths::has_scheme(i));
         let mut sources: Vec<SourceConfig> = paths
             .into_iter()
             .map(|p| SourceConfig::Files {
@@ -273,29 +305,85 @@ impl PipelineConfig {
                 urls: urls.into_iter().cloned().collect(),
             });
         }
-        PipelineConfig {
-            collection: CollectionConfig {
-                name: collection.to_string(),
-                db: db.to_string(),
-                prune: false,
+        let mut origins = Origins::default();
+        origins.set_argument("sources");
+        origins.set_flag("collection.name", "--collection");
+        origins.set_flag("collection.db", "--db");
+        Loaded {
+            config: PipelineConfig {
+                collection: CollectionConfig {
+                    name: collection.to_string(),
+                    db: db.to_string(),
+                    prune: false,
+                },
+                sources,
+                extract: ExtractOptions::default(),
+                chunker: ChunkerConfig::default(),
+                embedder: EmbedderConfig::default(),
             },
-            sources,
-            extract: ExtractOptions::default(),
-            chunker: ChunkerConfig::default(),
-            embedder: EmbedderConfig::default(),
+            origins,
         }
     }
 }
 
-/// Read a pipeline file or fail with every problem in one error.
-pub fn load_or_error(path: &Path) -> Result<PipelineConfig> {
-    load(path).map_err(|problems| Error::Config {
-        path: path.display().to_string(),
-        reason: problems
-            .iter()
-            .map(|p| format!("\n  - {p}"))
-            .collect::<String>(),
-    })
+/// Settings given on the command line, over a pipeline file's (`moulin run`) or
+/// over the defaults (`moulin ingest`).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub collection: Option<String>,
+    pub db: Option<String>,
+    pub embedding_model: Option<String>,
+    pub chunk_size: Option<usize>,
+    pub overlap: Option<usize>,
+    /// Size chunks in the embedding model's tokens (400 with 40 of overlap unless given).
+    pub tokens: bool,
+    pub password: Option<String>,
+    pub prune: bool,
+}
+
+impl Overrides {
+    /// Apply these settings, recording the flag each one came from.
+    pub fn apply(&self, loaded: &mut Loaded) {
+        let (config, origins) = (&mut loaded.config, &mut loaded.origins);
+        if let Some(c) = &self.collection {
+            config.collection.name = c.clone();
+            origins.set_flag("collection.name", "--collection");
+        }
+        if let Some(db) = &self.db {
+            config.collection.db = db.clone();
+            origins.set_flag("collection.db", "--db");
+        }
+        if self.prune {
+            config.collection.prune = true;
+            origins.set_flag("collection.prune", "--prune");
+        }
+        if let Some(p) = &self.password {
+            config.extract.password = Some(p.clone());
+            origins.set_flag("extract.password", "--password");
+        }
+        if let Some(model) = &self.embedding_model {
+            let EmbedderConfig::Onnx(onnx) = &mut config.embedder;
+            onnx.model = model.clone();
+            origins.set_flag("embedder.model", "--embedding-model");
+        }
+        let split = config.chunker.split_mut();
+        if self.tokens {
+            split.unit = SizeUnit::Tokens;
+            split.size = 400;
+            split.overlap = 40;
+            origins.set_flag("chunker.unit", "--tokens");
+        }
+        if let Some(size) = self.chunk_size {
+            split.size = size;
+            split.overlap = split.overlap.min(size / 2);
+            origins.set_flag("chunker.size", "--chunk-size");
+            origins.set_flag("chunker.overlap", "--chunk-size");
+        }
+        if let Some(overlap) = self.overlap {
+            split.overlap = overlap;
+            origins.set_flag("chunker.overlap", "--overlap");
+        }
+    }
 }
 
 /// The folder holding the committed schemas.
@@ -307,57 +395,152 @@ pub fn schema_path() -> PathBuf {
 mod tests {
     use super::*;
 
+    fn problems(text: &str) -> Vec<String> {
+        match parse(Path::new("p.toml"), text) {
+            Ok(_) => Vec::new(),
+            Err(p) => p.list.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    /// The issue's example, and more: one pass lists every mistake of a file,
+    /// whatever its kind, each with its line and key path.
     #[test]
-    fn every_problem_is_listed_with_its_key_path() {
-        let text = r#"
-            [collection]
-            name = ""
-            colour = "blue"
+    fn a_dozen_mistakes_are_all_listed_at_once() {
+        let text = r#"[collection]
+name = "mes documents"
+colour = "blue"
+prnue = true
 
-            [[sources]]
-            type = "files"
-            path = "/nonexistent/folder"
+[[sources]]
+type = "files"
+pth = "fixtures/demo"
 
-            [[sources]]
-            type = "ftp"
+[[sources]]
+type = "urls"
+urls = ["ftp://example.org/a", "notaurl"]
 
-            [chunker]
-            type = "markdown"
-            size = "big"
-        "#;
-        let problems = parse(text).unwrap_err();
-        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
-        assert!(paths.contains(&"collection"), "{problems:?}");
-        assert!(paths.contains(&"sources[1]"), "{problems:?}");
-        let chunker = problems
-            .iter()
-            .find(|p| p.path == "chunker")
-            .expect("a chunker problem");
-        assert!(chunker.message.contains("expected usize"), "{chunker}");
-        let source = problems
-            .iter()
-            .find(|p| p.path == "sources[1]")
-            .expect("a source problem");
-        assert!(source.message.contains("unknown variant `ftp`"), "{source}");
-        assert!(problems.len() >= 3);
+[[sources]]
+type = "ftp"
+
+[[sources]]
+type = "files"
+path = "."
+include = ["**/*.{pdf"]
+
+[extract]
+timeout_seconds = 0
+max_pages = -3
+
+[chunker]
+type = "markdown"
+size = 100
+overlap = 150
+unit = "token"
+
+[embedder]
+type = "onnx"
+model = "no-such-model"
+batch_size = "big"
+
+[report]
+path = "r.json"
+"#;
+        let got = problems(text);
+        let expected = [
+            "p.toml:2:1: collection.name: \"mes documents\" is not a valid collection name: use ASCII letters, digits, '_', '-' and '.'",
+            "p.toml:3:1: collection.colour: unknown key (known keys: name, db, prune)",
+            "p.toml:4:1: collection.prnue: unknown key; did you mean `prune`?",
+            "p.toml:6:1: sources[0].path: missing: this key is required",
+            "p.toml:8:1: sources[0].pth: unknown key; did you mean `path`?",
+            "p.toml:12:9: sources[1].urls[0]: ftp://example.org/a: only http and https URLs are fetched",
+            "p.toml:12:32: sources[1].urls[1]: notaurl: not a URL (relative URL without a base)",
+            "p.toml:15:1: sources[2].type: \"ftp\" is not one of \"files\", \"urls\"",
+            "p.toml:20:12: sources[3].include[0]: bad glob \"**/*.{pdf\": ",
+            "p.toml:23:1: extract.timeout_seconds: must be at least 1",
+            "p.toml:24:1: extract.max_pages: must not be negative",
+            "p.toml:29:1: chunker.overlap: must be smaller than size (100)",
+            "p.toml:30:1: chunker.unit: \"token\" is not one of \"characters\", \"tokens\"; did you mean \"tokens\"?",
+            "p.toml:34:1: embedder.model: embedding model no-such-model not found: no such folder ",
+            "p.toml:35:1: embedder.batch_size: expected a whole number, found the string \"big\"",
+            "p.toml:37:2: report: unknown key (known keys: collection, sources, extract, chunker, embedder)",
+        ];
+        for (got, expected) in got.iter().zip(expected) {
+            assert!(
+                got.starts_with(expected),
+                "expected {expected:?}\n     got {got:?}"
+            );
+        }
+        assert_eq!(got.len(), expected.len(), "{}", got.join("\n"));
     }
 
     #[test]
-    fn semantic_problems_come_after_the_schema_passes() {
-        let text = r#"
-            [collection]
-            name = "ok"
-            [[sources]]
-            type = "files"
-            path = "/nonexistent/folder"
-            [chunker]
-            type = "text"
-            size = 100
-            overlap = 100
-        "#;
-        let problems = parse(text).unwrap_err();
-        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
-        assert_eq!(paths, vec!["sources[0].path", "chunker.overlap"]);
+    fn cross_field_checks_run_beside_unknown_keys() {
+        // The issue's complaint: an unknown key hid five other problems.
+        let text = r#"[collection]
+name = "a b"
+[[sources]]
+type = "files"
+pth = "x"
+[[sources]]
+type = "urls"
+urls = ["ftp://a", "gopher://b"]
+[chunker]
+type = "text"
+size = 100
+overlap = 200
+"#;
+        let got = problems(text);
+        assert_eq!(got.len(), 6, "{}", got.join("\n"));
+        assert!(
+            got.iter()
+                .any(|g| g.contains("chunker.overlap: must be smaller than size (100)"))
+        );
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line_and_column() {
+        let got = problems("[collection]\nname = \"demo\"\n[[sources]\ntype = 'files'\n");
+        assert!(got[0].starts_with("p.toml:3:"), "{got:?}");
+        assert!(got[0].contains("not valid TOML"), "{got:?}");
+    }
+
+    #[test]
+    fn the_demo_pipeline_is_valid_and_records_no_password() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/demo.toml");
+        let mut loaded = load(&path).unwrap_or_else(|p| panic!("{p}"));
+        Overrides {
+            password: Some("s3cret".into()),
+            ..Default::default()
+        }
+        .apply(&mut loaded);
+        assert_eq!(loaded.config.extract.password.as_deref(), Some("s3cret"));
+        assert!(!loaded.config.recorded().to_string().contains("s3cret"));
+    }
+
+    #[test]
+    fn overrides_are_blamed_on_their_flag() {
+        let mut loaded = PipelineConfig::quick("ok", "./data", &["ftp://x/y".into()]);
+        Overrides {
+            collection: Some("é".into()),
+            chunk_size: Some(0),
+            ..Default::default()
+        }
+        .apply(&mut loaded);
+        let got: Vec<String> = loaded
+            .config
+            .check(&loaded.origins)
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert!(got.contains(&"--collection: \"é\" is not a valid collection name: use ASCII letters, digits, '_', '-' and '.'".to_string()), "{got:?}");
+        assert!(
+            got.contains(&"ftp://x/y: only http and https URLs are fetched".to_string()),
+            "{got:?}"
+        );
+        assert!(
+            got.contains(&"--chunk-size: must be at least 1".to_string()),
+            "{got:?}"
+        );
     }
 
     #[test]

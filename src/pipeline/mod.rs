@@ -1,19 +1,23 @@
-//! The orchestrator: sources → extract → chunk → embed → store, with a report.
+//! The orchestrator: sources → read → extract → chunk → embed → store, with a report.
 //!
-//! Inputs go through in windows. In each window, extraction runs on every core
-//! (in child processes by default, see [`crate::extract::isolate`]), then the
-//! window's chunks are embedded longest first so that batches hold texts of
-//! similar length, then every document of the window is written in one append.
-//! Stages do not overlap, so ONNX Runtime's threads never compete with the
-//! extractors for the cores. A document's rows are replaced as a whole, and an
-//! unchanged input (same content hash) is skipped: a run killed at any point
-//! and started again ends as if it had run once.
+//! [`Pipeline::list`] expands the sources into inputs before any work, so that a
+//! command can report every problem of its settings at once. [`Pipeline::run`]
+//! then goes through the inputs in windows. In each window, every input is read
+//! and hashed; one whose bytes match the stored document is left alone without
+//! being parsed. The others are extracted on every core (in child processes by
+//! default, see [`crate::extract::isolate`]), their chunks embedded longest
+//! first so that batches hold texts of similar length, and every document of
+//! the window written in one append. Stages do not overlap, so ONNX Runtime's
+//! threads never compete with the extractors for the cores. A document's rows
+//! are replaced as a whole, and an input that fails keeps the version an
+//! earlier run stored: a run killed at any point and started again ends as if
+//! it had run once.
 
 pub mod config;
 pub mod report;
 pub mod sources;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,15 +26,16 @@ use futures::StreamExt;
 use rayon::prelude::*;
 
 use crate::chunk::{Chunker, SizeUnit};
+use crate::config::{Origins, Problems};
 use crate::document::{Chunk, Document};
 use crate::embed::{Embedder, EmbedderConfig, OnnxEmbedder};
 use crate::error::{Error, Result};
 use crate::extract::{self, ExtractOptions};
 use crate::progress::Reporter;
-use crate::store::{EmbeddedDocument, Store};
+use crate::store::{Access, Collection, EmbeddedDocument, Store};
 pub use config::PipelineConfig;
 use report::{InputReport, RunReport, Seconds, Status};
-use sources::Input;
+use sources::{Input, Listed, Listing};
 
 /// Where extraction runs.
 #[derive(Debug, Clone)]
@@ -49,9 +54,12 @@ pub struct Pipeline {
     pub isolation: Isolation,
 }
 
-struct Extracted {
-    input: Input,
-    result: Result<Document>,
+/// What became of one input before chunking.
+enum Outcome {
+    /// Its bytes are those of the stored document.
+    Unchanged,
+    Extracted(Document),
+    Rejected(Error),
 }
 
 impl Pipeline {
@@ -59,7 +67,18 @@ impl Pipeline {
         Pipeline { config, isolation }
     }
 
-    pub async fn run(&self, reporter: &dyn Reporter) -> Result<RunReport> {
+    /// The inputs the sources list now, with warnings for sources that list nothing.
+    pub fn list(&self, origins: &Origins) -> std::result::Result<Listing, Problems> {
+        sources::expand(&self.config.sources).map_err(|problems| Problems {
+            subject: "sources".into(),
+            list: problems
+                .into_iter()
+                .map(|(key, message)| origins.problem(key, message))
+                .collect(),
+        })
+    }
+
+    pub async fn run(&self, listing: Listing, reporter: &dyn Reporter) -> Result<RunReport> {
         let started = Instant::now();
         let cfg = &self.config;
         let mut report = RunReport {
@@ -68,19 +87,13 @@ impl Pipeline {
             collection: cfg.collection.name.clone(),
             db: cfg.collection.db.clone(),
             model: None,
-            config: serde_json::to_value(cfg).expect("serializable"),
+            config: cfg.recorded(),
             totals: Default::default(),
             seconds: Seconds::default(),
+            warnings: listing.warnings.clone(),
             inputs: Vec::new(),
         };
-        let (inputs, problems) = sources::expand(&cfg.sources);
-        if !problems.is_empty() {
-            return Err(Error::Config {
-                path: "sources".into(),
-                reason: problems.join("; "),
-            });
-        }
-        reporter.start(inputs.len());
+        reporter.start(listing.inputs.len());
 
         let t = Instant::now();
         reporter.note("loading the embedding model");
@@ -96,146 +109,87 @@ impl Pipeline {
             (cfg.chunker.split().unit == SizeUnit::Tokens).then(|| embedder.tokenizer().clone());
         let chunker = Chunker::new(cfg.chunker.clone(), tokenizer)?;
 
-        let store = Store::connect(&cfg.collection.db).await?;
+        let store = Store::connect(&cfg.collection.db, Access::Write).await?;
         let collection = store
-            .open_or_create(&cfg.collection.name, embedder.info(), &cfg.to_json())
+            .open_or_create(
+                &cfg.collection.name,
+                embedder.info(),
+                &cfg.recorded().to_string(),
+            )
             .await?;
         let known = collection.document_hashes().await?;
         let client = extract::fetch::client(&cfg.extract)?;
         let concurrency = std::thread::available_parallelism().map_or(1, |n| n.get());
 
-        for window in inputs.chunks(WINDOW_INPUTS) {
-            // Extract.
+        for window in listing.inputs.chunks(WINDOW_INPUTS) {
+            // Read, and extract what changed.
             let t = Instant::now();
-            let extracted: Vec<Extracted> = futures::stream::iter(window.iter().cloned())
-                .map(|input| self.extract_one(input, &client, &cfg.extract))
+            let outcomes: Vec<Outcome> = futures::stream::iter(window)
+                .map(|listed| self.read_and_extract(&listed.input, &known, &client))
                 .buffered(concurrency)
                 .collect()
                 .await;
             report.seconds.extract += t.elapsed().as_secs_f64();
 
-            // Sort out what to ingest; failed documents leave nothing behind.
-            let mut docs: Vec<Document> = Vec::new();
-            let mut failed_ids: Vec<String> = Vec::new();
-            for e in extracted {
-                let source = e.input.source();
-                match e.result {
-                    Ok(doc) => {
-                        if known.get(&doc.id) == Some(&doc.content_hash) {
-                            reporter.input_done(&source, doc.pages, None);
-                            report.inputs.push(InputReport {
-                                path: source,
-                                status: Status::Skipped,
-                                reason: Some("unchanged since the last run".into()),
-                                format: Some(doc.format.as_str().into()),
-                                pages: doc.pages,
-                                chunks: 0,
-                            });
-                        } else {
-                            reporter.input_done(&source, doc.pages, None);
-                            docs.push(doc);
-                        }
-                    }
-                    Err(err) => {
-                        let reason = match &err {
-                            Error::Extract { reason, .. } => reason.clone(),
-                            other => other.to_string(),
-                        };
-                        let unsupported = reason.starts_with("unsupported format");
-                        reporter.input_done(&source, 0, (!unsupported).then_some(reason.as_str()));
-                        let id = Document::id_for(&source);
-                        if known.contains_key(&id) {
-                            failed_ids.push(id);
-                        }
-                        report.inputs.push(InputReport {
-                            path: source,
-                            status: if unsupported {
-                                Status::Skipped
-                            } else {
-                                Status::Failed
-                            },
-                            reason: Some(reason),
+            let mut docs: Vec<(&Listed, Document)> = Vec::new();
+            for (listed, outcome) in window.iter().zip(outcomes) {
+                match outcome {
+                    Outcome::Extracted(doc) => docs.push((listed, doc)),
+                    Outcome::Unchanged => {
+                        let input = InputReport {
+                            path: listed.input.source(),
+                            status: Status::Unchanged,
+                            reason: Some("same content as the stored version".into()),
                             format: None,
                             pages: 0,
                             chunks: 0,
-                        });
+                            named: listed.named,
+                            warnings: Vec::new(),
+                        };
+                        reporter.input_done(&input);
+                        report.inputs.push(input);
+                    }
+                    Outcome::Rejected(err) => {
+                        let input = rejected(listed, err, &known);
+                        reporter.input_done(&input);
+                        report.inputs.push(input);
                     }
                 }
             }
 
             // Chunk.
             let t = Instant::now();
-            let chunks: Vec<Vec<Chunk>> = docs.par_iter().map(|d| chunker.chunk(d)).collect();
+            let chunks: Vec<Vec<Chunk>> = docs.par_iter().map(|(_, d)| chunker.chunk(d)).collect();
             report.seconds.chunk += t.elapsed().as_secs_f64();
 
-            // Embed, longest texts first across the whole window.
             let t = Instant::now();
-            let mut flat: Vec<(usize, usize, usize)> = chunks
-                .iter()
-                .enumerate()
-                .flat_map(|(d, cs)| {
-                    cs.iter()
-                        .enumerate()
-                        .map(move |(c, ch)| (ch.text.len(), d, c))
-                })
-                .collect();
-            flat.sort_by_key(|c| std::cmp::Reverse(c.0));
-            reporter.chunks_queued(flat.len());
-            let mut vectors: Vec<Vec<Vec<f32>>> =
-                chunks.iter().map(|cs| vec![Vec::new(); cs.len()]).collect();
-            // Two batches per call, so that progress moves every few seconds.
-            let EmbedderConfig::Onnx(onnx) = &cfg.embedder;
-            for group in flat.chunks(2 * onnx.batch_size.max(1)) {
-                let texts: Vec<String> = group
-                    .iter()
-                    .map(|&(_, d, c)| chunks[d][c].text.clone())
-                    .collect();
-                let e = embedder.clone();
-                let out = tokio::task::spawn_blocking(move || {
-                    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-                    e.embed_passages(&refs)
-                })
-                .await
-                .expect("embedding does not panic")?;
-                for (&(_, d, c), v) in group.iter().zip(out) {
-                    vectors[d][c] = v;
-                }
-                reporter.embedded(group.len());
-            }
+            let vectors = embed_window(&embedder, &chunks, &cfg.embedder, reporter).await?;
             report.seconds.embed += t.elapsed().as_secs_f64();
 
-            // Write.
             let t = Instant::now();
-            let embedded: Vec<EmbeddedDocument> = docs
-                .iter()
-                .zip(&chunks)
-                .zip(&vectors)
-                .map(|((document, chunks), vectors)| EmbeddedDocument {
-                    document,
-                    chunks,
-                    vectors,
-                })
-                .collect();
-            collection.replace_documents(&embedded).await?;
-            let failed: Vec<&str> = failed_ids.iter().map(String::as_str).collect();
-            collection.delete_documents(&failed).await?;
+            write_window(&collection, &docs, &chunks, &vectors).await?;
             report.seconds.write += t.elapsed().as_secs_f64();
-            for (doc, cs) in docs.iter().zip(&chunks) {
-                report.inputs.push(InputReport {
-                    path: doc.source.clone(),
+            for ((listed, doc), cs) in docs.into_iter().zip(&chunks) {
+                let input = InputReport {
+                    path: doc.source,
                     status: Status::Ingested,
                     reason: None,
                     format: Some(doc.format.as_str().into()),
                     pages: doc.pages,
                     chunks: cs.len(),
-                });
+                    named: listed.named,
+                    warnings: doc.warnings,
+                };
+                reporter.input_done(&input);
+                report.inputs.push(input);
             }
         }
 
         if cfg.collection.prune {
-            let listed: HashSet<String> = inputs
+            let listed: HashSet<String> = listing
+                .inputs
                 .iter()
-                .map(|i| Document::id_for(&i.source()))
+                .map(|i| Document::id_for(&i.input.source()))
                 .collect();
             let gone: Vec<&str> = known
                 .keys()
@@ -259,39 +213,176 @@ impl Pipeline {
         Ok(report)
     }
 
-    async fn extract_one(
+    /// Read an input, and extract it unless its bytes are those already stored.
+    async fn read_and_extract(
         &self,
-        input: Input,
+        input: &Input,
+        known: &HashMap<String, String>,
         client: &reqwest::Client,
-        options: &ExtractOptions,
-    ) -> Extracted {
-        let result = extract_input(&self.isolation, &input, client, options).await;
-        Extracted { input, result }
+    ) -> Outcome {
+        let options = &self.config.extract;
+        let read = match read_input(input, client, options).await {
+            Ok(read) => read,
+            Err(e) => return Outcome::Rejected(e),
+        };
+        let id = Document::id_for(&input.source());
+        if known.get(&id) == Some(&extract::content_hash(&read.bytes)) {
+            return Outcome::Unchanged;
+        }
+        match extract_read(&self.isolation, input, read, options).await {
+            Ok(doc) => Outcome::Extracted(doc),
+            Err(e) => Outcome::Rejected(e),
+        }
     }
 }
 
-/// Read one input (a file, bounded, or a URL, fetched) and extract it where `isolation` says.
-pub async fn extract_input(
-    isolation: &Isolation,
+/// The report of an input that was not ingested; a version stored before stays.
+fn rejected(listed: &Listed, err: Error, known: &HashMap<String, String>) -> InputReport {
+    let (status, reason) = match err {
+        Error::Unsupported { what, .. } => (Status::Unsupported, what),
+        Error::Extract { reason, .. } => (Status::Failed, reason),
+        Error::Fetch { reason, .. } => (Status::Failed, reason),
+        other => (Status::Failed, other.to_string()),
+    };
+    let source = listed.input.source();
+    let kept = status == Status::Failed && known.contains_key(&Document::id_for(&source));
+    InputReport {
+        path: source,
+        status,
+        reason: Some(if kept {
+            format!("{reason} (the version stored before is kept)")
+        } else {
+            reason
+        }),
+        format: None,
+        pages: 0,
+        chunks: 0,
+        named: listed.named,
+        warnings: Vec::new(),
+    }
+}
+
+/// Embed a window's chunks, longest texts first across the whole window, and
+/// return the vectors in the chunks' shape.
+async fn embed_window(
+    embedder: &Arc<OnnxEmbedder>,
+    chunks: &[Vec<Chunk>],
+    config: &EmbedderConfig,
+    reporter: &dyn Reporter,
+) -> Result<Vec<Vec<Vec<f32>>>> {
+    let mut flat: Vec<(usize, usize, usize)> = chunks
+        .iter()
+        .enumerate()
+        .flat_map(|(d, cs)| {
+            cs.iter()
+                .enumerate()
+                .map(move |(c, ch)| (ch.text.len(), d, c))
+        })
+        .collect();
+    flat.sort_by_key(|c| std::cmp::Reverse(c.0));
+    reporter.chunks_queued(flat.len());
+    let mut vectors: Vec<Vec<Vec<f32>>> =
+        chunks.iter().map(|cs| vec![Vec::new(); cs.len()]).collect();
+    // Two batches per call, so that progress moves every few seconds.
+    let EmbedderConfig::Onnx(onnx) = config;
+    for group in flat.chunks(2 * onnx.batch_size.max(1)) {
+        let texts: Vec<String> = group
+            .iter()
+            .map(|&(_, d, c)| chunks[d][c].text.clone())
+            .collect();
+        let e = embedder.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            e.embed_passages(&refs)
+        })
+        .await
+        .expect("embedding does not panic")?;
+        for (&(_, d, c), v) in group.iter().zip(out) {
+            vectors[d][c] = v;
+        }
+        reporter.embedded(group.len());
+    }
+    Ok(vectors)
+}
+
+/// Write a window's documents, each replacing its earlier rows.
+async fn write_window(
+    collection: &Collection,
+    docs: &[(&Listed, Document)],
+    chunks: &[Vec<Chunk>],
+    vectors: &[Vec<Vec<f32>>],
+) -> Result<()> {
+    let embedded: Vec<EmbeddedDocument> = docs
+        .iter()
+        .zip(chunks)
+        .zip(vectors)
+        .map(|(((_, document), chunks), vectors)| EmbeddedDocument {
+            document,
+            chunks,
+            vectors,
+        })
+        .collect();
+    collection.replace_documents(&embedded).await?;
+    Ok(())
+}
+
+/// An input's bytes, as read from disk or fetched.
+pub struct ReadInput {
+    pub bytes: Vec<u8>,
+    pub content_type: Option<String>,
+}
+
+/// Read one input: a file (bounded by `max_file_bytes`) or a URL (fetched).
+pub async fn read_input(
     input: &Input,
     client: &reqwest::Client,
     options: &ExtractOptions,
-) -> Result<Document> {
-    let source = input.source();
-    let (bytes, content_type) = match input {
+) -> Result<ReadInput> {
+    match input {
         Input::Path(path) => {
             let path = path.clone();
             let max = options.max_file_bytes;
             let bytes = tokio::task::spawn_blocking(move || extract::read_bounded(&path, max))
                 .await
                 .expect("reading does not panic")?;
-            (bytes, None)
+            Ok(ReadInput {
+                bytes,
+                content_type: None,
+            })
         }
         Input::Url(url) => {
             let fetched = extract::fetch::fetch(client, url, options).await?;
-            (fetched.bytes, fetched.content_type)
+            Ok(ReadInput {
+                bytes: fetched.bytes,
+                content_type: fetched.content_type,
+            })
         }
-    };
+    }
+}
+
+/// Read one input and extract it where `isolation` says.
+pub async fn extract_input(
+    isolation: &Isolation,
+    input: &Input,
+    client: &reqwest::Client,
+    options: &ExtractOptions,
+) -> Result<Document> {
+    let read = read_input(input, client, options).await?;
+    extract_read(isolation, input, read, options).await
+}
+
+/// Extract an input already read, where `isolation` says.
+async fn extract_read(
+    isolation: &Isolation,
+    input: &Input,
+    read: ReadInput,
+    options: &ExtractOptions,
+) -> Result<Document> {
+    let source = input.source();
+    let ReadInput {
+        bytes,
+        content_type,
+    } = read;
     match isolation {
         Isolation::Subprocess(exe) => {
             let request = extract::isolate::Request {

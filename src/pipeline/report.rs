@@ -7,14 +7,29 @@ use serde::{Deserialize, Serialize};
 pub enum Status {
     /// Extracted, chunked, embedded and written.
     Ingested,
-    /// Left alone: unchanged since the last run, or a format moulin does not read.
-    Skipped,
-    /// Could not be read; the reason says why. Nothing of it is in the collection.
+    /// The same bytes as the stored document: nothing to do.
+    Unchanged,
+    /// Not a format moulin reads; the reason says what it looked like.
+    Unsupported,
+    /// A format moulin reads that could not be read, or a page that could not be
+    /// fetched; the reason says why. A version stored by an earlier run is kept.
     Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ingested => "ingested",
+            Status::Unchanged => "unchanged",
+            Status::Unsupported => "unsupported",
+            Status::Failed => "failed",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InputReport {
+    /// The input's source: its absolute path, or its URL.
     pub path: String,
     pub status: Status,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -23,13 +38,32 @@ pub struct InputReport {
     pub format: Option<String>,
     pub pages: u32,
     pub chunks: usize,
+    /// The user named this input (a file or URL), rather than moulin finding it
+    /// in a folder: if it is unsupported, the run counts it as a failure.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub named: bool,
+    /// What extraction noticed and went past (a name that says another format).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+impl InputReport {
+    /// Whether this input makes the run's exit code 1.
+    pub fn counts_as_failure(&self) -> bool {
+        match self.status {
+            Status::Failed => true,
+            Status::Unsupported => self.named,
+            Status::Ingested | Status::Unchanged => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Totals {
     pub inputs: usize,
     pub ingested: usize,
-    pub skipped: usize,
+    pub unchanged: usize,
+    pub unsupported: usize,
     pub failed: usize,
     pub pages: u64,
     pub chunks: usize,
@@ -55,16 +89,25 @@ pub struct RunReport {
     pub collection: String,
     pub db: String,
     pub model: Option<crate::embed::ModelInfo>,
+    /// The configuration of the run, without secrets.
     pub config: serde_json::Value,
     pub totals: Totals,
     pub seconds: Seconds,
+    /// Problems that did not stop the run (a source that lists nothing).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     pub inputs: Vec<InputReport>,
 }
 
 impl RunReport {
-    /// 0 when nothing failed, 1 when some inputs failed.
+    /// 0 when every input went through; 1 when an input failed, or an input the
+    /// user named is in a format moulin does not read.
     pub fn exit_code(&self) -> i32 {
-        if self.totals.failed > 0 { 1 } else { 0 }
+        if self.inputs.iter().any(InputReport::counts_as_failure) {
+            1
+        } else {
+            0
+        }
     }
 
     pub fn tally(&mut self) {
@@ -76,7 +119,8 @@ impl RunReport {
         for i in &self.inputs {
             match i.status {
                 Status::Ingested => t.ingested += 1,
-                Status::Skipped => t.skipped += 1,
+                Status::Unchanged => t.unchanged += 1,
+                Status::Unsupported => t.unsupported += 1,
                 Status::Failed => t.failed += 1,
             }
             t.pages += i.pages as u64;

@@ -35,27 +35,94 @@ impl Input {
     }
 }
 
-/// Every input the sources name, sorted and without duplicates. Problems with a
-/// source (a missing folder, a bad glob) come back as messages.
-pub fn expand(sources: &[SourceConfig]) -> (Vec<Input>, Vec<String>) {
-    let mut inputs = Vec::new();
+/// An input to read, and whether the user named it (a file or URL given as
+/// such) rather than it being found by walking a folder or matching a glob.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Listed {
+    pub input: Input,
+    pub named: bool,
+}
+
+/// What the sources of a pipeline list.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    /// Every input, sorted, each once.
+    pub inputs: Vec<Listed>,
+    /// Sources that list nothing (an empty folder, a glob matching no file).
+    pub warnings: Vec<String>,
+}
+
+/// Whether a `files` source's path can be walked, with the reason if not.
+pub fn check_path(path: &str) -> Result<(), String> {
+    if is_glob(path) {
+        return Glob::new(path)
+            .map(drop)
+            .map_err(|e| format!("bad glob {path:?}: {e}"));
+    }
+    if Path::new(path).exists() {
+        Ok(())
+    } else {
+        Err(format!("{path}: no such file or folder"))
+    }
+}
+
+/// Whether a URL can be fetched, with the reason if not.
+pub fn check_url(u: &str) -> Result<(), String> {
+    match url::Url::parse(u) {
+        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => Ok(()),
+        Ok(_) => Err(format!("{u}: only http and https URLs are fetched")),
+        Err(e) => Err(format!("{u}: not a URL ({e})")),
+    }
+}
+
+fn is_glob(path: &str) -> bool {
+    path.contains(['*', '?', '['])
+}
+
+/// Every input the sources name. Sources are expected to have passed
+/// [`check_path`] and [`check_url`]; one that cannot be walked anyway (a folder
+/// removed since) is a problem, keyed like the pipeline file's.
+pub fn expand(sources: &[SourceConfig]) -> Result<Listing, Vec<(String, String)>> {
+    let mut listing = Listing::default();
     let mut problems = Vec::new();
-    for source in sources {
+    for (i, source) in sources.iter().enumerate() {
         match source {
-            SourceConfig::Urls { urls } => inputs.extend(urls.iter().cloned().map(Input::Url)),
+            SourceConfig::Urls { urls } => listing.inputs.extend(urls.iter().map(|u| Listed {
+                input: Input::Url(u.clone()),
+                named: true,
+            })),
             SourceConfig::Files {
                 path,
                 include,
                 exclude,
             } => match files(path, include, exclude) {
-                Ok(found) => inputs.extend(found.into_iter().map(Input::Path)),
-                Err(e) => problems.push(e),
+                Ok(found) if found.is_empty() => listing.warnings.push(if is_glob(path) {
+                    format!("{path}: no file matches")
+                } else if include.is_empty() && exclude.is_empty() {
+                    format!("{path}: no files found")
+                } else {
+                    format!("{path}: no file matches its include and exclude patterns")
+                }),
+                Ok(found) => {
+                    let named = !is_glob(path) && Path::new(path).is_file();
+                    listing.inputs.extend(found.into_iter().map(|p| Listed {
+                        input: Input::Path(p),
+                        named,
+                    }))
+                }
+                Err(e) => problems.push((format!("sources[{i}].path"), e)),
             },
         }
     }
-    inputs.sort();
-    inputs.dedup();
-    (inputs, problems)
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    // Named first, so that an input both named and found in a folder counts as named.
+    listing
+        .inputs
+        .sort_by(|a, b| a.input.cmp(&b.input).then(b.named.cmp(&a.named)));
+    listing.inputs.dedup_by(|a, b| a.input == b.input);
+    Ok(listing)
 }
 
 fn globset(globs: &[String]) -> Result<Option<GlobSet>, String> {
@@ -76,7 +143,7 @@ fn files(path: &str, include: &[String], exclude: &[String]) -> Result<Vec<PathB
         include.as_ref().is_none_or(|g| g.is_match(rel))
             && exclude.as_ref().is_none_or(|g| !g.is_match(rel))
     };
-    if path.contains(['*', '?', '[']) {
+    if is_glob(path) {
         // A glob: walk from its literal prefix.
         let base: PathBuf = Path::new(path)
             .components()

@@ -9,7 +9,7 @@ use lancedb::index::scalar::FullTextSearchQuery;
 use lancedb::query::{ExecutableQuery, QueryBase, Select};
 use serde::{Deserialize, Serialize};
 
-use crate::embed::Embedder;
+use crate::embed::{Embedder, OnnxEmbedder};
 use crate::error::{Error, Result};
 use crate::store::{Collection, sql_string, string_column};
 
@@ -108,25 +108,91 @@ fn with<'a>(columns: &[&'a str], score: &'a str) -> Vec<&'a str> {
     v
 }
 
-pub async fn search(
-    collection: &Collection,
-    embedder: Option<&dyn Embedder>,
-    query: &str,
-    mode: Mode,
-    limit: usize,
-    filters: &Filters,
-) -> Result<Vec<Hit>> {
-    let filter = filters.to_sql();
-    let limit = limit.max(1);
-    match mode {
-        Mode::Semantic => semantic(collection, embedder, query, limit, filter.as_deref()).await,
-        Mode::Lexical => lexical(collection, query, limit, filter.as_deref()).await,
-        Mode::Hybrid => {
-            let (a, b) = futures::join!(
-                semantic(collection, embedder, query, 2 * limit, filter.as_deref()),
-                lexical(collection, query, 2 * limit, filter.as_deref())
-            );
-            Ok(fuse(&[a?, b?], limit))
+/// One search: the query, how to match it, how many hits, which rows.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    pub text: String,
+    pub mode: Mode,
+    pub limit: usize,
+    pub filters: Filters,
+}
+
+impl Query {
+    /// Problems with this query, each with its key (`query`, `limit`).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if self.text.trim().is_empty() {
+            out.push(("query".into(), "the query is empty".into()));
+        }
+        if self.limit == 0 {
+            out.push(("limit".into(), "must be at least 1".into()));
+        }
+        out
+    }
+}
+
+/// A collection opened for searching, with its embedding model loaded once for
+/// every query that follows.
+pub struct Searcher {
+    collection: Collection,
+    embedder: Option<OnnxEmbedder>,
+}
+
+impl Searcher {
+    /// Search `collection`; `model` replaces the embedding model it records, and
+    /// no model is loaded when only lexical searches will run.
+    pub async fn open(
+        collection: Collection,
+        model: Option<String>,
+        lexical_only: bool,
+    ) -> Result<Self> {
+        if lexical_only {
+            return Ok(Searcher {
+                collection,
+                embedder: None,
+            });
+        }
+        let info = collection.info.clone();
+        let onnx = crate::embed::OnnxConfig {
+            model: model.unwrap_or_else(|| info.model.clone()),
+            query_prefix: Some(info.query_prefix.clone()),
+            passage_prefix: Some(info.passage_prefix.clone()),
+            ..Default::default()
+        };
+        let embedder = tokio::task::spawn_blocking(move || OnnxEmbedder::load(&onnx))
+            .await
+            .expect("model loading does not panic")?;
+        info.check_model(&collection.name, embedder.info())?;
+        Ok(Searcher {
+            collection,
+            embedder: Some(embedder),
+        })
+    }
+
+    pub fn collection(&self) -> &Collection {
+        &self.collection
+    }
+
+    pub async fn search(&self, query: &Query) -> Result<Vec<Hit>> {
+        if let Some((key, problem)) = query.problems().into_iter().next() {
+            return Err(Error::Collection {
+                collection: self.collection.name.clone(),
+                reason: format!("search {key}: {problem}"),
+            });
+        }
+        let embedder = self.embedder.as_ref().map(|e| e as &dyn Embedder);
+        let filter = query.filters.to_sql();
+        let (collection, text, limit) = (&self.collection, query.text.as_str(), query.limit);
+        match query.mode {
+            Mode::Semantic => semantic(collection, embedder, text, limit, filter.as_deref()).await,
+            Mode::Lexical => lexical(collection, text, limit, filter.as_deref()).await,
+            Mode::Hybrid => {
+                let (a, b) = futures::join!(
+                    semantic(collection, embedder, text, 2 * limit, filter.as_deref()),
+                    lexical(collection, text, 2 * limit, filter.as_deref())
+                );
+                Ok(fuse(&[a?, b?], limit))
+            }
         }
     }
 }
@@ -170,7 +236,7 @@ async fn semantic(
     let vector = embedder.embed_query(query)?;
     let err = |e: lancedb::Error| Error::Collection {
         collection: collection.name.clone(),
-        reason: e.to_string(),
+        reason: crate::store::describe(&e),
     };
     let mut q = collection
         .table
@@ -200,7 +266,7 @@ async fn lexical(
 ) -> Result<Vec<Hit>> {
     let err = |e: lancedb::Error| Error::Collection {
         collection: collection.name.clone(),
-        reason: format!("full-text search: {e}"),
+        reason: format!("full-text search: {}", crate::store::describe(&e)),
     };
     let mut q = collection
         .table

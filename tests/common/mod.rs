@@ -10,10 +10,16 @@ pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
 
-/// `../shared/corpus`, when this checkout has it beside.
-pub fn corpus() -> Option<PathBuf> {
+/// `../shared/corpus`, beside the checkout (CI has it): a test that needs it
+/// fails without it rather than passing having checked nothing.
+pub fn corpus() -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus");
-    p.is_dir().then_some(p)
+    assert!(
+        p.is_dir(),
+        "{} is missing: the corpus tests need ../shared/corpus beside the checkout",
+        p.display()
+    );
+    p
 }
 
 pub fn moulin() -> Command {

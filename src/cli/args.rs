@@ -1,0 +1,104 @@
+//! The arguments that several commands share, defined once so that each has one
+//! name, one form and one help line everywhere (see the README's command reference).
+
+use std::path::PathBuf;
+
+use clap::Args;
+use moulin::pipeline::config::Overrides;
+use moulin::store::DEFAULT_DB;
+
+/// `--db`: the database, for commands that read or write one.
+#[derive(Args, Debug, Clone)]
+pub struct Db {
+    /// LanceDB database: a folder, or a LanceDB URI.
+    #[arg(long, value_name = "URI", env = "MOULIN_DB", hide_env_values = true, default_value = DEFAULT_DB)]
+    pub db: String,
+}
+
+/// `-c/--collection` and `--db`, for commands that work in one collection.
+#[derive(Args, Debug, Clone)]
+pub struct Collection {
+    /// The collection: a table of the database, named with letters, digits, '_', '-' and '.'.
+    #[arg(short, long, value_name = "NAME")]
+    pub collection: String,
+    #[command(flatten)]
+    pub db: Db,
+}
+
+/// The settings `ingest` and `run` share: where to write, how to cut and embed, the report.
+#[derive(Args, Debug, Clone, Default)]
+pub struct Pipeline {
+    /// The collection to write: a table of the database, named with letters, digits, '_', '-' and '.'.
+    #[arg(short, long, value_name = "NAME")]
+    pub collection: Option<String>,
+    /// LanceDB database: a folder, or a LanceDB URI [default: ./data].
+    #[arg(long, value_name = "URI", env = "MOULIN_DB", hide_env_values = true)]
+    pub db: Option<String>,
+    /// Embedding model: a model name in moulin's cache, or a folder with model.onnx and tokenizer.json.
+    #[arg(
+        long,
+        value_name = "NAME|DIR",
+        env = "MOULIN_EMBEDDING_MODEL",
+        hide_env_values = true
+    )]
+    pub embedding_model: Option<String>,
+    /// Largest chunk, in characters (or in tokens with --tokens).
+    #[arg(long, value_name = "N")]
+    pub chunk_size: Option<usize>,
+    /// Text repeated between consecutive chunks, in the same unit as --chunk-size.
+    #[arg(long, value_name = "N")]
+    pub overlap: Option<usize>,
+    /// Size chunks in the embedding model's tokens (400 with 40 of overlap unless given).
+    #[arg(long)]
+    pub tokens: bool,
+    /// Password of encrypted PDFs and xlsx/xlsb workbooks; never stored or logged.
+    #[arg(
+        long,
+        value_name = "PASSWORD",
+        env = "MOULIN_PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+    /// Delete the documents of earlier runs whose source is no longer listed.
+    #[arg(long)]
+    pub prune: bool,
+    /// Write the run report (JSON) to this file; a folder when `run` gets several pipeline files.
+    #[arg(long, value_name = "PATH")]
+    pub report: Option<PathBuf>,
+}
+
+impl Pipeline {
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            collection: self.collection.clone(),
+            db: self.db.clone(),
+            embedding_model: self.embedding_model.clone(),
+            chunk_size: self.chunk_size,
+            overlap: self.overlap,
+            tokens: self.tokens,
+            password: self.password.clone(),
+            prune: self.prune,
+        }
+    }
+}
+
+/// `--embedding-model` for commands that embed queries.
+#[derive(Args, Debug, Clone)]
+pub struct EmbeddingModel {
+    /// Embedding model, when it is not the one the collection records: a model name in moulin's cache, or a folder.
+    #[arg(
+        long,
+        value_name = "NAME|DIR",
+        env = "MOULIN_EMBEDDING_MODEL",
+        hide_env_values = true
+    )]
+    pub embedding_model: Option<String>,
+}
+
+/// `--json`: machine-readable output on stdout.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct Json {
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,247 @@
+//! `moulin ingest` and `moulin run`: a pipeline from options or from files, every
+//! setting checked before any work, then the run, its summary and its report.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use moulin::config::{Origin, Problem, Problems};
+use moulin::pipeline::config::{self, Loaded, PipelineConfig};
+use moulin::pipeline::report::{RunReport, Status};
+use moulin::pipeline::sources::Listing;
+use moulin::pipeline::{Isolation, Pipeline};
+use moulin::progress::Reporter;
+use moulin::store::DEFAULT_DB;
+
+use super::{args, paths, progress, style};
+
+#[derive(Args)]
+pub struct IngestArgs {
+    /// Files, folders, globs or http(s) URLs to ingest.
+    #[arg(required = true, value_name = "INPUT")]
+    inputs: Vec<String>,
+    #[command(flatten)]
+    pipeline: args::Pipeline,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Pipeline files (TOML) to run, one after the other; options given here override theirs.
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+    #[command(flatten)]
+    pipeline: args::Pipeline,
+}
+
+/// One pipeline, checked and listed, ready to run.
+struct Job {
+    loaded: Loaded,
+    listing: Listing,
+    report: Option<PathBuf>,
+}
+
+pub async fn ingest(args: IngestArgs, quiet: bool) -> Result<u8> {
+    let name = args.pipeline.collection.as_deref().unwrap_or_default();
+    let mut loaded = PipelineConfig::quick(name, DEFAULT_DB, &args.inputs);
+    args.pipeline.overrides().apply(&mut loaded);
+    let job = prepare(loaded, args.pipeline.report.clone()).map_err(|list| Problems {
+        subject: "moulin ingest".into(),
+        list,
+    })?;
+    Ok(execute(vec![job], quiet).await)
+}
+
+pub async fn run(args: RunArgs, quiet: bool) -> Result<u8> {
+    // Every file is read and checked before the first one runs.
+    let mut reports = paths::report_paths(args.pipeline.report.as_deref(), &args.files);
+    let mut problems = Vec::new();
+    if let (Some(dir), true) = (&args.pipeline.report, args.files.len() > 1) {
+        if let Err(m) = paths::check_writable_folder(dir) {
+            problems.push(flag_problem("--report", m));
+            reports = vec![None; args.files.len()];
+        }
+        let mut seen = HashSet::new();
+        for (file, report) in args.files.iter().zip(&reports) {
+            if !seen.insert(report.clone()) {
+                problems.push(flag_problem(
+                    "--report",
+                    format!(
+                        "{} would overwrite the report of another pipeline file with the same name",
+                        file.display()
+                    ),
+                ));
+            }
+        }
+    }
+    let mut jobs = Vec::new();
+    for (file, report) in args.files.iter().zip(reports) {
+        let mut loaded = match config::load(file) {
+            Ok(loaded) => loaded,
+            Err(p) => {
+                problems.extend(p.list);
+                continue;
+            }
+        };
+        args.pipeline.overrides().apply(&mut loaded);
+        match prepare(loaded, report) {
+            Ok(job) => jobs.push(job),
+            Err(list) => problems.extend(list),
+        }
+    }
+    if !problems.is_empty() {
+        // An option at fault is said once, not once per file.
+        let mut seen = HashSet::new();
+        problems.retain(|p| seen.insert(p.to_string()));
+        let subject = match args.files.as_slice() {
+            [one] => one.display().to_string(),
+            many => format!("{} pipeline files", many.len()),
+        };
+        return Err(Problems {
+            subject,
+            list: problems,
+        }
+        .into());
+    }
+    Ok(execute(jobs, quiet).await)
+}
+
+fn flag_problem(flag: &str, message: String) -> Problem {
+    Problem {
+        key: String::new(),
+        message,
+        origin: Origin::Flag { flag: flag.into() },
+    }
+}
+
+/// Check everything a pipeline needs before it runs, and list its inputs.
+fn prepare(loaded: Loaded, report: Option<PathBuf>) -> Result<Job, Vec<Problem>> {
+    let mut problems = loaded.config.check(&loaded.origins);
+    if let Some(path) = &report
+        && let Err(m) = paths::check_writable(path)
+    {
+        problems.push(flag_problem("--report", m));
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let pipeline = Pipeline::new(loaded.config.clone(), Isolation::InProcess);
+    let listing = pipeline.list(&loaded.origins).map_err(|p| p.list)?;
+    Ok(Job {
+        loaded,
+        listing,
+        report,
+    })
+}
+
+/// Run the jobs one after the other; the exit code is the worst of theirs.
+async fn execute(jobs: Vec<Job>, quiet: bool) -> u8 {
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            style::error(&anyhow::anyhow!("cannot find the moulin executable: {e}"));
+            return 2;
+        }
+    };
+    let mut worst = 0;
+    for job in jobs {
+        let code = match run_one(job, &exe, quiet).await {
+            Ok(code) => code,
+            Err(err) => {
+                // The next pipeline still runs; this one is reported and the exit code says so.
+                style::error(&err);
+                2
+            }
+        };
+        worst = worst.max(code);
+    }
+    worst
+}
+
+async fn run_one(job: Job, exe: &std::path::Path, quiet: bool) -> Result<u8> {
+    let pipeline = Pipeline::new(job.loaded.config, Isolation::Subprocess(exe.to_path_buf()));
+    let bars = progress::Bars::new(quiet);
+    let reporter: &dyn Reporter = match &bars {
+        Some(b) => b,
+        None => &progress::Plain,
+    };
+    let report = pipeline.run(job.listing, reporter).await?;
+    if let Some(path) = &job.report {
+        paths::write_json(path, &report).with_context(|| {
+            format!(
+                "the run went through, but its report could not be written to {}",
+                path.display()
+            )
+        })?;
+    }
+    let mut err = std::io::stderr().lock();
+    let _ = summary(&mut err, &report, job.report.as_deref());
+    Ok(report.exit_code() as u8)
+}
+
+/// Inputs named in the summary, at most; the report has them all.
+const SUMMARY_LINES: usize = 20;
+
+/// The summary on stderr: counts and times, then every input that was not
+/// ingested with its reason (failed first), then warnings.
+pub fn summary(
+    out: &mut impl Write,
+    report: &RunReport,
+    report_path: Option<&std::path::Path>,
+) -> std::io::Result<()> {
+    let t = &report.totals;
+    let s = &report.seconds;
+    writeln!(
+        out,
+        "{}: {} ingested, {} unchanged, {} unsupported, {} failed, of {} inputs; \
+         {} pages, {} chunks in {:.1} s (extract {:.1} s, embed {:.1} s, write {:.1} s)",
+        report.collection,
+        t.ingested,
+        t.unchanged,
+        t.unsupported,
+        t.failed,
+        t.inputs,
+        t.pages,
+        t.chunks,
+        s.total,
+        s.extract,
+        s.embed,
+        s.write
+    )?;
+    if t.pruned > 0 {
+        writeln!(out, "pruned {} documents whose source is gone", t.pruned)?;
+    }
+    let order = [Status::Failed, Status::Unsupported, Status::Unchanged];
+    let mut listed: Vec<_> = report
+        .inputs
+        .iter()
+        .filter(|i| i.status != Status::Ingested)
+        .collect();
+    listed.sort_by_key(|i| order.iter().position(|s| *s == i.status));
+    for input in listed.iter().take(SUMMARY_LINES) {
+        writeln!(
+            out,
+            "  {:<11}  {}: {}",
+            input.status.as_str(),
+            paths::short(&input.path),
+            input.reason.as_deref().unwrap_or("")
+        )?;
+    }
+    if listed.len() > SUMMARY_LINES {
+        let more = listed.len() - SUMMARY_LINES;
+        match report_path {
+            Some(p) => writeln!(out, "  … and {more} more, see {}", p.display())?,
+            None => writeln!(out, "  … and {more} more, see --report FILE")?,
+        }
+    }
+    for input in &report.inputs {
+        for w in &input.warnings {
+            writeln!(out, "warning: {}: {w}", paths::short(&input.path))?;
+        }
+    }
+    for w in &report.warnings {
+        writeln!(out, "warning: {w}")?;
+    }
+    Ok(())
+}
