@@ -6,8 +6,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/setup.sh
 cargo build --quiet --bin moulin
 moulin=$CARGO_TARGET_DIR/debug/moulin
+mkdir -p data
 "$moulin" run pipelines/demo.toml --report data/demo-report.json
 echo
 echo "Search: « Quelle est la durée maximale de la période d'essai ? »"
 echo
-"$moulin" search demo "Quelle est la durée maximale de la période d'essai ?" --limit 3
+"$moulin" search "Quelle est la durée maximale de la période d'essai ?" -c demo --limit 3
