@@ -50,6 +50,7 @@ fn settings(tmp: &Path) -> insta::Settings {
         &regex::escape(&moulin::paths::moulin_home().display().to_string()),
         "[MOULIN_HOME]",
     );
+    s.add_filter(&regex::escape(env!("CARGO_MANIFEST_DIR")), "[REPO]");
     s.add_filter(r"\d+\.\d+ s\b", "[T] s");
     s.add_filter(r"moulin \d+\.\d+\.\d+", "moulin [VERSION]");
     s
