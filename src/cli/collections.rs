@@ -4,7 +4,7 @@ use std::io::Write;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use moulin::config::{Origin, Problem, Problems};
+use moulin::config::{Problem, Problems};
 use moulin::store::{Access, CollectionStats, Store};
 
 use super::args;
@@ -55,24 +55,12 @@ enum CollectionsCommand {
 fn check(db: &str, name: Option<&str>) -> Result<(), Problems> {
     let mut problems = Problems::new("moulin collections");
     if let Some(name) = name
-        && let Err(message) = moulin::store::check_collection_name(name)
+        && let Err(m) = moulin::store::check_collection_name(name)
     {
-        problems.list.push(Problem {
-            key: String::new(),
-            message,
-            origin: Origin::Flag {
-                flag: "--collection".into(),
-            },
-        });
+        problems.list.push(Problem::flag("--collection", m));
     }
-    if let Err(message) = moulin::store::check_db(db, Access::Read) {
-        problems.list.push(Problem {
-            key: String::new(),
-            message,
-            origin: Origin::Flag {
-                flag: "--db".into(),
-            },
-        });
+    if let Err(m) = moulin::store::check_db(db, Access::Read) {
+        problems.list.push(Problem::flag("--db", m));
     }
     problems.into_result()
 }

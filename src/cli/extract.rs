@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use moulin::config::{Origin, Problem, Problems};
+use moulin::config::{Problem, Problems};
 use moulin::extract::ExtractOptions;
 use moulin::pipeline::Isolation;
 use moulin::pipeline::sources::{Input, check_path, check_url};
@@ -42,11 +42,7 @@ pub async fn command(args: ExtractArgs) -> Result<u8> {
     if let Err(message) = checked {
         return Err(Problems {
             subject: "moulin extract".into(),
-            list: vec![Problem {
-                key: String::new(),
-                message,
-                origin: Origin::Argument,
-            }],
+            list: vec![Problem::argument(message)],
         }
         .into());
     }

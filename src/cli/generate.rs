@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use moulin::config::{Origin, Problem, Problems};
+use moulin::config::{Problem, Problems};
 use moulin::llm::batch::{self, BatchOptions};
 use moulin::llm::{DeviceKind, Llm, LoadOptions, Message, Request, Sampling, WeightDtype};
 
@@ -83,13 +83,7 @@ fn check(
     sampling: &Sampling,
 ) -> Result<(), Problems> {
     let mut problems = Problems::new("moulin generate");
-    let mut push = |flag: &str, message: String| {
-        problems.list.push(Problem {
-            key: String::new(),
-            message,
-            origin: Origin::Flag { flag: flag.into() },
-        })
-    };
+    let mut push = |flag: &str, message: String| problems.list.push(Problem::flag(flag, message));
     if !model.exists() {
         push(
             "--llm",

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use moulin::config::{Origin, Problem, Problems};
+use moulin::config::{Problem, Problems};
 use moulin::pipeline::config::{self, Loaded, PipelineConfig};
 use moulin::pipeline::report::{RunReport, Status};
 use moulin::pipeline::sources::Listing;
@@ -59,13 +59,15 @@ pub async fn run(args: RunArgs, quiet: bool) -> Result<u8> {
     let mut problems = Vec::new();
     if let (Some(dir), true) = (&args.pipeline.report, args.files.len() > 1) {
         if let Err(m) = paths::check_writable_folder(dir) {
-            problems.push(flag_problem("--report", m));
+            problems.push(Problem::flag("--report", m));
             reports = vec![None; args.files.len()];
         }
         let mut seen = HashSet::new();
         for (file, report) in args.files.iter().zip(&reports) {
-            if !seen.insert(report.clone()) {
-                problems.push(flag_problem(
+            if let Some(report) = report
+                && !seen.insert(report)
+            {
+                problems.push(Problem::flag(
                     "--report",
                     format!(
                         "{} would overwrite the report of another pipeline file with the same name",
@@ -107,27 +109,18 @@ pub async fn run(args: RunArgs, quiet: bool) -> Result<u8> {
     Ok(execute(jobs, quiet).await)
 }
 
-fn flag_problem(flag: &str, message: String) -> Problem {
-    Problem {
-        key: String::new(),
-        message,
-        origin: Origin::Flag { flag: flag.into() },
-    }
-}
-
 /// Check everything a pipeline needs before it runs, and list its inputs.
 fn prepare(loaded: Loaded, report: Option<PathBuf>) -> Result<Job, Vec<Problem>> {
     let mut problems = loaded.config.check(&loaded.origins);
     if let Some(path) = &report
         && let Err(m) = paths::check_writable(path)
     {
-        problems.push(flag_problem("--report", m));
+        problems.push(Problem::flag("--report", m));
     }
     if !problems.is_empty() {
         return Err(problems);
     }
-    let pipeline = Pipeline::new(loaded.config.clone(), Isolation::InProcess);
-    let listing = pipeline.list(&loaded.origins).map_err(|p| p.list)?;
+    let listing = loaded.list()?;
     Ok(Job {
         loaded,
         listing,

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use anyhow::Result;
 use clap::Args;
-use moulin::config::{Origin, Problem, Problems};
+use moulin::config::{Problem, Problems};
 use moulin::store::search::{Filters, Mode, Query, Searcher};
 use moulin::store::{Access, Store};
 
@@ -63,31 +63,24 @@ pub async fn command(args: SearchArgs) -> Result<u8> {
     let db = &args.collection.db.db;
     // Every option is checked before the database is opened or a model loaded.
     let mut problems = Problems::new("moulin search");
-    let mut push = |origin: Origin, message: String| {
-        problems.list.push(Problem {
-            key: String::new(),
-            message,
-            origin,
-        })
-    };
-    let flag = |f: &str| Origin::Flag { flag: f.into() };
+    let list = &mut problems.list;
     if let Err(m) = moulin::store::check_collection_name(name) {
-        push(flag("--collection"), m);
+        list.push(Problem::flag("--collection", m));
     }
     if let Err(m) = moulin::store::check_db(db, Access::Read) {
-        push(flag("--db"), m);
+        list.push(Problem::flag("--db", m));
     }
     for (key, message) in query.problems() {
-        match key.as_str() {
-            "limit" => push(flag("--limit"), message),
-            _ => push(Origin::Argument, message),
-        }
+        list.push(match key.as_str() {
+            "limit" => Problem::flag("--limit", message),
+            _ => Problem::argument(message),
+        });
     }
     if query.mode != Mode::Lexical
         && let Some(model) = &args.model.embedding_model
         && let Err(m) = moulin::embed::check_model(model)
     {
-        push(flag("--embedding-model"), m);
+        list.push(Problem::flag("--embedding-model", m));
     }
     problems.into_result()?;
 

@@ -45,6 +45,26 @@ pub enum Origin {
     Default,
 }
 
+impl Problem {
+    /// A problem with the value of a command-line option.
+    pub fn flag(flag: &str, message: impl Into<String>) -> Self {
+        Problem {
+            key: String::new(),
+            message: message.into(),
+            origin: Origin::Flag { flag: flag.into() },
+        }
+    }
+
+    /// A problem with a positional argument; the message names it.
+    pub fn argument(message: impl Into<String>) -> Self {
+        Problem {
+            key: String::new(),
+            message: message.into(),
+            origin: Origin::Argument,
+        }
+    }
+}
+
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.origin {

@@ -83,17 +83,28 @@ pub struct Loaded {
     pub origins: Origins,
 }
 
+impl Loaded {
+    /// The inputs the sources list now, with warnings for sources that list nothing.
+    pub fn list(&self) -> Result<super::sources::Listing, Vec<Problem>> {
+        super::sources::expand(&self.config.sources).map_err(|problems| {
+            problems
+                .into_iter()
+                .map(|(key, message)| self.origins.problem(key, message))
+                .collect()
+        })
+    }
+}
+
 /// Read and check a pipeline file: the configuration, or every problem found.
 pub fn load(path: &Path) -> Result<Loaded, Problems> {
     match std::fs::read_to_string(path) {
         Ok(text) => parse(path, &text),
         Err(e) => Err(Problems {
             subject: path.display().to_string(),
-            list: vec![Problem {
-                key: String::new(),
-                message: format!("cannot read {}: {e}", path.display()),
-                origin: crate::config::Origin::Argument,
-            }],
+            list: vec![Problem::argument(format!(
+                "cannot read {}: {e}",
+                path.display()
+            ))],
         }),
     }
 }

@@ -1,6 +1,6 @@
 //! The orchestrator: sources → read → extract → chunk → embed → store, with a report.
 //!
-//! [`Pipeline::list`] expands the sources into inputs before any work, so that a
+//! [`config::Loaded::list`] expands the sources into inputs before any work, so that a
 //! command can report every problem of its settings at once. [`Pipeline::run`]
 //! then goes through the inputs in windows. In each window, every input is read
 //! and hashed; one whose bytes match the stored document is left alone without
@@ -26,7 +26,6 @@ use futures::StreamExt;
 use rayon::prelude::*;
 
 use crate::chunk::{Chunker, SizeUnit};
-use crate::config::{Origins, Problems};
 use crate::document::{Chunk, Document};
 use crate::embed::{Embedder, EmbedderConfig, OnnxEmbedder};
 use crate::error::{Error, Result};
@@ -65,17 +64,6 @@ enum Outcome {
 impl Pipeline {
     pub fn new(config: PipelineConfig, isolation: Isolation) -> Self {
         Pipeline { config, isolation }
-    }
-
-    /// The inputs the sources list now, with warnings for sources that list nothing.
-    pub fn list(&self, origins: &Origins) -> std::result::Result<Listing, Problems> {
-        sources::expand(&self.config.sources).map_err(|problems| Problems {
-            subject: "sources".into(),
-            list: problems
-                .into_iter()
-                .map(|(key, message)| origins.problem(key, message))
-                .collect(),
-        })
     }
 
     pub async fn run(&self, listing: Listing, reporter: &dyn Reporter) -> Result<RunReport> {
