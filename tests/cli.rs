@@ -479,6 +479,28 @@ fn garbage_inputs_get_honest_statuses() {
         .filter(|v| v["fields"]["status"] == "unchanged")
         .count();
     assert_eq!(unchanged, 2, "{}", stderr(&out));
+
+    // A filter naming no column is refused against the table, in one line.
+    let out = run_in(
+        tmp.path(),
+        &[
+            "search",
+            "congés",
+            "-c",
+            "tri",
+            "--db",
+            "db",
+            "--where",
+            "nocolumn = 3",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert_clean(&err);
+    assert!(
+        err.starts_with("error: collection tri: filter \"(nocolumn = 3)\""),
+        "{err}"
+    );
 }
 
 #[test]
@@ -551,4 +573,19 @@ fn completions_and_man_pages_come_from_the_same_definitions() {
     for page in ["moulin.1", "moulin-ingest.1", "moulin-collections-show.1"] {
         assert!(tmp.path().join("man1").join(page).is_file(), "{page}");
     }
+}
+
+#[test]
+fn a_reader_that_goes_away_stops_the_command_quietly() {
+    // `moulin schema | head -1`: the pipe closes before moulin writes.
+    let mut child = moulin()
+        .arg("schema")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(stderr(&out), "", "nothing to say about a closed pipe");
 }

@@ -1,6 +1,7 @@
 //! Documents generated from the command's own definition: shell completions, man
 //! pages, and the JSON Schema of pipeline files.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -43,9 +44,8 @@ pub fn man(args: ManArgs) -> Result<u8> {
 }
 
 pub fn schema() -> Result<u8> {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&moulin::pipeline::config::json_schema())?
-    );
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, &moulin::pipeline::config::json_schema())?;
+    writeln!(out)?;
     Ok(0)
 }

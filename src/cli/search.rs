@@ -86,6 +86,9 @@ pub async fn command(args: SearchArgs) -> Result<u8> {
 
     let store = Store::connect(db, Access::Read).await?;
     let collection = store.open(name).await?;
+    if let Some(filter) = query.filters.to_sql() {
+        collection.check_filter(&filter).await?;
+    }
     let searcher = Searcher::open(
         collection,
         args.model.embedding_model,

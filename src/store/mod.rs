@@ -338,6 +338,29 @@ impl Collection {
         Ok(())
     }
 
+    /// Whether a SQL filter reads against this collection's columns, checked on
+    /// one row before anything expensive (loading a model) happens.
+    pub async fn check_filter(&self, filter: &str) -> Result<()> {
+        let fail = |e: lancedb::Error| Error::Collection {
+            collection: self.name.clone(),
+            reason: format!("filter {filter:?}: {}", describe(&e)),
+        };
+        let batches: Vec<RecordBatch> = self
+            .table
+            .query()
+            .only_if(filter)
+            .select(Select::columns(&["chunk_id"]))
+            .limit(1)
+            .execute()
+            .await
+            .map_err(fail)?
+            .try_collect()
+            .await
+            .map_err(fail)?;
+        drop(batches);
+        Ok(())
+    }
+
     /// (Re)build the full-text index on `text`: French stemming, stop words and accent folding.
     pub async fn index_text(&self) -> Result<()> {
         if self.table.count_rows(None).await.map_err(self.err())? == 0 {
