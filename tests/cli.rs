@@ -9,28 +9,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Output;
 
-use common::{fixtures, moulin};
-
-/// Run moulin in `dir` with a fixed environment (no colors, no inherited settings).
-fn run_in(dir: &Path, args: &[&str]) -> Output {
-    let out = moulin()
-        .current_dir(dir)
-        .args(args)
-        .env("NO_COLOR", "1")
-        .env_remove("MOULIN_DB")
-        .env_remove("MOULIN_PASSWORD")
-        .env_remove("MOULIN_EMBEDDING_MODEL")
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("moulin runs");
-    eprintln!(
-        "$ moulin {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+use common::{fixtures, moulin, run_in};
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -70,50 +49,14 @@ fn assert_clean(text: &str) {
     assert!(!text.contains("panicked"), "a panic:\n{text}");
 }
 
-const A_DOZEN_MISTAKES: &str = r#"[collection]
-name = "mes documents"
-colour = "blue"
-prnue = true
-
-[[sources]]
-type = "files"
-pth = "fixtures/demo"
-
-[[sources]]
-type = "urls"
-urls = ["ftp://example.org/a", "notaurl"]
-
-[[sources]]
-type = "ftp"
-
-[[sources]]
-type = "files"
-path = "."
-include = ["**/*.{pdf"]
-
-[extract]
-timeout_seconds = 0
-max_pages = -3
-
-[chunker]
-type = "markdown"
-size = 100
-overlap = 150
-unit = "token"
-
-[embedder]
-type = "onnx"
-model = "no-such-model"
-batch_size = "big"
-
-[report]
-path = "r.json"
-"#;
-
 #[test]
 fn validate_lists_every_mistake_at_once() {
     let tmp = tempfile::tempdir().unwrap();
-    fs::write(tmp.path().join("bad.toml"), A_DOZEN_MISTAKES).unwrap();
+    fs::copy(
+        fixtures().join("pipelines/mistakes.toml"),
+        tmp.path().join("bad.toml"),
+    )
+    .unwrap();
     let out = run_in(tmp.path(), &["validate", "bad.toml"]);
     assert_eq!(out.status.code(), Some(1));
     let text = stdout(&out);
@@ -126,7 +69,7 @@ fn validate_lists_every_mistake_at_once() {
     let problems: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let first = &problems[0];
     assert_eq!(first["file"], "bad.toml");
-    assert_eq!(first["line"], 2);
+    assert_eq!(first["line"], 3);
     assert_eq!(first["key"], "collection.name");
     assert_eq!(problems.as_array().unwrap().len(), 16);
 

@@ -417,63 +417,26 @@ mod tests {
     /// whatever its kind, each with its line and key path.
     #[test]
     fn a_dozen_mistakes_are_all_listed_at_once() {
-        let text = r#"[collection]
-name = "mes documents"
-colour = "blue"
-prnue = true
-
-[[sources]]
-type = "files"
-pth = "fixtures/demo"
-
-[[sources]]
-type = "urls"
-urls = ["ftp://example.org/a", "notaurl"]
-
-[[sources]]
-type = "ftp"
-
-[[sources]]
-type = "files"
-path = "."
-include = ["**/*.{pdf"]
-
-[extract]
-timeout_seconds = 0
-max_pages = -3
-
-[chunker]
-type = "markdown"
-size = 100
-overlap = 150
-unit = "token"
-
-[embedder]
-type = "onnx"
-model = "no-such-model"
-batch_size = "big"
-
-[report]
-path = "r.json"
-"#;
-        let got = problems(text);
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/pipelines/mistakes.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let got = problems(&text);
         let expected = [
-            "p.toml:2:1: collection.name: \"mes documents\" is not a valid collection name: use ASCII letters, digits, '_', '-' and '.'",
-            "p.toml:3:1: collection.colour: unknown key (known keys: name, db, prune)",
-            "p.toml:4:1: collection.prnue: unknown key; did you mean `prune`?",
-            "p.toml:6:1: sources[0].path: missing: this key is required",
-            "p.toml:8:1: sources[0].pth: unknown key; did you mean `path`?",
-            "p.toml:12:9: sources[1].urls[0]: ftp://example.org/a: only http and https URLs are fetched",
-            "p.toml:12:32: sources[1].urls[1]: notaurl: not a URL (relative URL without a base)",
-            "p.toml:15:1: sources[2].type: \"ftp\" is not one of \"files\", \"urls\"",
-            "p.toml:20:12: sources[3].include[0]: bad glob \"**/*.{pdf\": ",
-            "p.toml:23:1: extract.timeout_seconds: must be at least 1",
-            "p.toml:24:1: extract.max_pages: must not be negative",
-            "p.toml:29:1: chunker.overlap: must be smaller than size (100)",
-            "p.toml:30:1: chunker.unit: \"token\" is not one of \"characters\", \"tokens\"; did you mean \"tokens\"?",
-            "p.toml:34:1: embedder.model: embedding model no-such-model not found: no such folder ",
-            "p.toml:35:1: embedder.batch_size: expected a whole number, found the string \"big\"",
-            "p.toml:37:2: report: unknown key (known keys: collection, sources, extract, chunker, embedder)",
+            "p.toml:3:1: collection.name: \"mes documents\" is not a valid collection name: use ASCII letters, digits, '_', '-' and '.'",
+            "p.toml:4:1: collection.colour: unknown key (known keys: name, db, prune)",
+            "p.toml:5:1: collection.prnue: unknown key; did you mean `prune`?",
+            "p.toml:7:1: sources[0].path: missing: this key is required",
+            "p.toml:9:1: sources[0].pth: unknown key; did you mean `path`?",
+            "p.toml:13:9: sources[1].urls[0]: ftp://example.org/a: only http and https URLs are fetched",
+            "p.toml:13:32: sources[1].urls[1]: notaurl: not a URL (relative URL without a base)",
+            "p.toml:16:1: sources[2].type: \"ftp\" is not one of \"files\", \"urls\"",
+            "p.toml:21:12: sources[3].include[0]: bad glob \"**/*.{pdf\": ",
+            "p.toml:24:1: extract.timeout_seconds: must be at least 1",
+            "p.toml:25:1: extract.max_pages: must not be negative",
+            "p.toml:30:1: chunker.overlap: must be smaller than size (100)",
+            "p.toml:31:1: chunker.unit: \"token\" is not one of \"characters\", \"tokens\"; did you mean \"tokens\"?",
+            "p.toml:35:1: embedder.model: embedding model no-such-model not found: no such folder ",
+            "p.toml:36:1: embedder.batch_size: expected a whole number, found the string \"big\"",
+            "p.toml:38:2: report: unknown key (known keys: collection, sources, extract, chunker, embedder)",
         ];
         for (got, expected) in got.iter().zip(expected) {
             assert!(

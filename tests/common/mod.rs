@@ -27,7 +27,22 @@ pub fn moulin() -> Command {
 }
 
 pub fn run(args: &[&str]) -> Output {
-    let out = moulin().args(args).output().expect("moulin runs");
+    run_in(Path::new(env!("CARGO_MANIFEST_DIR")), args)
+}
+
+/// Run moulin in `dir` with a fixed environment: no colors, no settings inherited
+/// from the environment of whoever runs the tests.
+pub fn run_in(dir: &Path, args: &[&str]) -> Output {
+    let out = moulin()
+        .current_dir(dir)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env_remove("MOULIN_DB")
+        .env_remove("MOULIN_PASSWORD")
+        .env_remove("MOULIN_EMBEDDING_MODEL")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("moulin runs");
     eprintln!(
         "$ moulin {}\n{}{}",
         args.join(" "),
