@@ -232,6 +232,7 @@ mod lancedb_write {
         let doc = moulin::Document {
             id: "bench".into(),
             source: "bench".into(),
+            uri: "bench".into(),
             format: moulin::Format::Text,
             content_hash: "x".into(),
             title: None,
@@ -241,8 +242,9 @@ mod lancedb_write {
             warnings: Vec::new(),
         };
         let text = "Le contrat de travail à durée déterminée ne peut avoir ni pour objet ni pour effet de pourvoir durablement un emploi. ".repeat(8);
-        let chunks: Vec<moulin::Chunk> = (0..n)
+        let mut chunks: Vec<moulin::Chunk> = (0..n)
             .map(|i| moulin::Chunk {
+                id: String::new(),
                 document_id: "bench".into(),
                 index: i as u32,
                 text: text.clone(),
@@ -256,6 +258,7 @@ mod lancedb_write {
                 headings: vec!["Titre".into()],
             })
             .collect();
+        moulin::Chunk::assign_ids(&mut chunks);
         let vectors: Vec<Vec<f32>> = (0..n).map(|i| vec![(i % 7) as f32 / 7.0; 384]).collect();
         let info = moulin::embed::ModelInfo {
             name: "bench".into(),
@@ -271,13 +274,13 @@ mod lancedb_write {
                     Store::connect(dir.path().to_str().unwrap(), moulin::store::Access::Write)
                         .await
                         .unwrap();
-                let c = store.open_or_create("bench", &info, "{}").await.unwrap();
+                let c = store.open_for_writing("bench", &info).await.unwrap();
                 let docs = [EmbeddedDocument {
                     document: &doc,
                     chunks: &chunks,
                     vectors: &vectors,
                 }];
-                c.replace_documents(&docs).await.unwrap()
+                c.swap_chunks(&docs, "bench").await.unwrap()
             })
         });
     }

@@ -98,10 +98,14 @@ impl Section {
 /// What extraction made of one input.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Document {
-    /// Stable identifier, derived from the source URI.
+    /// Stable identifier, derived from `source`.
     pub id: String,
-    /// Absolute path or URL.
+    /// Where the document comes from, independent of where its folder is mounted:
+    /// `{source name}/{path relative to the source's root}`, or the URL.
     pub source: String,
+    /// Where a person can open it: the absolute path when it was read, or the URL.
+    #[serde(default)]
+    pub uri: String,
     pub format: Format,
     /// sha256 of the input's bytes: an unchanged input is not ingested again.
     pub content_hash: String,
@@ -121,7 +125,7 @@ pub struct Document {
 pub const SECTION_SEPARATOR: &str = "\n\n";
 
 impl Document {
-    /// The identifier of the document read from `source`.
+    /// The identifier of the document whose stable source is `source`.
     pub fn id_for(source: &str) -> String {
         use sha2::{Digest, Sha256};
         let digest = Sha256::digest(source.as_bytes());
@@ -155,6 +159,9 @@ impl Document {
 /// A piece of a document small enough to embed, with where it came from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Chunk {
+    /// Stable across runs while the chunk's text and location do not change:
+    /// see [`Chunk::assign_ids`].
+    pub id: String,
     pub document_id: String,
     /// Position of the chunk in its document, from 0.
     pub index: u32,
@@ -180,7 +187,28 @@ pub struct Chunk {
 }
 
 impl Chunk {
-    pub fn id(&self) -> String {
-        format!("{}-{:05}", self.document_id, self.index)
+    /// Give each chunk of one document its id: the document's id and a hash of the
+    /// chunk's text and location (pages, sheet, rows), so that evaluation labels
+    /// and citations survive a rerun that changes other parts of the document. The
+    /// same text at the same place twice gets a counter (`-2`, `-3`…).
+    pub fn assign_ids(chunks: &mut [Chunk]) {
+        use sha2::{Digest, Sha256};
+        let mut seen: std::collections::HashMap<String, u32> = Default::default();
+        for c in chunks {
+            let mut h = Sha256::new();
+            h.update(c.text.as_bytes());
+            let location = format!(
+                "\0{:?}\0{:?}\0{:?}\0{:?}\0{:?}",
+                c.page_start, c.page_end, c.sheet, c.row_start, c.row_end
+            );
+            h.update(location.as_bytes());
+            let hash = hex::encode(&h.finalize()[..6]);
+            let n = seen.entry(hash.clone()).or_default();
+            *n += 1;
+            c.id = match *n {
+                1 => format!("{}-{hash}", c.document_id),
+                n => format!("{}-{hash}-{n}", c.document_id),
+            };
+        }
     }
 }

@@ -33,6 +33,9 @@ pub enum Error {
     Collection { collection: String, reason: String },
     #[error("no collection {collection} in {db}")]
     CollectionNotFound { collection: String, db: String },
+    /// Another writer holds the collection.
+    #[error("collection {collection} is busy: {reason}")]
+    Busy { collection: String, reason: String },
     #[error("database {uri}: {reason}")]
     Store { uri: String, reason: String },
     /// Settings that cannot run, every problem listed.
@@ -57,14 +60,15 @@ impl Error {
         }
     }
 
-    /// Whether running the same thing again later may succeed.
-    pub fn is_retryable(&self) -> bool {
+    /// Whether running the same thing again later may succeed: a timeout, a
+    /// connection refused, an HTTP 429 or 5xx, a busy collection.
+    pub fn is_transient(&self) -> bool {
         matches!(
             self,
             Error::Fetch {
                 retryable: true,
                 ..
-            }
+            } | Error::Busy { .. }
         )
     }
 }

@@ -31,6 +31,7 @@ fn settings(tmp: &Path) -> insta::Settings {
     );
     s.add_filter(&regex::escape(env!("CARGO_MANIFEST_DIR")), "[REPO]");
     s.add_filter(r"\d+\.\d+ s\b", "[T] s");
+    s.add_filter(r"\d{8}T\d{6}Z-[0-9a-f]{6}", "[RUN]");
     s.add_filter(r"moulin \d+\.\d+\.\d+", "moulin [VERSION]");
     s
 }

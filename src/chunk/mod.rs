@@ -151,6 +151,7 @@ impl Chunker {
                 let start = offset + piece.range.start;
                 let end = offset + piece.range.end;
                 let mut chunk = Chunk {
+                    id: String::new(),
                     document_id: doc.id.clone(),
                     index: chunks.len() as u32,
                     text: piece.text,
@@ -170,6 +171,7 @@ impl Chunker {
                 chunks.push(chunk);
             }
         }
+        Chunk::assign_ids(&mut chunks);
         chunks
     }
 
@@ -338,6 +340,7 @@ mod tests {
         Document {
             id: "d".into(),
             source: "s".into(),
+            uri: "s".into(),
             format: Format::Markdown,
             content_hash: String::new(),
             title: None,

@@ -26,7 +26,7 @@ pub struct Collection {
 }
 
 /// The settings `ingest` and `run` share: where to write, how to cut and embed, the report.
-#[derive(Args, Debug, Clone, Default)]
+#[derive(Args, Debug, Clone)]
 pub struct Pipeline {
     /// The collection to write: a table of the database, named with letters, digits, '_', '-' and '.'.
     #[arg(short, long, value_name = "NAME")]
@@ -65,6 +65,25 @@ pub struct Pipeline {
     /// Write the run report (JSON) to this file; a folder when `run` gets several pipeline files.
     #[arg(long, value_name = "PATH")]
     pub report: Option<PathBuf>,
+    #[command(flatten)]
+    pub wait: Wait,
+    /// Say what would be added, updated, re-chunked and deleted, without writing anything.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `--wait [SECONDS]` for commands that write a collection.
+#[derive(Args, Debug, Clone)]
+pub struct Wait {
+    /// When another run is writing the collection, wait for it (at most SECONDS, default an hour) instead of stopping.
+    #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "3600")]
+    pub wait: Option<u64>,
+}
+
+impl Wait {
+    pub fn duration(&self) -> Option<std::time::Duration> {
+        self.wait.map(std::time::Duration::from_secs)
+    }
 }
 
 impl Pipeline {

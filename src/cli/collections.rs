@@ -5,7 +5,7 @@ use std::io::Write;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use moulin::config::{Problem, Problems};
-use moulin::store::{Access, CollectionStats, Store};
+use moulin::store::{Access, CollectionStats, RunSummary, Store};
 
 use super::args;
 
@@ -40,7 +40,32 @@ enum CollectionsCommand {
         #[command(flatten)]
         json: args::Json,
     },
-    /// Delete a collection and everything in it.
+    /// List the runs kept: id, time, counts, version.
+    #[command(after_long_help = super::examples(&[
+        ("The runs of the collection demo", "moulin collections runs -c demo"),
+        ("As JSON, with each run's configuration and report", "moulin collections runs -c demo --json"),
+    ]))]
+    Runs {
+        #[command(flatten)]
+        collection: args::Collection,
+        #[command(flatten)]
+        json: args::Json,
+    },
+    /// Bring a collection back to its state after a run, as a new version (so it can be undone).
+    #[command(after_long_help = super::examples(&[
+        ("Find the run to go back to", "moulin collections runs -c demo"),
+        ("Go back to it", "moulin collections rollback -c demo 20261130T020000Z-3f9a1c"),
+    ]))]
+    Rollback {
+        #[command(flatten)]
+        collection: args::Collection,
+        /// The run whose result to go back to, as `collections runs` lists it.
+        #[arg(value_name = "RUN_ID")]
+        run: String,
+        #[command(flatten)]
+        wait: args::Wait,
+    },
+    /// Delete a collection and everything in it: chunks, documents, history.
     #[command(after_long_help = super::examples(&[
         ("Delete the collection demo of ./data", "moulin collections delete -c demo"),
         ("Of another database", "moulin collections delete -c demo-test --db /tmp/moulin"),
@@ -48,6 +73,8 @@ enum CollectionsCommand {
     Delete {
         #[command(flatten)]
         collection: args::Collection,
+        #[command(flatten)]
+        wait: args::Wait,
     },
 }
 
@@ -102,12 +129,46 @@ pub async fn command(args: CollectionsArgs) -> Result<u8> {
             }
             Ok(0)
         }
-        CollectionsCommand::Delete { collection } => {
+        CollectionsCommand::Runs { collection, json } => {
+            check(&collection.db.db, Some(&collection.collection))?;
+            let store = Store::connect(&collection.db.db, Access::Read).await?;
+            let runs = store.open(&collection.collection).await?.runs().await?;
+            let mut out = std::io::stdout().lock();
+            if json.json {
+                serde_json::to_writer_pretty(&mut out, &runs)?;
+                writeln!(out)?;
+            } else {
+                let summaries: Vec<RunSummary> = runs.iter().map(RunSummary::from).collect();
+                list_runs(&mut out, &summaries)?;
+            }
+            Ok(0)
+        }
+        CollectionsCommand::Rollback {
+            collection,
+            run,
+            wait,
+        } => {
+            let (name, db) = (&collection.collection, &collection.db.db);
+            check(db, Some(name))?;
+            let store = Store::connect(db, Access::Read).await?;
+            let record = store.rollback(name, &run, wait.duration()).await?;
+            eprintln!(
+                "{name} is back to its state after run {run}: chunks version {}, recorded as run {}",
+                record.chunks_after.unwrap_or_default(),
+                record.run_id
+            );
+            Ok(0)
+        }
+        CollectionsCommand::Delete { collection, wait } => {
             let (name, db) = (&collection.collection, &collection.db.db);
             check(db, Some(name))?;
             let store = Store::connect(db, Access::Read).await?;
             let stats = store.open(name).await?.stats().await?;
-            store.drop_collection(name).await?;
+            {
+                // Not while a run writes it.
+                let _lock = store.lock(name, "delete", wait.duration())?;
+                store.delete_collection(name).await?;
+            }
             eprintln!(
                 "deleted {name} from {db} ({} documents, {} chunks)",
                 stats.documents, stats.chunks
@@ -115,6 +176,46 @@ pub async fn command(args: CollectionsArgs) -> Result<u8> {
             Ok(0)
         }
     }
+}
+
+fn list_runs(out: &mut impl Write, runs: &[RunSummary]) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<24}  {:<8}  {:<8}  {:<20}  {:>5}  {:>7}  {:>9}  {:>9}  {:>7}  {:>6}  {:>7}",
+        "run",
+        "kind",
+        "status",
+        "started",
+        "added",
+        "updated",
+        "rechunked",
+        "unchanged",
+        "deleted",
+        "failed",
+        "version"
+    )?;
+    for r in runs {
+        let c = &r.counts;
+        writeln!(
+            out,
+            "{:<24}  {:<8}  {:<8}  {:<20}  {:>5}  {:>7}  {:>9}  {:>9}  {:>7}  {:>6}  {:>7}",
+            r.run_id,
+            format!("{:?}", r.kind).to_lowercase(),
+            format!("{:?}", r.status).to_lowercase(),
+            r.started_at,
+            c.added,
+            c.updated,
+            c.rechunked,
+            c.unchanged,
+            c.deleted,
+            c.failed,
+            r.version.map_or("-".to_string(), |v| v.to_string())
+        )?;
+        if let Some(note) = &r.note {
+            writeln!(out, "  {note}")?;
+        }
+    }
+    Ok(())
 }
 
 fn list(out: &mut impl Write, all: &[CollectionStats]) -> std::io::Result<()> {
@@ -160,7 +261,15 @@ fn show(out: &mut impl Write, c: &CollectionStats, db: &str) -> std::io::Result<
         "  created        {} by moulin {}",
         c.created_at, c.moulin_version
     )?;
-    writeln!(out, "  configuration")?;
+    if !c.runs.is_empty() {
+        writeln!(out, "  last runs")?;
+        let mut runs = Vec::new();
+        list_runs(&mut runs, &c.runs)?;
+        for line in String::from_utf8_lossy(&runs).lines() {
+            writeln!(out, "    {line}")?;
+        }
+    }
+    writeln!(out, "  configuration (of the last complete run)")?;
     let config = serde_json::to_string_pretty(&c.config).unwrap_or_default();
     for line in config.lines() {
         writeln!(out, "    {line}")?;

@@ -11,7 +11,7 @@ use moulin::config::{Problem, Problems};
 use moulin::pipeline::config::{self, Loaded, PipelineConfig};
 use moulin::pipeline::report::{RunReport, Status};
 use moulin::pipeline::sources::Listing;
-use moulin::pipeline::{Isolation, Pipeline};
+use moulin::pipeline::{Isolation, Pipeline, RunOptions};
 use moulin::progress::Reporter;
 use moulin::store::DEFAULT_DB;
 
@@ -42,6 +42,25 @@ struct Job {
     report: Option<PathBuf>,
 }
 
+/// How the jobs of one command run.
+struct Mode {
+    quiet: bool,
+    dry_run: bool,
+    options: RunOptions,
+}
+
+impl Mode {
+    fn new(args: &args::Pipeline, quiet: bool) -> Self {
+        Mode {
+            quiet,
+            dry_run: args.dry_run,
+            options: RunOptions {
+                wait: args.wait.duration(),
+            },
+        }
+    }
+}
+
 pub async fn ingest(args: IngestArgs, quiet: bool) -> Result<u8> {
     let name = args.pipeline.collection.as_deref().unwrap_or_default();
     let mut loaded = PipelineConfig::quick(name, DEFAULT_DB, &args.inputs);
@@ -50,7 +69,7 @@ pub async fn ingest(args: IngestArgs, quiet: bool) -> Result<u8> {
         subject: "moulin ingest".into(),
         list,
     })?;
-    Ok(execute(vec![job], quiet).await)
+    Ok(execute(vec![job], &Mode::new(&args.pipeline, quiet)).await)
 }
 
 pub async fn run(args: RunArgs, quiet: bool) -> Result<u8> {
@@ -106,7 +125,7 @@ pub async fn run(args: RunArgs, quiet: bool) -> Result<u8> {
         }
         .into());
     }
-    Ok(execute(jobs, quiet).await)
+    Ok(execute(jobs, &Mode::new(&args.pipeline, quiet)).await)
 }
 
 /// Check everything a pipeline needs before it runs, and list its inputs.
@@ -129,7 +148,7 @@ fn prepare(loaded: Loaded, report: Option<PathBuf>) -> Result<Job, Vec<Problem>>
 }
 
 /// Run the jobs one after the other; the exit code is the worst of theirs.
-async fn execute(jobs: Vec<Job>, quiet: bool) -> u8 {
+async fn execute(jobs: Vec<Job>, mode: &Mode) -> u8 {
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(e) => {
@@ -139,7 +158,12 @@ async fn execute(jobs: Vec<Job>, quiet: bool) -> u8 {
     };
     let mut worst = 0;
     for job in jobs {
-        let code = match run_one(job, &exe, quiet).await {
+        let outcome = if mode.dry_run {
+            dry_run(job).await
+        } else {
+            run_one(job, &exe, mode).await
+        };
+        let code = match outcome {
             Ok(code) => code,
             Err(err) => {
                 // The next pipeline still runs; this one is reported and the exit code says so.
@@ -152,14 +176,14 @@ async fn execute(jobs: Vec<Job>, quiet: bool) -> u8 {
     worst
 }
 
-async fn run_one(job: Job, exe: &std::path::Path, quiet: bool) -> Result<u8> {
+async fn run_one(job: Job, exe: &std::path::Path, mode: &Mode) -> Result<u8> {
     let pipeline = Pipeline::new(job.loaded.config, Isolation::Subprocess(exe.to_path_buf()));
-    let bars = progress::Bars::new(quiet);
+    let bars = progress::Bars::new(mode.quiet);
     let reporter: &dyn Reporter = match &bars {
         Some(b) => b,
         None => &progress::Plain,
     };
-    let report = pipeline.run(job.listing, reporter).await?;
+    let report = pipeline.run(job.listing, &mode.options, reporter).await?;
     if let Some(path) = &job.report {
         paths::write_json(path, &report).with_context(|| {
             format!(
@@ -171,6 +195,43 @@ async fn run_one(job: Job, exe: &std::path::Path, quiet: bool) -> Result<u8> {
     let mut err = std::io::stderr().lock();
     let _ = summary(&mut err, &report, job.report.as_deref());
     Ok(report.exit_code() as u8)
+}
+
+/// What the run would do, on stdout; nothing is written.
+async fn dry_run(job: Job) -> Result<u8> {
+    let name = job.loaded.config.collection.name.clone();
+    let pipeline = Pipeline::new(job.loaded.config, Isolation::InProcess);
+    let plan = pipeline.dry_run(&job.listing).await?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{name} (dry run, nothing written): {} to add, {} to update, {} to re-chunk, {} unchanged, {} to delete, {} unreadable",
+        plan.add.len(),
+        plan.update.len(),
+        plan.rechunk.len(),
+        plan.unchanged.len(),
+        plan.delete.len(),
+        plan.unreadable.len()
+    )?;
+    for (what, list) in [
+        ("add", &plan.add),
+        ("update", &plan.update),
+        ("re-chunk", &plan.rechunk),
+        ("delete", &plan.delete),
+    ] {
+        for item in list {
+            writeln!(out, "  {what:<9} {}", paths::short(item))?;
+        }
+    }
+    for (item, reason) in &plan.unreadable {
+        writeln!(
+            out,
+            "  {:<9} {}: {reason}",
+            "unreadable",
+            paths::short(item)
+        )?;
+    }
+    Ok(if plan.unreadable.is_empty() { 0 } else { 1 })
 }
 
 /// Inputs named in the summary, at most; the report has them all.
@@ -187,10 +248,14 @@ pub fn summary(
     let s = &report.seconds;
     writeln!(
         out,
-        "{}: {} ingested, {} unchanged, {} unsupported, {} failed, of {} inputs; \
-         {} pages, {} chunks in {:.1} s (extract {:.1} s, embed {:.1} s, write {:.1} s)",
+        "{}: {} ingested ({} added, {} updated, {} re-chunked), {} unchanged, {} unsupported, \
+         {} failed, of {} inputs; {} pages, {} chunks in {:.1} s (extract {:.1} s, embed {:.1} s, \
+         write {:.1} s)",
         report.collection,
         t.ingested,
+        t.added,
+        t.updated,
+        t.rechunked,
         t.unchanged,
         t.unsupported,
         t.failed,
@@ -201,6 +266,15 @@ pub fn summary(
         s.extract,
         s.embed,
         s.write
+    )?;
+    writeln!(
+        out,
+        "run {}: chunks version {} → {}, documents version {} → {}",
+        report.run_id,
+        report.versions_before.chunks,
+        report.versions_after.chunks,
+        report.versions_before.documents,
+        report.versions_after.documents
     )?;
     if t.pruned > 0 {
         writeln!(out, "pruned {} documents whose source is gone", t.pruned)?;

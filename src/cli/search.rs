@@ -117,7 +117,14 @@ pub async fn command(args: SearchArgs) -> Result<u8> {
         if let Some([a, b]) = hit.rows {
             place.push_str(&format!(" rows {a}-{b}"));
         }
-        writeln!(out, "{}. [{:.3}] {}{}", i + 1, hit.score, hit.source, place)?;
+        writeln!(
+            out,
+            "{}. [{:.3}] {}{}",
+            i + 1,
+            hit.score,
+            super::paths::short(&hit.uri),
+            place
+        )?;
         if let Some(h) = &hit.headings {
             writeln!(out, "   § {h}")?;
         }

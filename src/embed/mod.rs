@@ -149,6 +149,46 @@ pub fn runtime() -> Result<ort::environment::Environment> {
     })
 }
 
+/// sha256 of a model's ONNX graph and tokenizer: its identity in collections.
+fn model_hash(onnx: &[u8], tokenizer_json: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(onnx);
+    h.update(tokenizer_json);
+    hex::encode(h.finalize())
+}
+
+impl OnnxConfig {
+    /// What a collection's chunks depend on besides their text: the model (its
+    /// hash), the passage prefix and the longest input. Read from the files,
+    /// without loading the model.
+    pub fn fingerprint(&self, model_hash: &str, passage_prefix: &str) -> String {
+        let text = format!("{model_hash}\0{passage_prefix}\0{}", self.max_length);
+        crate::extract::content_hash(text.as_bytes())[..16].to_string()
+    }
+
+    /// The model's hash and passage prefix, read from its folder without loading it.
+    pub fn identity(&self) -> Result<(String, String)> {
+        let dir = check_model(&self.model).map_err(|reason| Error::Model {
+            model: self.model.clone(),
+            reason,
+        })?;
+        let read =
+            |name: &str| std::fs::read(dir.join(name)).map_err(|e| Error::io(dir.join(name), e));
+        let hash = model_hash(&read("model.onnx")?, &read("tokenizer.json")?);
+        let card: ModelCard = std::fs::read_to_string(dir.join("moulin-model.toml"))
+            .ok()
+            .and_then(|s| toml::from_str(&s).ok())
+            .unwrap_or_default();
+        let prefix = self
+            .passage_prefix
+            .clone()
+            .or(card.passage_prefix)
+            .unwrap_or_default();
+        Ok((hash, prefix))
+    }
+}
+
 /// The folder of an embedding model, once it is known to hold the files a model needs.
 pub fn check_model(model: &str) -> std::result::Result<PathBuf, String> {
     let dir = model_folder(model);
@@ -242,13 +282,7 @@ impl OnnxEmbedder {
             Some("cls") => Pooling::Cls,
             _ => Pooling::Mean,
         };
-        let hash = {
-            use sha2::{Digest, Sha256};
-            let mut h = Sha256::new();
-            h.update(&onnx);
-            h.update(&tokenizer_json);
-            hex::encode(h.finalize())
-        };
+        let hash = model_hash(&onnx, &tokenizer_json);
         let threads = if config.threads == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {

@@ -25,6 +25,11 @@ use serde::{Deserialize, Serialize};
 use crate::document::{Document, Format};
 use crate::error::{Error, Result};
 
+/// The version of what extraction makes of a file. Bump it when a change to an
+/// extractor changes its output: documents read by an older version are read
+/// again on the next run, even when their bytes did not change.
+pub const VERSION: u32 = 1;
+
 /// Settings that every extractor reads.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -48,6 +53,11 @@ pub struct ExtractOptions {
     pub http_timeout_seconds: u64,
     /// Most redirects followed when fetching a URL.
     pub http_max_redirects: u32,
+    /// How many times a transient failure (a timeout, a refused connection, an
+    /// HTTP 429 or 5xx) is tried again before the input counts as failed.
+    pub retries: u32,
+    /// Seconds before the first retry; each next one waits twice as long.
+    pub retry_delay_seconds: f64,
 }
 
 impl Default for ExtractOptions {
@@ -62,6 +72,8 @@ impl Default for ExtractOptions {
             timeout_seconds: 300,
             http_timeout_seconds: 30,
             http_max_redirects: 5,
+            retries: 2,
+            retry_delay_seconds: 1.0,
         }
     }
 }
@@ -83,6 +95,12 @@ impl ExtractOptions {
         at_least("memory_limit_mb", self.memory_limit_mb, 64);
         at_least("timeout_seconds", self.timeout_seconds, 1);
         at_least("http_timeout_seconds", self.http_timeout_seconds, 1);
+        if !(0.0..=3600.0).contains(&self.retry_delay_seconds) {
+            out.push((
+                "retry_delay_seconds".into(),
+                "must be between 0 and 3600".into(),
+            ));
+        }
         out
     }
 
@@ -192,6 +210,7 @@ fn extract_format(
     Ok(Document {
         id: Document::id_for(source),
         source: source.to_string(),
+        uri: source.to_string(),
         format,
         content_hash: String::new(),
         title: parts.title,

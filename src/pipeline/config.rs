@@ -33,6 +33,9 @@ pub struct PipelineConfig {
     pub chunker: ChunkerConfig,
     #[serde(default)]
     pub embedder: EmbedderConfig,
+    /// How long versions are kept, and when indexes are built.
+    #[serde(default)]
+    pub upkeep: crate::store::Upkeep,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -58,6 +61,11 @@ fn default_db() -> String {
 pub enum SourceConfig {
     /// Local files: a file, a folder (walked recursively) or a glob pattern.
     Files {
+        /// The name documents of this source are known by, with their path relative
+        /// to the source's root (the folder, or a glob's folder): it does not change
+        /// when the folder is mounted elsewhere. Default: the name of the root folder.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
         /// Relative paths are read from the current directory.
         path: String,
         /// Keep only files matching one of these globs (relative to `path`), e.g. `**/*.pdf`.
@@ -67,8 +75,13 @@ pub enum SourceConfig {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         exclude: Vec<String>,
     },
-    /// Web pages fetched over HTTP(S).
-    Urls { urls: Vec<String> },
+    /// Web pages fetched over HTTP(S); a page is known by its URL.
+    Urls {
+        /// A name for the source, shown in reports.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        urls: Vec<String>,
+    },
 }
 
 /// The JSON Schema of pipeline files.
@@ -243,10 +256,14 @@ impl SourceConfig {
         let mut out = Vec::new();
         match self {
             SourceConfig::Files {
+                name,
                 path,
                 include,
                 exclude,
             } => {
+                if let Some(Err(m)) = name.as_deref().map(super::sources::check_name) {
+                    out.push(("name".into(), m));
+                }
                 if let Err(m) = super::sources::check_path(path) {
                     out.push(("path".into(), m));
                 }
@@ -258,7 +275,10 @@ impl SourceConfig {
                     }
                 }
             }
-            SourceConfig::Urls { urls } => {
+            SourceConfig::Urls { name, urls } => {
+                if let Some(Err(m)) = name.as_deref().map(super::sources::check_name) {
+                    out.push(("name".into(), m));
+                }
                 if urls.is_empty() {
                     out.push(("urls".into(), "list at least one URL".into()));
                 }
@@ -306,6 +326,7 @@ impl PipelineConfig {
         let mut sources: Vec<SourceConfig> = paths
             .into_iter()
             .map(|p| SourceConfig::Files {
+                name: None,
                 path: p.clone(),
                 include: Vec::new(),
                 exclude: Vec::new(),
@@ -313,6 +334,7 @@ impl PipelineConfig {
             .collect();
         if !urls.is_empty() {
             sources.push(SourceConfig::Urls {
+                name: None,
                 urls: urls.into_iter().cloned().collect(),
             });
         }
@@ -331,6 +353,7 @@ impl PipelineConfig {
                 extract: ExtractOptions::default(),
                 chunker: ChunkerConfig::default(),
                 embedder: EmbedderConfig::default(),
+                upkeep: Default::default(),
             },
             origins,
         }
@@ -436,7 +459,7 @@ mod tests {
             "p.toml:31:1: chunker.unit: \"token\" is not one of \"characters\", \"tokens\"; did you mean \"tokens\"?",
             "p.toml:35:1: embedder.model: embedding model no-such-model not found: no such folder ",
             "p.toml:36:1: embedder.batch_size: expected a whole number, found the string \"big\"",
-            "p.toml:38:2: report: unknown key (known keys: collection, sources, extract, chunker, embedder)",
+            "p.toml:38:2: report: unknown key (known keys: collection, sources, extract, chunker, embedder, upkeep)",
         ];
         for (got, expected) in got.iter().zip(expected) {
             assert!(

@@ -2,48 +2,44 @@
 //!
 //! [`config::Loaded::list`] expands the sources into inputs before any work, so that a
 //! command can report every problem of its settings at once. [`Pipeline::run`]
-//! then goes through the inputs in windows. In each window, every input is read
-//! and hashed; one whose bytes match the stored document is left alone without
-//! being parsed. The others are extracted on every core (in child processes by
-//! default, see [`crate::extract::isolate`]), their chunks embedded longest
-//! first so that batches hold texts of similar length, and every document of
-//! the window written in one append. Stages do not overlap, so ONNX Runtime's
-//! threads never compete with the extractors for the cores. A document's rows
-//! are replaced as a whole, and an input that fails keeps the version an
-//! earlier run stored: a run killed at any point and started again ends as if
-//! it had run once.
+//! then takes the collection's writer lock, records a run, and goes through the
+//! inputs in windows. In each window every input is read and hashed, and the
+//! stored state of its document decides: the same bytes, extractor and
+//! settings are left alone without being parsed; the same bytes under a new
+//! chunker or embedding settings are chunked again from the stored text; the
+//! rest is extracted ([`read`]), on every core, in child processes by default.
+//! Chunks are embedded longest first (those whose id and embedding did not
+//! change keep their stored vectors), then each window's documents swap their
+//! chunks in one commit, and their rows follow. A failed input keeps what an
+//! earlier run stored. A run killed at any point leaves every document either
+//! as it was or as it is now, and the next run finishes the work.
 
 pub mod config;
+pub mod read;
 pub mod report;
 pub mod sources;
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use rayon::prelude::*;
 
-use crate::chunk::{Chunker, SizeUnit};
+use crate::chunk::{Chunker, ChunkerConfig, SizeUnit};
 use crate::document::{Chunk, Document};
 use crate::embed::{Embedder, EmbedderConfig, OnnxEmbedder};
 use crate::error::{Error, Result};
-use crate::extract::{self, ExtractOptions};
+use crate::extract;
 use crate::progress::Reporter;
-use crate::store::{Access, Collection, EmbeddedDocument, Store};
+use crate::store::{
+    Access, Collection, DocumentRow, DocumentState, EmbeddedDocument, RunKind, RunRecord,
+    RunStatus, Store,
+};
 pub use config::PipelineConfig;
-use report::{InputReport, RunReport, Seconds, Status};
-use sources::{Input, Listed, Listing};
-
-/// Where extraction runs.
-#[derive(Debug, Clone)]
-pub enum Isolation {
-    /// In this process (panics are still caught).
-    InProcess,
-    /// In child processes of this executable (`moulin __extract`), under limits.
-    Subprocess(PathBuf),
-}
+pub use read::{Isolation, extract_input};
+use report::{Change, InputReport, RunReport, Seconds, Status};
+use sources::{Listed, Listing};
 
 /// Inputs per window: bounded so that memory stays flat on large corpora.
 const WINDOW_INPUTS: usize = 64;
@@ -53,12 +49,118 @@ pub struct Pipeline {
     pub isolation: Isolation,
 }
 
+/// How a run behaves towards other writers.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Wait this long for another writer of the collection to finish, instead of stopping.
+    pub wait: Option<Duration>,
+}
+
+/// What a collection's chunks depend on besides the documents' text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprints {
+    pub chunking: String,
+    pub embedding: String,
+}
+
+impl Fingerprints {
+    pub fn chunking(config: &ChunkerConfig) -> String {
+        let json = serde_json::to_string(config).expect("serializable");
+        extract::content_hash(json.as_bytes())[..16].to_string()
+    }
+
+    /// What to do with an input whose bytes hash to `hash`, given what is stored.
+    fn plan(&self, stored: Option<&DocumentState>, hash: &str) -> Plan {
+        match stored {
+            Some(s) if s.content_hash == hash && s.extractor == extract::VERSION => {
+                if s.chunking == self.chunking && s.embedding == self.embedding {
+                    Plan::Unchanged
+                } else {
+                    Plan::Rechunk
+                }
+            }
+            _ => Plan::Extract,
+        }
+    }
+}
+
+/// What the stored state and the bytes read say to do with an input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// The same bytes, extractor and settings: nothing to do.
+    Unchanged,
+    /// The same bytes under other chunker or embedding settings: chunk the stored text.
+    Rechunk,
+    /// New or changed (or read by an older extractor): extract it.
+    Extract,
+}
+
 /// What became of one input before chunking.
 enum Outcome {
-    /// Its bytes are those of the stored document.
-    Unchanged,
+    Planned(Plan),
     Extracted(Document),
     Rejected(Error),
+}
+
+/// A document ready to chunk, and what it is to the collection.
+struct Ready<'a> {
+    listed: &'a Listed,
+    doc: Document,
+    change: Change,
+}
+
+/// The embedding model and the chunker, loaded the first time a run has
+/// something to chunk: a rerun with nothing to do never loads the model.
+struct Stages {
+    embedder: Arc<OnnxEmbedder>,
+    chunker: Chunker,
+    /// Seconds spent loading the model.
+    load_seconds: f64,
+}
+
+impl Stages {
+    async fn load(config: &PipelineConfig) -> Result<Stages> {
+        let t = Instant::now();
+        let EmbedderConfig::Onnx(onnx) = config.embedder.clone();
+        let embedder = tokio::task::spawn_blocking(move || OnnxEmbedder::load(&onnx))
+            .await
+            .expect("model loading does not panic")?;
+        let tokenizer =
+            (config.chunker.split().unit == SizeUnit::Tokens).then(|| embedder.tokenizer().clone());
+        let chunker = Chunker::new(config.chunker.clone(), tokenizer)?;
+        Ok(Stages {
+            embedder: Arc::new(embedder),
+            chunker,
+            load_seconds: t.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// What a run works with once its settings are loaded.
+struct Context<'a> {
+    config: &'a PipelineConfig,
+    collection: &'a Collection,
+    stages: tokio::sync::OnceCell<Stages>,
+    fingerprints: Fingerprints,
+    states: HashMap<String, DocumentState>,
+    client: reqwest::Client,
+    run_id: String,
+}
+
+impl Context<'_> {
+    async fn stages(&self, reporter: &dyn Reporter) -> Result<&Stages> {
+        self.stages
+            .get_or_try_init(|| async {
+                reporter.note("loading the embedding model");
+                let stages = Stages::load(self.config).await?;
+                // The files were hashed to check the collection; this is the model that ran.
+                self.collection
+                    .info
+                    .check_model(&self.collection.name, stages.embedder.info())?;
+                Ok(stages)
+            })
+            .await
+    }
 }
 
 impl Pipeline {
@@ -66,16 +168,24 @@ impl Pipeline {
         Pipeline { config, isolation }
     }
 
-    pub async fn run(&self, listing: Listing, reporter: &dyn Reporter) -> Result<RunReport> {
+    pub async fn run(
+        &self,
+        listing: Listing,
+        options: &RunOptions,
+        reporter: &dyn Reporter,
+    ) -> Result<RunReport> {
         let started = Instant::now();
         let cfg = &self.config;
         let mut report = RunReport {
             moulin_version: env!("CARGO_PKG_VERSION").to_string(),
-            started_at: chrono::Utc::now().to_rfc3339(),
+            run_id: crate::store::runs::new_run_id(),
+            started_at: now(),
             collection: cfg.collection.name.clone(),
             db: cfg.collection.db.clone(),
             model: None,
             config: cfg.recorded(),
+            versions_before: Default::default(),
+            versions_after: Default::default(),
             totals: Default::default(),
             seconds: Seconds::default(),
             warnings: listing.warnings.clone(),
@@ -83,165 +193,411 @@ impl Pipeline {
         };
         reporter.start(listing.inputs.len());
 
-        let t = Instant::now();
-        reporter.note("loading the embedding model");
-        let EmbedderConfig::Onnx(onnx) = cfg.embedder.clone();
-        let embedder = tokio::task::spawn_blocking(move || OnnxEmbedder::load(&onnx))
-            .await
-            .expect("model loading does not panic")?;
-        let embedder = Arc::new(embedder);
-        report.seconds.model_load = t.elapsed().as_secs_f64();
-        report.model = Some(embedder.info().clone());
-
-        let tokenizer =
-            (cfg.chunker.split().unit == SizeUnit::Tokens).then(|| embedder.tokenizer().clone());
-        let chunker = Chunker::new(cfg.chunker.clone(), tokenizer)?;
-
+        // One writer at a time, from before anything is created.
         let store = Store::connect(&cfg.collection.db, Access::Write).await?;
-        let collection = store
-            .open_or_create(
-                &cfg.collection.name,
-                embedder.info(),
-                &cfg.recorded().to_string(),
-            )
-            .await?;
-        let known = collection.document_hashes().await?;
-        let client = extract::fetch::client(&cfg.extract)?;
-        let concurrency = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let name = &cfg.collection.name;
+        let lock = store.lock(name, &report.run_id, options.wait)?;
+        if let Some(holder) = lock.as_ref().and_then(|l| l.took_over.as_ref()) {
+            report.warnings.push(format!(
+                "took over the lock left by {holder}, which stopped before the end of its run"
+            ));
+        }
 
+        // The model's identity from its files; the model itself loads when needed.
+        let EmbedderConfig::Onnx(onnx) = &cfg.embedder;
+        let (model_hash, passage_prefix) = onnx.identity()?;
+        let fingerprints = Fingerprints {
+            chunking: Fingerprints::chunking(&cfg.chunker),
+            embedding: onnx.fingerprint(&model_hash, &passage_prefix),
+        };
+        let (collection, stages) = match store
+            .open_existing_for_writing(name, &onnx.model, &model_hash)
+            .await?
+        {
+            Some(c) => (c, tokio::sync::OnceCell::new()),
+            None => {
+                // A new collection records the model's dimension: load it now.
+                reporter.note("loading the embedding model");
+                let stages = Stages::load(cfg).await?;
+                let c = store.open_for_writing(name, stages.embedder.info()).await?;
+                (c, tokio::sync::OnceCell::new_with(Some(stages)))
+            }
+        };
+        report.versions_before = collection.versions().await?;
+        let mut run = RunRecord::start(RunKind::Ingest, &report.versions_before, &report.config);
+        run.run_id = report.run_id.clone();
+        run.started_at = report.started_at.clone();
+        finish_interrupted_runs(&collection).await?;
+        collection.put_run(&run).await?;
+
+        let ctx = Context {
+            config: cfg,
+            collection: &collection,
+            stages,
+            fingerprints,
+            states: collection.document_states().await?,
+            client: extract::fetch::client(&cfg.extract)?,
+            run_id: run.run_id.clone(),
+        };
+        let outcome = self.write(&ctx, &listing, &mut report, reporter).await;
+        if let Err(e) = outcome {
+            run.status = RunStatus::Failed;
+            run.finished_at = Some(now());
+            run.note = Some(e.to_string());
+            let _ = collection.put_run(&run).await;
+            return Err(e);
+        }
+
+        let loaded = ctx.stages.get();
+        report.seconds.model_load = loaded.map_or(0.0, |s| s.load_seconds);
+        report.model = Some(loaded.map_or_else(
+            || collection.info.model_info(),
+            |s| s.embedder.info().clone(),
+        ));
+        let t = Instant::now();
+        reporter.note("updating the indexes");
+        collection.refresh(&cfg.upkeep).await?;
+        report.versions_after = collection.versions().await?;
+        report.seconds.index = t.elapsed().as_secs_f64();
+        report.seconds.total = started.elapsed().as_secs_f64();
+        report.tally();
+        run.status = RunStatus::Complete;
+        run.finished_at = Some(now());
+        run.chunks_after = Some(report.versions_after.chunks);
+        run.documents_after = Some(report.versions_after.documents);
+        let t = &report.totals;
+        run.counts = crate::store::RunCounts {
+            added: t.added as u64,
+            updated: t.updated as u64,
+            rechunked: t.rechunked as u64,
+            unchanged: t.unchanged as u64,
+            deleted: t.pruned as u64,
+            failed: t.failed as u64,
+        };
+        run.report = Some(serde_json::to_string(&report).expect("serializable"));
+        collection.put_run(&run).await?;
+        collection.tag_run(&run).await?;
+        collection.prune_versions(&cfg.upkeep).await?;
+        reporter.finish();
+        drop(lock);
+        Ok(report)
+    }
+
+    /// Every window, then `prune`.
+    async fn write(
+        &self,
+        ctx: &Context<'_>,
+        listing: &Listing,
+        report: &mut RunReport,
+        reporter: &dyn Reporter,
+    ) -> Result<()> {
+        let concurrency = std::thread::available_parallelism().map_or(1, |n| n.get());
         for window in listing.inputs.chunks(WINDOW_INPUTS) {
             // Read, and extract what changed.
             let t = Instant::now();
             let outcomes: Vec<Outcome> = futures::stream::iter(window)
-                .map(|listed| self.read_and_extract(&listed.input, &known, &client))
+                .map(|listed| self.read(ctx, listed))
                 .buffered(concurrency)
                 .collect()
                 .await;
-            report.seconds.extract += t.elapsed().as_secs_f64();
-
-            let mut docs: Vec<(&Listed, Document)> = Vec::new();
+            let mut ready: Vec<Ready> = Vec::new();
+            let mut rechunk: Vec<&Listed> = Vec::new();
             for (listed, outcome) in window.iter().zip(outcomes) {
+                let stored = ctx.states.get(&listed.document_id());
                 match outcome {
-                    Outcome::Extracted(doc) => docs.push((listed, doc)),
-                    Outcome::Unchanged => {
+                    Outcome::Planned(Plan::Unchanged) => {
                         let input = InputReport {
-                            path: listed.input.source(),
                             status: Status::Unchanged,
-                            reason: Some("same content as the stored version".into()),
-                            format: None,
-                            pages: 0,
-                            chunks: 0,
-                            named: listed.named,
-                            warnings: Vec::new(),
+                            reason: Some("same content and settings as the stored version".into()),
+                            ..input_report(listed)
                         };
                         reporter.input_done(&input);
                         report.inputs.push(input);
                     }
+                    Outcome::Planned(_) => rechunk.push(listed),
+                    Outcome::Extracted(mut doc) => {
+                        doc.id = listed.document_id();
+                        doc.source = listed.source.clone();
+                        doc.uri = listed.input.source();
+                        let change = if stored.is_some() {
+                            Change::Updated
+                        } else {
+                            Change::Added
+                        };
+                        ready.push(Ready {
+                            listed,
+                            doc,
+                            change,
+                        });
+                    }
                     Outcome::Rejected(err) => {
-                        let input = rejected(listed, err, &known);
+                        let input = rejected(listed, err, stored.is_some());
                         reporter.input_done(&input);
                         report.inputs.push(input);
                     }
                 }
             }
+            // The same bytes under new settings: the stored text, chunked again.
+            let ids: Vec<String> = rechunk.iter().map(|l| l.document_id()).collect();
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            let rows: HashMap<String, DocumentRow> = ctx
+                .collection
+                .load_documents(&ids)
+                .await?
+                .into_iter()
+                .map(|r| (r.document_id.clone(), r))
+                .collect();
+            for listed in rechunk {
+                let Some(row) = rows.get(&listed.document_id()) else {
+                    let missing = Error::Collection {
+                        collection: ctx.collection.name.clone(),
+                        reason: "its stored text is missing".into(),
+                    };
+                    let input = rejected(listed, missing, true);
+                    reporter.input_done(&input);
+                    report.inputs.push(input);
+                    continue;
+                };
+                let mut doc = row.document()?;
+                doc.uri = listed.input.source();
+                ready.push(Ready {
+                    listed,
+                    doc,
+                    change: Change::Rechunked,
+                });
+            }
+            report.seconds.extract += t.elapsed().as_secs_f64();
 
-            // Chunk.
+            if ready.is_empty() {
+                continue;
+            }
+            let stages = ctx.stages(reporter).await?;
             let t = Instant::now();
-            let chunks: Vec<Vec<Chunk>> = docs.par_iter().map(|(_, d)| chunker.chunk(d)).collect();
+            let chunks: Vec<Vec<Chunk>> = ready
+                .par_iter()
+                .map(|r| stages.chunker.chunk(&r.doc))
+                .collect();
             report.seconds.chunk += t.elapsed().as_secs_f64();
 
+            // Chunks that did not change keep their vectors, when the embedding did not change.
             let t = Instant::now();
-            let vectors = embed_window(&embedder, &chunks, &cfg.embedder, reporter).await?;
+            let reusable: Vec<&str> = ready
+                .iter()
+                .filter(|r| {
+                    ctx.states
+                        .get(&r.doc.id)
+                        .is_some_and(|s| s.embedding == ctx.fingerprints.embedding)
+                })
+                .map(|r| r.doc.id.as_str())
+                .collect();
+            let stored = ctx.collection.stored_vectors(&reusable).await?;
+            let vectors = embed_window(
+                &stages.embedder,
+                &chunks,
+                &stored,
+                &self.config.embedder,
+                reporter,
+            )
+            .await?;
             report.seconds.embed += t.elapsed().as_secs_f64();
 
+            // Write: the chunks of every document in one commit, then their rows.
             let t = Instant::now();
-            write_window(&collection, &docs, &chunks, &vectors).await?;
+            let embedded: Vec<EmbeddedDocument> = ready
+                .iter()
+                .zip(&chunks)
+                .zip(&vectors)
+                .map(|((r, chunks), vectors)| EmbeddedDocument {
+                    document: &r.doc,
+                    chunks,
+                    vectors,
+                })
+                .collect();
+            ctx.collection.swap_chunks(&embedded, &ctx.run_id).await?;
+            let rows: Vec<DocumentRow> = ready
+                .iter()
+                .zip(&chunks)
+                .map(|(r, cs)| document_row(ctx, r, cs.len()))
+                .collect();
+            ctx.collection.put_documents(&rows).await?;
             report.seconds.write += t.elapsed().as_secs_f64();
-            for ((listed, doc), cs) in docs.into_iter().zip(&chunks) {
+            for (r, cs) in ready.into_iter().zip(&chunks) {
                 let input = InputReport {
-                    path: doc.source,
                     status: Status::Ingested,
-                    reason: None,
-                    format: Some(doc.format.as_str().into()),
-                    pages: doc.pages,
+                    change: Some(r.change),
+                    format: Some(r.doc.format.as_str().into()),
+                    pages: r.doc.pages,
                     chunks: cs.len(),
-                    named: listed.named,
-                    warnings: doc.warnings,
+                    warnings: r.doc.warnings,
+                    ..input_report(r.listed)
                 };
                 reporter.input_done(&input);
                 report.inputs.push(input);
             }
         }
 
-        if cfg.collection.prune {
-            let listed: HashSet<String> = listing
-                .inputs
-                .iter()
-                .map(|i| Document::id_for(&i.input.source()))
-                .collect();
-            let gone: Vec<&str> = known
-                .keys()
-                .filter(|id| !listed.contains(*id))
-                .map(String::as_str)
-                .collect();
-            collection.delete_documents(&gone).await?;
+        if self.config.collection.prune {
+            let gone = gone(listing, &ctx.states);
+            let gone: Vec<&str> = gone.iter().map(String::as_str).collect();
+            ctx.collection.delete_documents(&gone).await?;
             report.totals.pruned = gone.len();
         }
-
-        let t = Instant::now();
-        reporter.note("building the full-text index");
-        collection.index_text().await?;
-        if report.inputs.iter().any(|i| i.status == Status::Ingested) {
-            collection.compact().await?;
-        }
-        report.seconds.index = t.elapsed().as_secs_f64();
-        report.seconds.total = started.elapsed().as_secs_f64();
-        report.tally();
-        reporter.finish();
-        Ok(report)
+        Ok(())
     }
 
-    /// Read an input, and extract it unless its bytes are those already stored.
-    async fn read_and_extract(
-        &self,
-        input: &Input,
-        known: &HashMap<String, String>,
-        client: &reqwest::Client,
-    ) -> Outcome {
+    /// Read an input, and extract it unless the stored document says not to.
+    async fn read(&self, ctx: &Context<'_>, listed: &Listed) -> Outcome {
         let options = &self.config.extract;
-        let read = match read_input(input, client, options).await {
+        let read = match read::read_input(&listed.input, &ctx.client, options).await {
             Ok(read) => read,
             Err(e) => return Outcome::Rejected(e),
         };
-        let id = Document::id_for(&input.source());
-        if known.get(&id) == Some(&extract::content_hash(&read.bytes)) {
-            return Outcome::Unchanged;
+        let hash = extract::content_hash(&read.bytes);
+        match ctx
+            .fingerprints
+            .plan(ctx.states.get(&listed.document_id()), &hash)
+        {
+            Plan::Extract => {}
+            plan => return Outcome::Planned(plan),
         }
-        match extract_read(&self.isolation, input, read, options).await {
+        match read::extract_read(&self.isolation, &listed.input, read, options).await {
             Ok(doc) => Outcome::Extracted(doc),
             Err(e) => Outcome::Rejected(e),
         }
     }
 }
 
-/// The report of an input that was not ingested; a version stored before stays.
-fn rejected(listed: &Listed, err: Error, known: &HashMap<String, String>) -> InputReport {
-    let (status, reason) = match err {
-        Error::Unsupported { what, .. } => (Status::Unsupported, what),
-        Error::Extract { reason, .. } => (Status::Failed, reason),
-        Error::Fetch { reason, .. } => (Status::Failed, reason),
-        other => (Status::Failed, other.to_string()),
-    };
-    let source = listed.input.source();
-    let kept = status == Status::Failed && known.contains_key(&Document::id_for(&source));
-    InputReport {
-        path: source,
-        status,
-        reason: Some(if kept {
-            format!("{reason} (the version stored before is kept)")
+/// What a run would do, found by reading and hashing the inputs, without
+/// extracting, loading a model or writing anything.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct DryRun {
+    pub add: Vec<String>,
+    pub update: Vec<String>,
+    pub rechunk: Vec<String>,
+    pub unchanged: Vec<String>,
+    /// Stored documents `prune` would delete (their stable source).
+    pub delete: Vec<String>,
+    /// Inputs that could not be read, with the reason.
+    pub unreadable: Vec<(String, String)>,
+}
+
+impl Pipeline {
+    pub async fn dry_run(&self, listing: &Listing) -> Result<DryRun> {
+        let cfg = &self.config;
+        let db = &cfg.collection.db;
+        let states = if crate::store::check_db(db, Access::Read).is_err() {
+            HashMap::new()
         } else {
-            reason
-        }),
+            let store = Store::connect(db, Access::Read).await?;
+            match store.open(&cfg.collection.name).await {
+                Ok(c) => c.document_states().await?,
+                Err(Error::CollectionNotFound { .. }) => HashMap::new(),
+                Err(e) => return Err(e),
+            }
+        };
+        let EmbedderConfig::Onnx(onnx) = &cfg.embedder;
+        let (hash, prefix) = onnx.identity()?;
+        let fingerprints = Fingerprints {
+            chunking: Fingerprints::chunking(&cfg.chunker),
+            embedding: onnx.fingerprint(&hash, &prefix),
+        };
+        let client = extract::fetch::client(&cfg.extract)?;
+        let concurrency = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let plans: Vec<(&Listed, Result<Plan>)> = futures::stream::iter(&listing.inputs)
+            .map(|listed| {
+                let (client, states, fingerprints) = (&client, &states, &fingerprints);
+                async move {
+                    let plan = read::read_input(&listed.input, client, &cfg.extract)
+                        .await
+                        .map(|read| {
+                            let hash = extract::content_hash(&read.bytes);
+                            fingerprints.plan(states.get(&listed.document_id()), &hash)
+                        });
+                    (listed, plan)
+                }
+            })
+            .buffered(concurrency)
+            .collect()
+            .await;
+        let mut out = DryRun::default();
+        for (listed, plan) in plans {
+            let uri = listed.input.source();
+            match plan {
+                Ok(Plan::Unchanged) => out.unchanged.push(uri),
+                Ok(Plan::Rechunk) => out.rechunk.push(uri),
+                Ok(Plan::Extract) if states.contains_key(&listed.document_id()) => {
+                    out.update.push(uri)
+                }
+                Ok(Plan::Extract) => out.add.push(uri),
+                Err(e) => out.unreadable.push((uri, e.to_string())),
+            }
+        }
+        let gone = if cfg.collection.prune {
+            gone(listing, &states)
+        } else {
+            Vec::new()
+        };
+        if !gone.is_empty() {
+            let store = Store::connect(db, Access::Read).await?;
+            let collection = store.open(&cfg.collection.name).await?;
+            let ids: Vec<&str> = gone.iter().map(String::as_str).collect();
+            out.delete = collection
+                .load_documents(&ids)
+                .await?
+                .into_iter()
+                .map(|r| r.source)
+                .collect();
+            out.delete.sort();
+        }
+        Ok(out)
+    }
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Runs still marked running are runs whose process stopped (the lock is ours):
+/// the chunks of new documents they wrote without a row are removed, and they
+/// are marked failed.
+async fn finish_interrupted_runs(collection: &Collection) -> Result<()> {
+    let interrupted: Vec<RunRecord> = collection
+        .runs()
+        .await?
+        .into_iter()
+        .filter(|r| r.status == RunStatus::Running)
+        .collect();
+    if interrupted.is_empty() {
+        return Ok(());
+    }
+    let orphans = collection.remove_orphan_chunks().await?;
+    for mut run in interrupted {
+        run.status = RunStatus::Failed;
+        run.note = Some(format!(
+            "interrupted before its end; the next run removed the chunks of {orphans} document(s) it had not recorded"
+        ));
+        collection.put_run(&run).await?;
+    }
+    Ok(())
+}
+
+/// Stored documents of the pruned sources that were not listed.
+fn gone(listing: &Listing, states: &HashMap<String, DocumentState>) -> Vec<String> {
+    let listed: HashSet<String> = listing.inputs.iter().map(Listed::document_id).collect();
+    states
+        .values()
+        .filter(|s| listing.prune_scope.contains(&s.origin) && !listed.contains(&s.document_id))
+        .map(|s| s.document_id.clone())
+        .collect()
+}
+
+/// The report of an input, before its status is known.
+fn input_report(listed: &Listed) -> InputReport {
+    InputReport {
+        path: listed.input.source(),
+        status: Status::Unchanged,
+        change: None,
+        reason: None,
         format: None,
         pages: 0,
         chunks: 0,
@@ -250,14 +606,69 @@ fn rejected(listed: &Listed, err: Error, known: &HashMap<String, String>) -> Inp
     }
 }
 
-/// Embed a window's chunks, longest texts first across the whole window, and
-/// return the vectors in the chunks' shape.
+/// The report of an input that was not ingested; a version stored before stays.
+fn rejected(listed: &Listed, err: Error, stored: bool) -> InputReport {
+    let (status, reason) = match err {
+        Error::Unsupported { what, .. } => (Status::Unsupported, what),
+        Error::Extract { reason, .. } => (Status::Failed, reason),
+        Error::Fetch { reason, .. } => (Status::Failed, reason),
+        other => (Status::Failed, other.to_string()),
+    };
+    let kept = status == Status::Failed && stored;
+    InputReport {
+        status,
+        reason: Some(if kept {
+            format!("{reason} (the version stored before is kept)")
+        } else {
+            reason
+        }),
+        ..input_report(listed)
+    }
+}
+
+fn document_row(ctx: &Context<'_>, r: &Ready<'_>, chunks: usize) -> DocumentRow {
+    let doc = &r.doc;
+    DocumentRow {
+        document_id: doc.id.clone(),
+        origin: r.listed.origin.clone(),
+        source: doc.source.clone(),
+        uri: doc.uri.clone(),
+        content_hash: doc.content_hash.clone(),
+        format: doc.format.as_str().into(),
+        title: doc.title.clone(),
+        pages: doc.pages,
+        metadata: serde_json::to_string(&doc.metadata).expect("serializable"),
+        sections: serde_json::to_string(&doc.sections).expect("serializable"),
+        extractor: extract::VERSION,
+        chunking: ctx.fingerprints.chunking.clone(),
+        embedding: ctx.fingerprints.embedding.clone(),
+        chunks: chunks as u32,
+        first_run: ctx
+            .states
+            .get(&doc.id)
+            .map_or_else(|| ctx.run_id.clone(), |s| s.first_run.clone()),
+        last_run: ctx.run_id.clone(),
+        updated_at: now(),
+    }
+}
+
+/// Vectors for a window's chunks: stored ones by chunk id where given, the rest
+/// embedded longest first across the whole window; in the chunks' shape.
 async fn embed_window(
     embedder: &Arc<OnnxEmbedder>,
     chunks: &[Vec<Chunk>],
+    stored: &HashMap<String, Vec<f32>>,
     config: &EmbedderConfig,
     reporter: &dyn Reporter,
 ) -> Result<Vec<Vec<Vec<f32>>>> {
+    let mut vectors: Vec<Vec<Vec<f32>>> = chunks
+        .iter()
+        .map(|cs| {
+            cs.iter()
+                .map(|c| stored.get(&c.id).cloned().unwrap_or_default())
+                .collect()
+        })
+        .collect();
     let mut flat: Vec<(usize, usize, usize)> = chunks
         .iter()
         .enumerate()
@@ -266,11 +677,10 @@ async fn embed_window(
                 .enumerate()
                 .map(move |(c, ch)| (ch.text.len(), d, c))
         })
+        .filter(|&(_, d, c)| vectors[d][c].is_empty())
         .collect();
     flat.sort_by_key(|c| std::cmp::Reverse(c.0));
     reporter.chunks_queued(flat.len());
-    let mut vectors: Vec<Vec<Vec<f32>>> =
-        chunks.iter().map(|cs| vec![Vec::new(); cs.len()]).collect();
     // Two batches per call, so that progress moves every few seconds.
     let EmbedderConfig::Onnx(onnx) = config;
     for group in flat.chunks(2 * onnx.batch_size.max(1)) {
@@ -291,104 +701,4 @@ async fn embed_window(
         reporter.embedded(group.len());
     }
     Ok(vectors)
-}
-
-/// Write a window's documents, each replacing its earlier rows.
-async fn write_window(
-    collection: &Collection,
-    docs: &[(&Listed, Document)],
-    chunks: &[Vec<Chunk>],
-    vectors: &[Vec<Vec<f32>>],
-) -> Result<()> {
-    let embedded: Vec<EmbeddedDocument> = docs
-        .iter()
-        .zip(chunks)
-        .zip(vectors)
-        .map(|(((_, document), chunks), vectors)| EmbeddedDocument {
-            document,
-            chunks,
-            vectors,
-        })
-        .collect();
-    collection.replace_documents(&embedded).await?;
-    Ok(())
-}
-
-/// An input's bytes, as read from disk or fetched.
-pub struct ReadInput {
-    pub bytes: Vec<u8>,
-    pub content_type: Option<String>,
-}
-
-/// Read one input: a file (bounded by `max_file_bytes`) or a URL (fetched).
-pub async fn read_input(
-    input: &Input,
-    client: &reqwest::Client,
-    options: &ExtractOptions,
-) -> Result<ReadInput> {
-    match input {
-        Input::Path(path) => {
-            let path = path.clone();
-            let max = options.max_file_bytes;
-            let bytes = tokio::task::spawn_blocking(move || extract::read_bounded(&path, max))
-                .await
-                .expect("reading does not panic")?;
-            Ok(ReadInput {
-                bytes,
-                content_type: None,
-            })
-        }
-        Input::Url(url) => {
-            let fetched = extract::fetch::fetch(client, url, options).await?;
-            Ok(ReadInput {
-                bytes: fetched.bytes,
-                content_type: fetched.content_type,
-            })
-        }
-    }
-}
-
-/// Read one input and extract it where `isolation` says.
-pub async fn extract_input(
-    isolation: &Isolation,
-    input: &Input,
-    client: &reqwest::Client,
-    options: &ExtractOptions,
-) -> Result<Document> {
-    let read = read_input(input, client, options).await?;
-    extract_read(isolation, input, read, options).await
-}
-
-/// Extract an input already read, where `isolation` says.
-async fn extract_read(
-    isolation: &Isolation,
-    input: &Input,
-    read: ReadInput,
-    options: &ExtractOptions,
-) -> Result<Document> {
-    let source = input.source();
-    let ReadInput {
-        bytes,
-        content_type,
-    } = read;
-    match isolation {
-        Isolation::Subprocess(exe) => {
-            let request = extract::isolate::Request {
-                source: source.clone(),
-                name: input.name(),
-                content_type,
-                options: options.clone(),
-            };
-            extract::isolate::extract(exe, request, &bytes).await
-        }
-        Isolation::InProcess => {
-            let name = input.name();
-            let options = options.clone();
-            tokio::task::spawn_blocking(move || {
-                extract::extract(&source, &name, &bytes, content_type.as_deref(), &options)
-            })
-            .await
-            .expect("extract catches panics")
-        }
-    }
 }

@@ -27,11 +27,27 @@ impl Status {
     }
 }
 
+/// What an ingested input was to the collection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Change {
+    /// A new document.
+    Added,
+    /// Its bytes changed: read again, chunks swapped.
+    Updated,
+    /// The same bytes, chunked again from its stored text because the chunker or
+    /// embedding settings changed.
+    Rechunked,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InputReport {
     /// The input's source: its absolute path, or its URL.
     pub path: String,
     pub status: Status,
+    /// For an ingested input: added, updated or re-chunked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<Change>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -62,6 +78,9 @@ impl InputReport {
 pub struct Totals {
     pub inputs: usize,
     pub ingested: usize,
+    pub added: usize,
+    pub updated: usize,
+    pub rechunked: usize,
     pub unchanged: usize,
     pub unsupported: usize,
     pub failed: usize,
@@ -85,12 +104,17 @@ pub struct Seconds {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunReport {
     pub moulin_version: String,
+    /// The run's id: its writes carry it, `moulin collections runs` lists it.
+    pub run_id: String,
     pub started_at: String,
     pub collection: String,
     pub db: String,
     pub model: Option<crate::embed::ModelInfo>,
     /// The configuration of the run, without secrets.
     pub config: serde_json::Value,
+    /// The versions of the chunks and documents tables before and after the run.
+    pub versions_before: crate::store::Versions,
+    pub versions_after: crate::store::Versions,
     pub totals: Totals,
     pub seconds: Seconds,
     /// Problems that did not stop the run (a source that lists nothing).
@@ -117,6 +141,12 @@ impl RunReport {
             ..Default::default()
         };
         for i in &self.inputs {
+            match i.change {
+                Some(Change::Added) => t.added += 1,
+                Some(Change::Updated) => t.updated += 1,
+                Some(Change::Rechunked) => t.rechunked += 1,
+                None => {}
+            }
             match i.status {
                 Status::Ingested => t.ingested += 1,
                 Status::Unchanged => t.unchanged += 1,

@@ -35,12 +35,24 @@ impl Input {
     }
 }
 
-/// An input to read, and whether the user named it (a file or URL given as
-/// such) rather than it being found by walking a folder or matching a glob.
+/// An input to read, with its stable identity, and whether the user named it
+/// (a file or URL given as such) rather than it being found by walking a folder
+/// or matching a glob.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Listed {
     pub input: Input,
+    /// `{source name}/{path relative to the source's root}`, or the URL: the same
+    /// wherever the folder is mounted. The document's id is derived from it.
+    pub source: String,
+    /// The name of the pipeline source that listed it.
+    pub origin: String,
     pub named: bool,
+}
+
+impl Listed {
+    pub fn document_id(&self) -> String {
+        crate::document::Document::id_for(&self.source)
+    }
 }
 
 /// What the sources of a pipeline list.
@@ -50,6 +62,35 @@ pub struct Listing {
     pub inputs: Vec<Listed>,
     /// Sources that list nothing (an empty folder, a glob matching no file).
     pub warnings: Vec<String>,
+    /// What `prune` may remove: the documents of these sources (folders, globs,
+    /// URL lists; by name) that are no longer listed. A source that listed
+    /// nothing is left out (a folder that is not mounted is not a folder emptied),
+    /// and so is a single file (it names itself only).
+    pub prune_scope: Vec<String>,
+}
+
+/// The name of a `urls` source when the pipeline gives it none.
+pub const DEFAULT_URLS_NAME: &str = "urls";
+
+/// The name a `files` source goes by when the pipeline gives it none: the name of
+/// its root folder, so that the same folder mounted elsewhere keeps its identity.
+pub fn default_name(root: &Path) -> String {
+    let named = |p: &Path| p.file_name().map(|n| n.to_string_lossy().to_string());
+    named(root)
+        .or_else(|| std::path::absolute(root).ok().and_then(|a| named(&a)))
+        .or_else(|| std::fs::canonicalize(root).ok().and_then(|a| named(&a)))
+        .unwrap_or_else(|| "files".into())
+}
+
+/// Whether a source name can stand in document identities, with the reason if not.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.trim().is_empty() || name.contains('/') {
+        Err(format!(
+            "{name:?}: a source name is not empty and has no '/'"
+        ))
+    } else {
+        Ok(())
+    }
 }
 
 /// Whether a `files` source's path can be walked, with the reason if not.
@@ -81,47 +122,86 @@ fn is_glob(path: &str) -> bool {
 
 /// Every input the sources name. Sources are expected to have passed
 /// [`check_path`] and [`check_url`]; one that cannot be walked anyway (a folder
-/// removed since) is a problem, keyed like the pipeline file's.
+/// removed since) is a problem, keyed like the pipeline file's, and so are two
+/// inputs that would have the same identity.
 pub fn expand(sources: &[SourceConfig]) -> Result<Listing, Vec<(String, String)>> {
     let mut listing = Listing::default();
     let mut problems = Vec::new();
     for (i, source) in sources.iter().enumerate() {
         match source {
-            SourceConfig::Urls { urls } => listing.inputs.extend(urls.iter().map(|u| Listed {
-                input: Input::Url(u.clone()),
-                named: true,
-            })),
+            SourceConfig::Urls { name, urls } => {
+                let origin = name.clone().unwrap_or_else(|| DEFAULT_URLS_NAME.into());
+                if !urls.is_empty() {
+                    listing.prune_scope.push(origin.clone());
+                }
+                listing.inputs.extend(urls.iter().map(|u| Listed {
+                    input: Input::Url(u.clone()),
+                    source: u.clone(),
+                    origin: origin.clone(),
+                    named: true,
+                }))
+            }
             SourceConfig::Files {
+                name,
                 path,
                 include,
                 exclude,
             } => match files(path, include, exclude) {
-                Ok(found) if found.is_empty() => listing.warnings.push(if is_glob(path) {
+                Ok((_, found)) if found.is_empty() => listing.warnings.push(if is_glob(path) {
                     format!("{path}: no file matches")
                 } else if include.is_empty() && exclude.is_empty() {
                     format!("{path}: no files found")
                 } else {
                     format!("{path}: no file matches its include and exclude patterns")
                 }),
-                Ok(found) => {
+                Ok((root, found)) => {
                     let named = !is_glob(path) && Path::new(path).is_file();
-                    listing.inputs.extend(found.into_iter().map(|p| Listed {
-                        input: Input::Path(p),
-                        named,
+                    let name = name.clone().unwrap_or_else(|| default_name(&root));
+                    if !named {
+                        listing.prune_scope.push(name.clone());
+                    }
+                    listing.inputs.extend(found.into_iter().map(|p| {
+                        let relative = p.strip_prefix(&root).unwrap_or(&p);
+                        let relative: Vec<String> = relative
+                            .components()
+                            .map(|c| c.as_os_str().to_string_lossy().to_string())
+                            .collect();
+                        Listed {
+                            source: format!("{name}/{}", relative.join("/")),
+                            origin: name.clone(),
+                            input: Input::Path(p),
+                            named,
+                        }
                     }))
                 }
                 Err(e) => problems.push((format!("sources[{i}].path"), e)),
             },
         }
     }
-    if !problems.is_empty() {
-        return Err(problems);
-    }
     // Named first, so that an input both named and found in a folder counts as named.
     listing
         .inputs
         .sort_by(|a, b| a.input.cmp(&b.input).then(b.named.cmp(&a.named)));
     listing.inputs.dedup_by(|a, b| a.input == b.input);
+    listing.prune_scope.sort();
+    listing.prune_scope.dedup();
+    let mut by_source: std::collections::HashMap<&str, &Input> = Default::default();
+    for l in &listing.inputs {
+        if let Some(other) = by_source.insert(&l.source, &l.input) {
+            problems.push((
+                "sources".into(),
+                format!(
+                    "{} and {} would both be {}: give their sources different names (`name = …` in a pipeline file)",
+                    other.source(),
+                    l.input.source(),
+                    l.source
+                ),
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
     Ok(listing)
 }
 
@@ -136,7 +216,12 @@ fn globset(globs: &[String]) -> Result<Option<GlobSet>, String> {
     b.build().map(Some).map_err(|e| e.to_string())
 }
 
-fn files(path: &str, include: &[String], exclude: &[String]) -> Result<Vec<PathBuf>, String> {
+/// The files a `files` source lists, with the root their identity is relative to.
+fn files(
+    path: &str,
+    include: &[String],
+    exclude: &[String],
+) -> Result<(PathBuf, Vec<PathBuf>), String> {
     let include = globset(include)?;
     let exclude = globset(exclude)?;
     let keep = |rel: &Path| {
@@ -157,23 +242,29 @@ fn files(path: &str, include: &[String], exclude: &[String]) -> Result<Vec<PathB
         } else {
             base
         };
-        return Ok(walk(&base)
+        let found = walk(&base)
             .into_iter()
             .filter(|p| pattern.is_match(p) || pattern.is_match(p.strip_prefix("./").unwrap_or(p)))
             .filter(|p| keep(p.strip_prefix(&base).unwrap_or(p)))
-            .collect());
+            .collect();
+        return Ok((base, found));
     }
     let root = Path::new(path);
     if root.is_file() {
-        return Ok(vec![root.to_path_buf()]);
+        let parent = match root.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        return Ok((parent, vec![root.to_path_buf()]));
     }
     if !root.is_dir() {
         return Err(format!("{path}: no such file or folder"));
     }
-    Ok(walk(root)
+    let found = walk(root)
         .into_iter()
         .filter(|p| keep(p.strip_prefix(root).unwrap_or(p)))
-        .collect())
+        .collect();
+    Ok((root.to_path_buf(), found))
 }
 
 /// Regular files under `root`, hidden ones left out, in a stable order.

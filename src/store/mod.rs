@@ -1,28 +1,39 @@
-//! LanceDB collections: the Arrow schema, writes in large batches, and search.
+//! LanceDB collections: chunks to search, the documents they come from, the runs
+//! that wrote them; writes that swap a document's chunks in one commit; versions,
+//! rollback and upkeep.
 //!
-//! A collection is a LanceDB table of chunks. Its Arrow schema metadata records
-//! the embedding model (name, dimension, hash), the pipeline configuration and
-//! the moulin version that created it, so that it can always say how it was
-//! made, and so that embedding into it with another model is refused.
+//! A collection is a LanceDB table of chunks (the one searched, named like the
+//! collection) and, beside it in `{db}/_moulin/{name}/`, two bookkeeping tables:
+//! `documents` (one row per document, with the text that was chunked, see
+//! [`documents`]) and `runs` (see [`runs`]), plus the writers' lock ([`lock`]).
+//! The chunks table's schema metadata records the embedding model (name,
+//! dimension, hash), so that embedding into it with another model is refused.
 
+pub mod documents;
+pub mod lock;
+mod rows;
+pub mod runs;
 pub mod schema;
 pub mod search;
 
-use std::collections::HashMap;
-use std::path::Path;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow_array::{Array, RecordBatch, StringArray};
+use arrow_array::{Array, FixedSizeListArray, Float32Array, RecordBatch, StringArray};
 use futures::TryStreamExt;
 use lancedb::index::Index;
-use lancedb::index::scalar::FtsIndexBuilder;
+use lancedb::index::scalar::{BTreeIndexBuilder, FtsIndexBuilder};
+use lancedb::index::vector::IvfPqIndexBuilder;
 use lancedb::query::{ExecutableQuery, QueryBase, Select};
+use lancedb::table::OptimizeAction;
 use serde::{Deserialize, Serialize};
 
 use crate::document::{Chunk, Document};
 use crate::embed::ModelInfo;
 use crate::error::{Error, Result};
-
+pub use documents::{DocumentRow, DocumentState};
+pub use runs::{RunCounts, RunKind, RunRecord, RunStatus, Versions};
 pub use schema::{CollectionInfo, chunk_schema};
 
 /// The default database: `./data`.
@@ -115,6 +126,22 @@ pub struct Store {
     uri: String,
 }
 
+/// `{db}/_moulin/{name}`: where a collection's bookkeeping tables live.
+fn sidecar_uri(db: &str, name: &str) -> String {
+    format!("{}/_moulin/{name}", db.trim_end_matches('/'))
+}
+
+/// A LanceDB connection to `uri`, as a folder when it is one.
+async fn connect_uri(uri: &str) -> std::result::Result<lancedb::Connection, lancedb::Error> {
+    // LanceDB takes any URI starting with "db" for its cloud: a folder named
+    // `db` or `dbs/prod` is given as `./db`.
+    let target = match local_folder(uri) {
+        Some(folder) if folder.is_relative() && !uri.starts_with('.') => format!("./{uri}"),
+        _ => uri.to_string(),
+    };
+    lancedb::connect(&target).execute().await
+}
+
 impl Store {
     /// Connect to a database, after checking that it can be used as `access` says:
     /// a read never creates a folder, and a file is never taken for a database.
@@ -123,23 +150,10 @@ impl Store {
             uri: uri.to_string(),
             reason,
         })?;
-        // LanceDB takes any URI starting with "db" for its cloud: a folder named
-        // `db` or `dbs/prod` is given as `./db`.
-        let local;
-        let target = match local_folder(uri) {
-            Some(folder) if folder.is_relative() && !uri.starts_with('.') => {
-                local = format!("./{uri}");
-                &local
-            }
-            _ => uri,
-        };
-        let db = lancedb::connect(target)
-            .execute()
-            .await
-            .map_err(|e| Error::Store {
-                uri: uri.to_string(),
-                reason: describe(&e),
-            })?;
+        let db = connect_uri(uri).await.map_err(|e| Error::Store {
+            uri: uri.to_string(),
+            reason: describe(&e),
+        })?;
         Ok(Store {
             db,
             uri: uri.to_string(),
@@ -165,7 +179,78 @@ impl Store {
             .map_err(self.store_err())
     }
 
-    /// Open an existing collection.
+    /// The file whose lock makes one writer at a time (local databases).
+    pub fn lock_path(&self, name: &str) -> Option<PathBuf> {
+        local_folder(&self.uri).map(|f| f.join("_moulin").join(format!("{name}.lock")))
+    }
+
+    /// Take the writer lock of collection `name` (local databases; see [`lock`]).
+    pub fn lock(
+        &self,
+        name: &str,
+        run_id: &str,
+        wait: Option<std::time::Duration>,
+    ) -> Result<Option<lock::WriterLock>> {
+        self.lock_path(name)
+            .map(|path| lock::WriterLock::acquire(&path, name, run_id, wait))
+            .transpose()
+    }
+
+    /// Bring collection `name` back to its state after run `run_id`, as new
+    /// versions, and record that as a run of its own (so it can be undone).
+    pub async fn rollback(
+        &self,
+        name: &str,
+        run_id: &str,
+        wait: Option<std::time::Duration>,
+    ) -> Result<RunRecord> {
+        let mut record = RunRecord::start(
+            RunKind::Rollback,
+            &Versions::default(),
+            &serde_json::Value::Null,
+        );
+        let _lock = self.lock(name, &record.run_id, wait)?;
+        let collection = self.open(name).await?;
+        let runs = collection.runs().await?;
+        let target = runs
+            .iter()
+            .find(|r| r.run_id == run_id)
+            .ok_or_else(|| Error::Collection {
+                collection: name.to_string(),
+                reason: format!(
+                    "no run {run_id}; `moulin collections runs -c {name}` lists the runs kept"
+                ),
+            })?;
+        let versions = target.after().ok_or_else(|| Error::Collection {
+            collection: name.to_string(),
+            reason: format!(
+                "run {run_id} did not complete: there is no state after it to go back to"
+            ),
+        })?;
+        let before = collection.versions().await?;
+        record.chunks_before = before.chunks;
+        record.documents_before = before.documents;
+        record.config = target.config.clone();
+        collection.restore(&versions).await.map_err(|e| Error::Collection {
+            collection: name.to_string(),
+            reason: format!(
+                "cannot go back to run {run_id} (its versions may have been pruned by upkeep): {e}"
+            ),
+        })?;
+        let after = collection.versions().await?;
+        record.status = RunStatus::Complete;
+        record.finished_at =
+            Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        record.chunks_after = Some(after.chunks);
+        record.documents_after = Some(after.documents);
+        record.note = Some(format!("back to the state after run {run_id}"));
+        collection.put_run(&record).await?;
+        collection.tag_run(&record).await?;
+        Ok(record)
+    }
+
+    /// Open an existing collection. A collection written before moulin kept its
+    /// documents opens for reading only.
     pub async fn open(&self, name: &str) -> Result<Collection> {
         let table = self
             .db
@@ -188,27 +273,89 @@ impl Store {
             reason: "this table was not written by moulin (no moulin metadata in its schema)"
                 .into(),
         })?;
-        Ok(Collection {
+        let mut collection = Collection {
             name: name.to_string(),
             table,
             info,
-        })
+            documents: None,
+            runs: None,
+        };
+        if collection.info.schema_version >= schema::SCHEMA_VERSION {
+            let sidecar = sidecar_uri(&self.uri, name);
+            // Reading never creates: a missing folder is a collection not finished.
+            let exists = local_folder(&sidecar).is_none_or(Path::is_dir);
+            if exists {
+                let db = connect_uri(&sidecar).await.map_err(self.store_err())?;
+                let open = |table: &'static str| {
+                    let db = db.clone();
+                    async move { db.open_table(table).execute().await }
+                };
+                if let (Ok(d), Ok(r)) = (open(documents::TABLE).await, open(runs::TABLE).await) {
+                    collection.documents = Some(documents::Documents { table: d });
+                    collection.runs = Some(runs::Runs { table: r });
+                }
+            }
+        }
+        Ok(collection)
     }
 
-    /// Open a collection for writing with `model`, creating it if needed; refuse
-    /// a collection made with another model.
-    pub async fn open_or_create(
+    /// Open an existing collection for writing with the model whose files hash
+    /// to `model_hash`; `None` when there is no such collection. Refuse one made
+    /// with another model, or by a moulin that kept no documents.
+    pub async fn open_existing_for_writing(
         &self,
         name: &str,
-        model: &ModelInfo,
-        config_json: &str,
-    ) -> Result<Collection> {
-        if self.collections().await?.iter().any(|n| n == name) {
-            let collection = self.open(name).await?;
-            collection.info.check_model(name, model)?;
-            return Ok(collection);
+        model: &str,
+        model_hash: &str,
+    ) -> Result<Option<Collection>> {
+        if !self.collections().await?.iter().any(|n| n == name) {
+            return Ok(None);
         }
-        let info = CollectionInfo::new(model, config_json);
+        let collection = self.open(name).await?;
+        collection.info.check_model_hash(name, model, model_hash)?;
+        if collection.documents.is_none() {
+            return Err(Error::Collection {
+                collection: name.to_string(),
+                reason: format!(
+                    "it was written by an earlier moulin that kept no documents, so it cannot \
+                     be updated; ingest into a new collection, or delete this one first \
+                     (moulin collections delete -c {name} --db {})",
+                    self.uri
+                ),
+            });
+        }
+        Ok(Some(collection))
+    }
+
+    /// Open a collection for writing with `model`, creating it if needed.
+    pub async fn open_for_writing(&self, name: &str, model: &ModelInfo) -> Result<Collection> {
+        if let Some(c) = self
+            .open_existing_for_writing(name, &model.name, &model.hash)
+            .await?
+        {
+            c.info.check_model(name, model)?;
+            return Ok(c);
+        }
+        // The bookkeeping tables first: a collection whose chunks table exists is complete.
+        let sidecar = connect_uri(&sidecar_uri(&self.uri, name))
+            .await
+            .map_err(self.store_err())?;
+        let create = |table: &'static str, schema: arrow_schema::SchemaRef| {
+            let db = sidecar.clone();
+            async move {
+                match db.open_table(table).execute().await {
+                    Ok(t) => Ok(t),
+                    Err(_) => db.create_empty_table(table, schema).execute().await,
+                }
+            }
+        };
+        let documents = create(documents::TABLE, documents::schema())
+            .await
+            .map_err(self.store_err())?;
+        let runs = create(runs::TABLE, runs::schema())
+            .await
+            .map_err(self.store_err())?;
+        let info = CollectionInfo::new(model);
         let schema = Arc::new(chunk_schema(model.dimension).with_metadata(info.to_metadata()));
         let table = self
             .db
@@ -220,21 +367,42 @@ impl Store {
             name: name.to_string(),
             table,
             info,
+            documents: Some(documents::Documents { table: documents }),
+            runs: Some(runs::Runs { table: runs }),
         })
     }
 
-    pub async fn drop_collection(&self, name: &str) -> Result<()> {
+    /// Delete a collection: its chunks, its documents and its history.
+    pub async fn delete_collection(&self, name: &str) -> Result<()> {
         self.db
             .drop_table(name, &[])
             .await
-            .map_err(self.store_err())
+            .map_err(self.store_err())?;
+        let sidecar = sidecar_uri(&self.uri, name);
+        match local_folder(&sidecar) {
+            Some(folder) if folder.exists() => {
+                std::fs::remove_dir_all(folder).map_err(|e| Error::io(folder, e))?
+            }
+            Some(_) => {}
+            None => {
+                let db = connect_uri(&sidecar).await.map_err(self.store_err())?;
+                db.drop_all_tables(&[]).await.map_err(self.store_err())?;
+            }
+        }
+        if let Some(lock) = self.lock_path(name) {
+            let _ = std::fs::remove_file(lock);
+        }
+        Ok(())
     }
 }
 
 pub struct Collection {
     pub name: String,
+    /// The chunks, searched.
     pub table: lancedb::Table,
     pub info: CollectionInfo,
+    documents: Option<documents::Documents>,
+    runs: Option<runs::Runs>,
 }
 
 /// A document's chunks with their vectors, ready to write.
@@ -250,16 +418,18 @@ pub struct CollectionStats {
     pub name: String,
     pub documents: usize,
     pub chunks: usize,
-    /// The table's current version.
+    /// The chunks table's current version.
     pub version: u64,
     /// Bytes on disk, for a database in a local folder.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub size_bytes: Option<u64>,
     pub model: ModelSummary,
-    /// The pipeline configuration that made the collection.
+    /// The configuration of the last complete run.
     pub config: serde_json::Value,
     pub moulin_version: String,
     pub created_at: String,
+    /// The last runs, newest first.
+    pub runs: Vec<RunSummary>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -271,6 +441,76 @@ pub struct ModelSummary {
     pub query_prefix: String,
 }
 
+/// A run, without its configuration and report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub kind: RunKind,
+    pub status: RunStatus,
+    pub started_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(flatten)]
+    pub counts: RunCounts,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl From<&RunRecord> for RunSummary {
+    fn from(r: &RunRecord) -> Self {
+        RunSummary {
+            run_id: r.run_id.clone(),
+            kind: r.kind,
+            status: r.status,
+            started_at: r.started_at.clone(),
+            finished_at: r.finished_at.clone(),
+            counts: r.counts.clone(),
+            version: r.chunks_after,
+            note: r.note.clone(),
+        }
+    }
+}
+
+/// How long versions are kept, and when a vector index is built.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Upkeep {
+    /// Keep the versions of this many last runs, whatever their age (rollback targets).
+    pub keep_runs: usize,
+    /// Keep every version younger than this many days.
+    pub keep_days: u64,
+    /// Build a vector index (IVF-PQ) once the collection has this many chunks;
+    /// below it, vector search is exact.
+    pub vector_index_min_chunks: usize,
+}
+
+impl Default for Upkeep {
+    fn default() -> Self {
+        Upkeep {
+            keep_runs: 10,
+            keep_days: 30,
+            vector_index_min_chunks: 100_000,
+        }
+    }
+}
+
+/// The tag that keeps the versions a run left.
+fn run_tag(run_id: &str) -> String {
+    format!("run-{run_id}")
+}
+
+/// `column IN ('a', 'b')`.
+pub(crate) fn id_filter(column: &str, ids: &[&str]) -> String {
+    let list = ids
+        .iter()
+        .map(|id| format!("'{}'", sql_string(id)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("{column} IN ({list})")
+}
+
 impl Collection {
     fn err(&self) -> impl Fn(lancedb::Error) -> Error + '_ {
         |e| Error::Collection {
@@ -279,59 +519,291 @@ impl Collection {
         }
     }
 
-    /// The content hash of every document in the collection, by document id.
-    pub async fn document_hashes(&self) -> Result<HashMap<String, String>> {
-        let batches: Vec<RecordBatch> = self
-            .table
-            .query()
-            .select(Select::columns(&["document_id", "content_hash"]))
-            .execute()
-            .await
-            .map_err(self.err())?
-            .try_collect()
-            .await
-            .map_err(self.err())?;
+    fn documents(&self) -> Result<&documents::Documents> {
+        self.documents.as_ref().ok_or_else(|| Error::Collection {
+            collection: self.name.clone(),
+            reason: "it keeps no documents (written by an earlier moulin)".into(),
+        })
+    }
+
+    fn runs_table(&self) -> Result<&runs::Runs> {
+        self.runs.as_ref().ok_or_else(|| Error::Collection {
+            collection: self.name.clone(),
+            reason: "it keeps no history of runs (written by an earlier moulin)".into(),
+        })
+    }
+
+    /// The current versions of the chunks and documents tables.
+    pub async fn versions(&self) -> Result<Versions> {
+        Ok(Versions {
+            chunks: self.table.version().await.map_err(self.err())?,
+            documents: self
+                .documents()?
+                .table
+                .version()
+                .await
+                .map_err(self.err())?,
+        })
+    }
+
+    /// Every stored document's state, by id.
+    pub async fn document_states(&self) -> Result<HashMap<String, DocumentState>> {
+        self.documents()?.states().await
+    }
+
+    /// The stored rows of these documents, with their text.
+    pub async fn load_documents(&self, ids: &[&str]) -> Result<Vec<DocumentRow>> {
+        self.documents()?.load(ids).await
+    }
+
+    /// The stored vector of every chunk of these documents, by chunk id.
+    pub async fn stored_vectors(&self, ids: &[&str]) -> Result<HashMap<String, Vec<f32>>> {
         let mut out = HashMap::new();
-        for batch in batches {
-            let ids = string_column(&batch, "document_id");
-            let hashes = string_column(&batch, "content_hash");
-            if let (Some(ids), Some(hashes)) = (ids, hashes) {
+        for group in ids.chunks(500).filter(|g| !g.is_empty()) {
+            let batches: Vec<RecordBatch> = self
+                .table
+                .query()
+                .only_if(id_filter("document_id", group))
+                .select(Select::columns(&["chunk_id", "vector"]))
+                .execute()
+                .await
+                .map_err(self.err())?
+                .try_collect()
+                .await
+                .map_err(self.err())?;
+            for batch in batches {
+                let ids = string_column(&batch, "chunk_id");
+                let vectors = batch
+                    .column_by_name("vector")
+                    .and_then(|c| c.as_any().downcast_ref::<FixedSizeListArray>());
+                let (Some(ids), Some(vectors)) = (ids, vectors) else {
+                    continue;
+                };
                 for i in 0..batch.num_rows() {
-                    out.entry(ids.value(i).to_string())
-                        .or_insert_with(|| hashes.value(i).to_string());
+                    let v = vectors.value(i);
+                    if let Some(v) = v.as_any().downcast_ref::<Float32Array>() {
+                        out.insert(ids.value(i).to_string(), v.values().to_vec());
+                    }
                 }
             }
         }
         Ok(out)
     }
 
-    /// Replace the rows of these documents by their new chunks, in one write.
-    ///
-    /// Old rows go first and new rows come in one append: a run killed in
-    /// between leaves the documents absent, and the next run writes them again.
-    pub async fn replace_documents(&self, docs: &[EmbeddedDocument<'_>]) -> Result<usize> {
-        let ids: Vec<&str> = docs.iter().map(|d| d.document.id.as_str()).collect();
-        self.delete_documents(&ids).await?;
-        let batch = schema::to_record_batch(docs, self.info.dimension)?;
-        let rows = batch.num_rows();
-        if rows > 0 {
-            self.table.add(batch).execute().await.map_err(self.err())?;
+    /// Swap these documents' chunks for the given ones, in one commit: a reader
+    /// sees each document either as it was or as it is now, never missing or
+    /// doubled. Chunks whose id did not change are rewritten in place.
+    pub async fn swap_chunks(&self, docs: &[EmbeddedDocument<'_>], run_id: &str) -> Result<()> {
+        if docs.is_empty() {
+            return Ok(());
         }
-        Ok(rows)
+        let ids: Vec<&str> = docs.iter().map(|d| d.document.id.as_str()).collect();
+        let batch = schema::to_record_batch(docs, self.info.dimension, run_id)?;
+        let schema = batch.schema();
+        let reader = arrow_array::RecordBatchIterator::new([Ok(batch)], schema);
+        let mut merge = self.table.merge_insert(&["chunk_id"]);
+        merge
+            .when_matched_update_all(None)
+            .when_not_matched_insert_all()
+            .when_not_matched_by_source_delete(Some(id_filter("document_id", &ids)));
+        merge.execute(Box::new(reader)).await.map_err(self.err())?;
+        Ok(())
     }
 
+    /// Record these documents (after their chunks: a run killed in between finds
+    /// them changed and writes them again).
+    pub async fn put_documents(&self, rows: &[DocumentRow]) -> Result<()> {
+        self.documents()?.put(rows).await
+    }
+
+    /// Delete these documents: their chunks first, then their rows.
     pub async fn delete_documents(&self, ids: &[&str]) -> Result<()> {
-        for group in ids.chunks(500) {
-            if group.is_empty() {
-                continue;
-            }
-            let list = group
-                .iter()
-                .map(|id| format!("'{}'", sql_string(id)))
-                .collect::<Vec<_>>()
-                .join(", ");
+        for group in ids.chunks(500).filter(|g| !g.is_empty()) {
             self.table
-                .delete(format!("document_id IN ({list})").as_str())
+                .delete(&id_filter("document_id", group))
+                .await
+                .map_err(self.err())?;
+        }
+        self.documents()?.delete(ids).await
+    }
+
+    /// Delete chunks whose document is not recorded: what a run killed between
+    /// writing a new document's chunks and its row leaves when the source is gone.
+    pub async fn remove_orphan_chunks(&self) -> Result<usize> {
+        let known: HashSet<String> = self.document_states().await?.into_keys().collect();
+        let batches: Vec<RecordBatch> = self
+            .table
+            .query()
+            .select(Select::columns(&["document_id"]))
+            .execute()
+            .await
+            .map_err(self.err())?
+            .try_collect()
+            .await
+            .map_err(self.err())?;
+        let mut orphans = HashSet::new();
+        for batch in &batches {
+            if let Some(ids) = string_column(batch, "document_id") {
+                for i in 0..batch.num_rows() {
+                    if !known.contains(ids.value(i)) {
+                        orphans.insert(ids.value(i).to_string());
+                    }
+                }
+            }
+        }
+        let orphans: Vec<&str> = orphans.iter().map(String::as_str).collect();
+        for group in orphans.chunks(500).filter(|g| !g.is_empty()) {
+            self.table
+                .delete(&id_filter("document_id", group))
+                .await
+                .map_err(self.err())?;
+        }
+        Ok(orphans.len())
+    }
+
+    /// Every run recorded, oldest first.
+    pub async fn runs(&self) -> Result<Vec<RunRecord>> {
+        self.runs_table()?.list().await
+    }
+
+    pub async fn put_run(&self, run: &RunRecord) -> Result<()> {
+        self.runs_table()?.put(run).await
+    }
+
+    /// Tag the versions a run left, so that upkeep keeps them for rollback.
+    pub async fn tag_run(&self, run: &RunRecord) -> Result<()> {
+        let Some(after) = run.after() else {
+            return Ok(());
+        };
+        let tag = run_tag(&run.run_id);
+        let mut tags = self.table.tags().await.map_err(self.err())?;
+        tags.create(&tag, after.chunks).await.map_err(self.err())?;
+        let mut tags = self.documents()?.table.tags().await.map_err(self.err())?;
+        tags.create(&tag, after.documents)
+            .await
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// Bring both tables back to `versions`, as new versions (a rollback can be undone).
+    pub async fn restore(&self, versions: &Versions) -> Result<()> {
+        let restore = |table: &lancedb::Table, version: u64| {
+            let table = table.clone();
+            async move {
+                table.checkout(version).await?;
+                table.restore().await?;
+                table.checkout_latest().await
+            }
+        };
+        // Chunks first, as a run writes them: a reader never sees documents
+        // whose chunks are not there.
+        restore(&self.table, versions.chunks)
+            .await
+            .map_err(self.err())?;
+        restore(&self.documents()?.table, versions.documents)
+            .await
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// After a run's writes: indexes brought up to date (built once, then
+    /// refreshed with the new rows), and small files merged.
+    pub async fn refresh(&self, policy: &Upkeep) -> Result<()> {
+        let rows = self.table.count_rows(None).await.map_err(self.err())?;
+        if rows > 0 {
+            let existing: HashSet<String> = self
+                .table
+                .list_indices()
+                .await
+                .map_err(self.err())?
+                .into_iter()
+                .flat_map(|i| i.columns)
+                .collect();
+            for column in ["chunk_id", "document_id"] {
+                if !existing.contains(column) {
+                    self.table
+                        .create_index(&[column], Index::BTree(BTreeIndexBuilder::default()))
+                        .execute()
+                        .await
+                        .map_err(self.err())?;
+                }
+            }
+            if !existing.contains("text") {
+                self.table
+                    .create_index(&["text"], Index::FTS(french_fts()?))
+                    .execute()
+                    .await
+                    .map_err(self.err())?;
+            }
+            if !existing.contains("vector") && rows >= policy.vector_index_min_chunks.max(256) {
+                let partitions = ((rows as f64).sqrt() as u32).clamp(1, 4096);
+                self.table
+                    .create_index(
+                        &["vector"],
+                        Index::IvfPq(
+                            IvfPqIndexBuilder::default()
+                                .distance_type(lancedb::DistanceType::Cosine)
+                                .num_partitions(partitions),
+                        ),
+                    )
+                    .execute()
+                    .await
+                    .map_err(self.err())?;
+            }
+        }
+        let tables = [
+            &self.table,
+            &self.documents()?.table,
+            &self.runs_table()?.table,
+        ];
+        for table in tables {
+            table
+                .optimize(OptimizeAction::Compact {
+                    options: Default::default(),
+                    remap_options: None,
+                })
+                .await
+                .map_err(self.err())?;
+            table
+                .optimize(OptimizeAction::Index(Default::default()))
+                .await
+                .map_err(self.err())?;
+        }
+        Ok(())
+    }
+
+    /// Versions pruned by the upkeep policy: those older than `keep_days`, except
+    /// the ones the last `keep_runs` runs left (they stay tagged for rollback).
+    pub async fn prune_versions(&self, policy: &Upkeep) -> Result<()> {
+        let tables = [
+            &self.table,
+            &self.documents()?.table,
+            &self.runs_table()?.table,
+        ];
+        let runs = self.runs().await?;
+        let keep: HashSet<String> = runs
+            .iter()
+            .rev()
+            .filter(|r| r.after().is_some())
+            .take(policy.keep_runs)
+            .map(|r| run_tag(&r.run_id))
+            .collect();
+        for table in [&self.table, &self.documents()?.table] {
+            let mut tags = table.tags().await.map_err(self.err())?;
+            for tag in tags.list().await.map_err(self.err())?.into_keys() {
+                if tag.starts_with("run-") && !keep.contains(&tag) {
+                    tags.delete(&tag).await.map_err(self.err())?;
+                }
+            }
+        }
+        let older_than = chrono::TimeDelta::days(policy.keep_days.min(365_000) as i64);
+        for table in tables {
+            table
+                .optimize(OptimizeAction::Prune {
+                    older_than: Some(older_than),
+                    delete_unverified: Some(false),
+                    error_if_tagged_old_versions: Some(false),
+                })
                 .await
                 .map_err(self.err())?;
         }
@@ -361,47 +833,25 @@ impl Collection {
         Ok(())
     }
 
-    /// (Re)build the full-text index on `text`: French stemming, stop words and accent folding.
-    pub async fn index_text(&self) -> Result<()> {
-        if self.table.count_rows(None).await.map_err(self.err())? == 0 {
-            return Ok(());
-        }
-        let params = FtsIndexBuilder::default()
-            .language("French")
-            .map_err(|e| Error::Collection {
-                collection: self.name.clone(),
-                reason: without_locations(&e.to_string()),
-            })?
-            .stem(true)
-            .remove_stop_words(true)
-            .ascii_folding(true)
-            .lower_case(true);
-        self.table
-            .create_index(&["text"], Index::FTS(params))
-            .replace(true)
-            .execute()
-            .await
-            .map_err(self.err())
-    }
-
-    /// Merge the small files of many appends and drop old versions' data.
-    pub async fn compact(&self) -> Result<()> {
-        self.table
-            .optimize(lancedb::table::OptimizeAction::All)
-            .await
-            .map(drop)
-            .map_err(|e| Error::Collection {
-                collection: self.name.clone(),
-                reason: format!("compaction: {}", describe(&e)),
-            })
-    }
-
     pub async fn stats(&self) -> Result<CollectionStats> {
         let chunks = self.table.count_rows(None).await.map_err(self.err())?;
-        let documents = self.document_hashes().await?.len();
+        let documents = match &self.documents {
+            Some(d) => d.table.count_rows(None).await.map_err(self.err())?,
+            None => 0,
+        };
         let version = self.table.version().await.map_err(self.err())?;
         let uri = self.table.uri().await.map_err(self.err())?;
         let size_bytes = local_folder(&uri).map(folder_size);
+        let runs = match &self.runs {
+            Some(r) => r.list().await?,
+            None => Vec::new(),
+        };
+        let config = runs
+            .iter()
+            .rev()
+            .find(|r| r.status == RunStatus::Complete)
+            .and_then(|r| serde_json::from_str(&r.config).ok())
+            .unwrap_or(serde_json::Value::Null);
         let info = &self.info;
         Ok(CollectionStats {
             name: self.name.clone(),
@@ -416,11 +866,26 @@ impl Collection {
                 passage_prefix: info.passage_prefix.clone(),
                 query_prefix: info.query_prefix.clone(),
             },
-            config: serde_json::from_str(&info.config).unwrap_or(serde_json::Value::Null),
+            config,
             moulin_version: info.moulin_version.clone(),
             created_at: info.created_at.clone(),
+            runs: runs.iter().rev().take(5).map(RunSummary::from).collect(),
         })
     }
+}
+
+/// The full-text index's analysis: French stemming, stop words, accents folded.
+fn french_fts() -> Result<FtsIndexBuilder> {
+    Ok(FtsIndexBuilder::default()
+        .language("French")
+        .map_err(|e| Error::Collection {
+            collection: String::new(),
+            reason: without_locations(&e.to_string()),
+        })?
+        .stem(true)
+        .remove_stop_words(true)
+        .ascii_folding(true)
+        .lower_case(true))
 }
 
 /// The bytes of the files under `folder`.

@@ -15,13 +15,17 @@ use crate::embed::ModelInfo;
 use crate::error::{Error, Result};
 use crate::store::EmbeddedDocument;
 
-/// The columns of a collection, in order.
+/// The version of the layout described in `schemas/collection.md`: 2 added the
+/// documents and runs tables, stable ids, `uri` and `run_id`.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// The columns of a collection's chunks table, in order.
 pub fn chunk_schema(dimension: usize) -> Schema {
     Schema::new(vec![
         Field::new("chunk_id", DataType::Utf8, false),
         Field::new("document_id", DataType::Utf8, false),
         Field::new("source", DataType::Utf8, false),
-        Field::new("content_hash", DataType::Utf8, false),
+        Field::new("uri", DataType::Utf8, false),
         Field::new("chunk_index", DataType::UInt32, false),
         Field::new("text", DataType::Utf8, false),
         Field::new("format", DataType::Utf8, false),
@@ -43,6 +47,7 @@ pub fn chunk_schema(dimension: usize) -> Schema {
             ),
             false,
         ),
+        Field::new("run_id", DataType::Utf8, false),
         Field::new(
             "ingested_at",
             DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
@@ -51,7 +56,9 @@ pub fn chunk_schema(dimension: usize) -> Schema {
     ])
 }
 
-/// How a collection was made: kept in its schema metadata under `moulin.*` keys.
+/// The identity of a collection's embedding model, kept in the chunks table's
+/// schema metadata under `moulin.*` keys. The configuration of each run is in
+/// the runs table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CollectionInfo {
     pub model: String,
@@ -59,23 +66,24 @@ pub struct CollectionInfo {
     pub model_hash: String,
     pub passage_prefix: String,
     pub query_prefix: String,
-    /// The pipeline configuration that created the collection, as JSON.
-    pub config: String,
     pub moulin_version: String,
     pub created_at: String,
+    /// [`SCHEMA_VERSION`] when it was created; 0 for collections older than it.
+    #[serde(default)]
+    pub schema_version: u32,
 }
 
 impl CollectionInfo {
-    pub fn new(model: &ModelInfo, config_json: &str) -> Self {
+    pub fn new(model: &ModelInfo) -> Self {
         CollectionInfo {
             model: model.name.clone(),
             dimension: model.dimension,
             model_hash: model.hash.clone(),
             passage_prefix: model.passage_prefix.clone(),
             query_prefix: model.query_prefix.clone(),
-            config: config_json.to_string(),
             moulin_version: env!("CARGO_PKG_VERSION").to_string(),
-            created_at: chrono::Utc::now().to_rfc3339(),
+            created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            schema_version: SCHEMA_VERSION,
         }
     }
 
@@ -103,36 +111,63 @@ impl CollectionInfo {
             model_hash: get("model_hash").unwrap_or_default(),
             passage_prefix: get("passage_prefix").unwrap_or_default(),
             query_prefix: get("query_prefix").unwrap_or_default(),
-            config: get("config").unwrap_or_default(),
             moulin_version: get("moulin_version").unwrap_or_default(),
             created_at: get("created_at").unwrap_or_default(),
+            schema_version: get("schema_version")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
         })
     }
 
     /// Refuse to mix vectors of two models in one collection.
     pub fn check_model(&self, collection: &str, model: &ModelInfo) -> Result<()> {
-        let refuse = |what: String| Error::Collection {
-            collection: collection.to_string(),
-            reason: format!(
-                "{what}; re-embed into a new collection, or drop this one first (moulin drop {collection})"
-            ),
-        };
         if self.dimension != model.dimension {
-            return Err(refuse(format!(
-                "it holds {}-dimensional vectors of {}, and {} makes {}-dimensional ones",
-                self.dimension, self.model, model.name, model.dimension
-            )));
+            return Err(refuse_model(
+                collection,
+                format!(
+                    "it holds {}-dimensional vectors of {}, and {} makes {}-dimensional ones",
+                    self.dimension, self.model, model.name, model.dimension
+                ),
+            ));
         }
-        if !self.model_hash.is_empty() && self.model_hash != model.hash {
-            return Err(refuse(format!(
-                "it was embedded with {} (hash {}), not with {} (hash {})",
-                self.model,
-                short(&self.model_hash),
-                model.name,
-                short(&model.hash)
-            )));
+        self.check_model_hash(collection, &model.name, &model.hash)
+    }
+
+    /// Refuse a model whose files hash otherwise than the collection's.
+    pub fn check_model_hash(&self, collection: &str, name: &str, hash: &str) -> Result<()> {
+        if !self.model_hash.is_empty() && self.model_hash != hash {
+            return Err(refuse_model(
+                collection,
+                format!(
+                    "it was embedded with {} (hash {}), not with {name} (hash {})",
+                    self.model,
+                    short(&self.model_hash),
+                    short(hash)
+                ),
+            ));
         }
         Ok(())
+    }
+
+    /// The model as far as the collection knows it.
+    pub fn model_info(&self) -> ModelInfo {
+        ModelInfo {
+            name: self.model.clone(),
+            dimension: self.dimension,
+            hash: self.model_hash.clone(),
+            passage_prefix: self.passage_prefix.clone(),
+            query_prefix: self.query_prefix.clone(),
+        }
+    }
+}
+
+fn refuse_model(collection: &str, what: String) -> Error {
+    Error::Collection {
+        collection: collection.to_string(),
+        reason: format!(
+            "{what}; embed into a new collection, or delete this one first \
+             (moulin collections delete -c {collection})"
+        ),
     }
 }
 
@@ -140,12 +175,16 @@ fn short(hash: &str) -> &str {
     &hash[..hash.len().min(12)]
 }
 
-pub fn to_record_batch(docs: &[EmbeddedDocument<'_>], dimension: usize) -> Result<RecordBatch> {
+pub fn to_record_batch(
+    docs: &[EmbeddedDocument<'_>],
+    dimension: usize,
+    run_id: &str,
+) -> Result<RecordBatch> {
     let rows: usize = docs.iter().map(|d| d.chunks.len()).sum();
     let mut chunk_id = StringBuilder::new();
     let mut document_id = StringBuilder::new();
     let mut source = StringBuilder::new();
-    let mut content_hash = StringBuilder::new();
+    let mut uri = StringBuilder::new();
     let mut chunk_index = UInt32Builder::with_capacity(rows);
     let mut text = StringBuilder::new();
     let mut format = StringBuilder::new();
@@ -165,6 +204,7 @@ pub fn to_record_batch(docs: &[EmbeddedDocument<'_>], dimension: usize) -> Resul
         rows,
     )
     .with_field(Arc::new(Field::new("item", DataType::Float32, true)));
+    let mut run = StringBuilder::new();
     let mut ingested_at = TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC");
     let now = chrono::Utc::now().timestamp_micros();
     for d in docs {
@@ -191,10 +231,10 @@ pub fn to_record_batch(docs: &[EmbeddedDocument<'_>], dimension: usize) -> Resul
                     ),
                 });
             }
-            chunk_id.append_value(chunk.id());
+            chunk_id.append_value(&chunk.id);
             document_id.append_value(&doc.id);
             source.append_value(&doc.source);
-            content_hash.append_value(&doc.content_hash);
+            uri.append_value(&doc.uri);
             chunk_index.append_value(chunk.index);
             text.append_value(&chunk.text);
             format.append_value(doc.format.as_str());
@@ -211,6 +251,7 @@ pub fn to_record_batch(docs: &[EmbeddedDocument<'_>], dimension: usize) -> Resul
             metadata.append_value(&meta);
             vector.values().append_slice(v);
             vector.append(true);
+            run.append_value(run_id);
             ingested_at.append_value(now);
         }
     }
@@ -218,7 +259,7 @@ pub fn to_record_batch(docs: &[EmbeddedDocument<'_>], dimension: usize) -> Resul
         Arc::new(chunk_id.finish()),
         Arc::new(document_id.finish()),
         Arc::new(source.finish()),
-        Arc::new(content_hash.finish()),
+        Arc::new(uri.finish()),
         Arc::new(chunk_index.finish()),
         Arc::new(text.finish()),
         Arc::new(format.finish()),
@@ -233,6 +274,7 @@ pub fn to_record_batch(docs: &[EmbeddedDocument<'_>], dimension: usize) -> Resul
         Arc::new(byte_end.finish()),
         Arc::new(metadata.finish()),
         Arc::new(vector.finish()),
+        Arc::new(run.finish()),
         Arc::new(ingested_at.finish()),
     ];
     RecordBatch::try_new(Arc::new(chunk_schema(dimension)), columns).map_err(|e| {

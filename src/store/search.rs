@@ -73,7 +73,10 @@ pub struct Hit {
     pub chunk_id: String,
     pub document_id: String,
     pub score: f32,
+    /// `{source name}/{relative path}`, or the URL: the document's stable name.
     pub source: String,
+    /// Where a person can open it: the absolute path when it was read, or the URL.
+    pub uri: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub title: Option<String>,
     pub page: Option<u32>,
@@ -102,8 +105,12 @@ const COLUMNS: &[&str] = &[
     "text",
 ];
 
-fn with<'a>(columns: &[&'a str], score: &'a str) -> Vec<&'a str> {
-    let mut v = columns.to_vec();
+/// The columns a search reads, with its score: `uri` where the collection has it.
+fn with<'a>(collection: &Collection, score: &'a str) -> Vec<&'a str> {
+    let mut v = COLUMNS.to_vec();
+    if collection.info.schema_version >= crate::store::schema::SCHEMA_VERSION {
+        v.push("uri");
+    }
     v.push(score);
     v
 }
@@ -243,7 +250,7 @@ async fn semantic(
         .vector_search(vector)
         .map_err(err)?
         .distance_type(DistanceType::Cosine)
-        .select(Select::columns(&with(COLUMNS, "_distance")))
+        .select(Select::columns(&with(collection, "_distance")))
         .limit(limit);
     if let Some(f) = filter {
         q = q.only_if(f);
@@ -272,7 +279,7 @@ async fn lexical(
         .table
         .query()
         .full_text_search(FullTextSearchQuery::new(query.to_string()))
-        .select(Select::columns(&with(COLUMNS, "_score")))
+        .select(Select::columns(&with(collection, "_score")))
         .limit(limit);
     if let Some(f) = filter {
         q = q.only_if(f);
@@ -319,6 +326,9 @@ fn hits(batches: &[RecordBatch], score_column: &str, score: impl Fn(f32) -> f32)
                 document_id: opt_str(s("document_id"), i).unwrap_or_default(),
                 score: scores.map(|c| score(c.value(i))).unwrap_or(0.0),
                 source: opt_str(s("source"), i).unwrap_or_default(),
+                uri: opt_str(s("uri"), i)
+                    .or_else(|| opt_str(s("source"), i))
+                    .unwrap_or_default(),
                 title: opt_str(s("title"), i),
                 page,
                 page_end,
@@ -342,6 +352,7 @@ mod tests {
             document_id: String::new(),
             score: 0.0,
             source: String::new(),
+            uri: String::new(),
             title: None,
             page: None,
             page_end: None,

@@ -1,0 +1,180 @@
+//! The runs table: every run that wrote a collection, with its counts, the table
+//! versions before and after it, its configuration and its report. It is what
+//! `moulin collections runs` lists and what `rollback` goes back to.
+
+use std::sync::Arc;
+
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use futures::TryStreamExt;
+use lancedb::query::ExecutableQuery;
+use serde::{Deserialize, Serialize};
+
+use super::rows;
+use crate::error::{Error, Result};
+
+pub(crate) const TABLE: &str = "runs";
+
+/// What wrote the collection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunKind {
+    Ingest,
+    Reindex,
+    Rollback,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// Started and not finished: still going, or killed.
+    Running,
+    Complete,
+    /// Stopped by an error; what it committed before stays.
+    Failed,
+}
+
+/// Documents a run added, updated, re-chunked, left unchanged, deleted, or could not read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunCounts {
+    pub added: u64,
+    pub updated: u64,
+    pub rechunked: u64,
+    pub unchanged: u64,
+    pub deleted: u64,
+    pub failed: u64,
+}
+
+/// Table versions, before and after a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Versions {
+    pub chunks: u64,
+    pub documents: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub kind: RunKind,
+    pub status: RunStatus,
+    pub started_at: String,
+    #[serde(default)]
+    pub finished_at: Option<String>,
+    #[serde(flatten)]
+    pub counts: RunCounts,
+    pub chunks_before: u64,
+    pub documents_before: u64,
+    #[serde(default)]
+    pub chunks_after: Option<u64>,
+    #[serde(default)]
+    pub documents_after: Option<u64>,
+    /// The configuration of the run (JSON, no secrets).
+    pub config: String,
+    /// The run report (JSON), once the run is over.
+    #[serde(default)]
+    pub report: Option<String>,
+    /// What a rollback went back to, or why a run failed.
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+impl RunRecord {
+    /// A run starting now, against tables at `before`.
+    pub fn start(kind: RunKind, before: &Versions, config: &serde_json::Value) -> Self {
+        RunRecord {
+            run_id: new_run_id(),
+            kind,
+            status: RunStatus::Running,
+            started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            finished_at: None,
+            counts: RunCounts::default(),
+            chunks_before: before.chunks,
+            documents_before: before.documents,
+            chunks_after: None,
+            documents_after: None,
+            config: config.to_string(),
+            report: None,
+            note: None,
+        }
+    }
+
+    /// The versions this run left, when it completed.
+    pub fn after(&self) -> Option<Versions> {
+        Some(Versions {
+            chunks: self.chunks_after?,
+            documents: self.documents_after?,
+        })
+    }
+}
+
+/// A run id that sorts by time and does not depend on the machine: the UTC
+/// time to the second and 6 random hex digits (`20261130T142501Z-3f9a1c`).
+pub fn new_run_id() -> String {
+    let now = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+    format!("{now}-{:06x}", rand::random::<u32>() & 0xff_ffff)
+}
+
+pub fn schema() -> SchemaRef {
+    let s = |n: &str, null: bool| Field::new(n, DataType::Utf8, null);
+    let u = |n: &str, null: bool| Field::new(n, DataType::UInt64, null);
+    Arc::new(Schema::new(vec![
+        s("run_id", false),
+        s("kind", false),
+        s("status", false),
+        s("started_at", false),
+        s("finished_at", true),
+        u("added", false),
+        u("updated", false),
+        u("rechunked", false),
+        u("unchanged", false),
+        u("deleted", false),
+        u("failed", false),
+        u("chunks_before", false),
+        u("documents_before", false),
+        u("chunks_after", true),
+        u("documents_after", true),
+        s("config", false),
+        s("report", true),
+        s("note", true),
+    ]))
+}
+
+pub(crate) struct Runs {
+    pub table: lancedb::Table,
+}
+
+impl Runs {
+    fn err(&self) -> impl Fn(lancedb::Error) -> Error + '_ {
+        |e| Error::Collection {
+            collection: TABLE.into(),
+            reason: super::describe(&e),
+        }
+    }
+
+    /// Record a run, or its new state, in one commit.
+    pub async fn put(&self, run: &RunRecord) -> Result<()> {
+        let batch = rows::to_batch(TABLE, schema(), std::slice::from_ref(run))?;
+        let reader = arrow_array::RecordBatchIterator::new([Ok(batch)], schema());
+        let mut merge = self.table.merge_insert(&["run_id"]);
+        merge
+            .when_matched_update_all(None)
+            .when_not_matched_insert_all();
+        merge.execute(Box::new(reader)).await.map_err(self.err())?;
+        Ok(())
+    }
+
+    /// Every run recorded, oldest first.
+    pub async fn list(&self) -> Result<Vec<RunRecord>> {
+        let batches: Vec<arrow_array::RecordBatch> = self
+            .table
+            .query()
+            .execute()
+            .await
+            .map_err(self.err())?
+            .try_collect()
+            .await
+            .map_err(self.err())?;
+        let mut runs: Vec<RunRecord> = rows::from_batches(TABLE, &batches)?;
+        runs.sort_by(|a, b| a.run_id.cmp(&b.run_id));
+        Ok(runs)
+    }
+}
