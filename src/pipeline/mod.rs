@@ -391,7 +391,7 @@ impl Pipeline {
                 .map(|r| r.doc.id.as_str())
                 .collect();
             let stored = ctx.collection.stored_vectors(&reusable).await?;
-            let vectors = embed_window(
+            let (vectors, embedded) = embed_window(
                 &stages.embedder,
                 &chunks,
                 &stored,
@@ -399,6 +399,7 @@ impl Pipeline {
                 reporter,
             )
             .await?;
+            report.totals.embedded += embedded;
             report.seconds.embed += t.elapsed().as_secs_f64();
 
             // Write: the chunks of every document in one commit, then their rows.
@@ -653,14 +654,15 @@ fn document_row(ctx: &Context<'_>, r: &Ready<'_>, chunks: usize) -> DocumentRow 
 }
 
 /// Vectors for a window's chunks: stored ones by chunk id where given, the rest
-/// embedded longest first across the whole window; in the chunks' shape.
+/// embedded longest first across the whole window; in the chunks' shape, with
+/// the number of chunks embedded.
 async fn embed_window(
     embedder: &Arc<OnnxEmbedder>,
     chunks: &[Vec<Chunk>],
     stored: &HashMap<String, Vec<f32>>,
     config: &EmbedderConfig,
     reporter: &dyn Reporter,
-) -> Result<Vec<Vec<Vec<f32>>>> {
+) -> Result<(Vec<Vec<Vec<f32>>>, usize)> {
     let mut vectors: Vec<Vec<Vec<f32>>> = chunks
         .iter()
         .map(|cs| {
@@ -700,5 +702,5 @@ async fn embed_window(
         }
         reporter.embedded(group.len());
     }
-    Ok(vectors)
+    Ok((vectors, flat.len()))
 }

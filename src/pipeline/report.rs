@@ -86,6 +86,8 @@ pub struct Totals {
     pub failed: usize,
     pub pages: u64,
     pub chunks: usize,
+    /// Chunks embedded by this run; the others kept their stored vectors.
+    pub embedded: usize,
     /// Documents of earlier runs deleted because their source is gone (`prune`).
     pub pruned: usize,
 }
@@ -138,6 +140,7 @@ impl RunReport {
         let mut t = Totals {
             inputs: self.inputs.len(),
             pruned: self.totals.pruned,
+            embedded: self.totals.embedded,
             ..Default::default()
         };
         for i in &self.inputs {

@@ -104,3 +104,170 @@ pub fn serve(routes: Vec<(&'static str, u16, &'static str, Vec<u8>)>) -> String 
     });
     format!("http://{addr}")
 }
+
+/// `n` Markdown files in `dir`, each a labour-ministry "fiche pratique" from
+/// `../shared/corpus` (its title and the start of its text, about `chars`
+/// characters): real French documents, small enough to embed quickly.
+pub fn write_fiches(dir: &Path, n: usize, chars: usize) -> Vec<PathBuf> {
+    let json = corpus().join("fr_admin_corpus/fiches-travail-data/fiches-travail.json");
+    let fiches: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(json).expect("the fiches")).unwrap();
+    assert!(fiches.len() >= n, "{} fiches, {n} wanted", fiches.len());
+    std::fs::create_dir_all(dir).unwrap();
+    fiches
+        .iter()
+        .take(n)
+        .enumerate()
+        .map(|(i, f)| {
+            let title = f["title"].as_str().unwrap_or("Fiche");
+            let mut text: String = f["sections"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s["text"].as_str())
+                .collect::<Vec<_>>()
+                .join("\n\n");
+            if let Some((cut, _)) = text.char_indices().nth(chars) {
+                text.truncate(cut);
+            }
+            let path = dir.join(format!("fiche-{i:03}.md"));
+            std::fs::write(&path, format!("# {title}\n\n{text}\n")).unwrap();
+            path
+        })
+        .collect()
+}
+
+/// A web server on 127.0.0.1 that answers every path with what the test set
+/// last (status, content type, body), and counts the requests it got.
+pub struct Switchable {
+    pub base: String,
+    answer: std::sync::Arc<std::sync::Mutex<(u16, &'static str, Vec<u8>)>>,
+    pub requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Switchable {
+    pub fn start() -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a local port");
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let answer = std::sync::Arc::new(std::sync::Mutex::new((404, "text/plain", Vec::new())));
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (a, r) = (answer.clone(), requests.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).is_err() || line == "\r\n" || line.is_empty() {
+                        break;
+                    }
+                }
+                r.fetch_add(1, Ordering::SeqCst);
+                let (status, ctype, body) = a.lock().unwrap().clone();
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(&body);
+            }
+        });
+        Switchable {
+            base,
+            answer,
+            requests,
+        }
+    }
+
+    pub fn set(&self, status: u16, content_type: &'static str, body: Vec<u8>) {
+        *self.answer.lock().unwrap() = (status, content_type, body);
+        self.requests.store(0, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Rows of a collection's chunks table, read with the library: (chunk id,
+/// document id, text, run id), sorted by chunk id.
+pub fn chunk_rows(db: &Path, collection: &str) -> Vec<(String, String, String, String)> {
+    use arrow_array::{Array, StringArray};
+    use futures::TryStreamExt;
+    use lancedb::query::{ExecutableQuery, QueryBase, Select};
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store =
+            moulin::store::Store::connect(db.to_str().unwrap(), moulin::store::Access::Read)
+                .await
+                .unwrap();
+        let c = store.open(collection).await.unwrap();
+        let batches: Vec<arrow_array::RecordBatch> = c
+            .table
+            .query()
+            .select(Select::columns(&[
+                "chunk_id",
+                "document_id",
+                "text",
+                "run_id",
+            ]))
+            .execute()
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        let mut rows = Vec::new();
+        for b in &batches {
+            let col = |n: &str| {
+                b.column_by_name(n)
+                    .unwrap()
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .unwrap()
+                    .clone()
+            };
+            let (id, doc, text, run) = (
+                col("chunk_id"),
+                col("document_id"),
+                col("text"),
+                col("run_id"),
+            );
+            for i in 0..b.num_rows() {
+                rows.push((
+                    id.value(i).to_string(),
+                    doc.value(i).to_string(),
+                    text.value(i).to_string(),
+                    run.value(i).to_string(),
+                ));
+            }
+        }
+        rows.sort();
+        rows
+    })
+}
+
+/// The stored documents of a collection, read with the library, by id.
+pub fn document_rows(
+    db: &Path,
+    collection: &str,
+) -> std::collections::BTreeMap<String, moulin::store::DocumentRow> {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store =
+            moulin::store::Store::connect(db.to_str().unwrap(), moulin::store::Access::Read)
+                .await
+                .unwrap();
+        let c = store.open(collection).await.unwrap();
+        let ids: Vec<String> = c.document_states().await.unwrap().into_keys().collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        c.load_documents(&ids)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.document_id.clone(), r))
+            .collect()
+    })
+}
+
+/// A run report written by `--report`.
+pub fn read_report(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).expect("a report")).expect("JSON report")
+}
