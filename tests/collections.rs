@@ -706,3 +706,120 @@ fn upkeep_keeps_the_versions_of_the_last_runs_only() {
     assert_eq!(code(&out), Some(2));
     assert!(stderr(&out).contains("pruned"), "{}", stderr(&out));
 }
+
+/// The default model's graph with a tokenizer file one byte longer: another
+/// model as far as hashes go (so another collection's vectors), the same maths.
+fn another_model(dir: &Path) -> std::path::PathBuf {
+    let default = moulin::paths::model_dir(moulin::embed::DEFAULT_MODEL);
+    let other = dir.join("other-model");
+    fs::create_dir_all(&other).unwrap();
+    std::os::unix::fs::symlink(default.join("model.onnx"), other.join("model.onnx")).unwrap();
+    let mut tok = fs::read_to_string(default.join("tokenizer.json")).unwrap();
+    tok.push('\n');
+    fs::write(other.join("tokenizer.json"), tok).unwrap();
+    for f in [
+        "moulin-model.toml",
+        "config.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ] {
+        if default.join(f).exists() {
+            fs::copy(default.join(f), other.join(f)).unwrap();
+        }
+    }
+    other
+}
+
+#[test]
+fn reindex_works_from_the_stored_documents_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_fiches(&dir.join("docs"), 4, 2000);
+    let (_, first) = ingest(dir, &["docs", "-c", "c", "--db", "db"]);
+    assert_eq!(first["totals"]["added"], 4);
+    // No source is read: they are gone.
+    fs::remove_dir_all(dir.join("docs")).unwrap();
+    let db = dir.join("db");
+
+    let reindex = |args: &[&str]| {
+        let mut all = vec![
+            "reindex", "-c", "c", "--db", "db", "--quiet", "--report", "r.json",
+        ];
+        all.extend(args);
+        let out = run_in(dir, &all);
+        let report = fs::read_to_string(dir.join("r.json"))
+            .ok()
+            .map(|t| serde_json::from_str::<Value>(&t).unwrap());
+        let _ = fs::remove_file(dir.join("r.json"));
+        (out, report)
+    };
+    let (out, r) = reindex(&["--chunk-size", "300", "--overlap", "30"]);
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    let r = r.unwrap();
+    assert_eq!(r["totals"]["rechunked"], 4, "{}", r["totals"]);
+    let rows = chunk_rows(&db, "c");
+    assert!(
+        rows.iter()
+            .all(|row| row.3 == r["run_id"].as_str().unwrap())
+    );
+    assert!(rows.iter().all(|row| row.2.chars().count() <= 340));
+    // Done is done: the same settings again change nothing (a killed reindex resumes like this).
+    let (out, r) = reindex(&["--chunk-size", "300", "--overlap", "30"]);
+    assert_eq!(code(&out), Some(0));
+    assert_eq!(r.unwrap()["totals"]["unchanged"], 4);
+
+    // Another model: never in place by surprise.
+    let other = another_model(dir);
+    let other = other.to_str().unwrap();
+    let (out, _) = reindex(&["--embedding-model", other]);
+    assert_eq!(code(&out), Some(2));
+    assert!(
+        stderr(&out).contains("--into NAME, or replace the model in place with --replace-model"),
+        "{}",
+        stderr(&out)
+    );
+    // Into a new collection: the same chunks, embedded by the other model; the first untouched.
+    let (out, _) = reindex(&["--embedding-model", other, "--into", "c2"]);
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    let ids =
+        |name: &str| -> Vec<String> { chunk_rows(&db, name).into_iter().map(|r| r.0).collect() };
+    assert_eq!(ids("c2"), ids("c"));
+    let show = |name: &str| -> Value {
+        let out = run_in(
+            dir,
+            &["collections", "show", "-c", name, "--db", "db", "--json"],
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let (old_hash, new_hash) = (
+        show("c")["model"]["hash"].clone(),
+        show("c2")["model"]["hash"].clone(),
+    );
+    assert_ne!(old_hash, new_hash);
+
+    // In place, when asked: a new version of the tables, which a rollback undoes.
+    let before = run_in(
+        dir,
+        &["collections", "runs", "-c", "c", "--db", "db", "--json"],
+    );
+    let before: Value = serde_json::from_slice(&before.stdout).unwrap();
+    let last = before.as_array().unwrap().last().unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (out, _) = reindex(&["--embedding-model", other, "--replace-model"]);
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    assert_eq!(show("c")["model"]["hash"], new_hash);
+    assert_eq!(ids("c"), ids("c2"));
+    let out = run_in(dir, &["collections", "list", "--db", "db"]);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("c.reindex"),
+        "the scratch collection is gone"
+    );
+    let out = run_in(
+        dir,
+        &["collections", "rollback", "-c", "c", "--db", "db", &last],
+    );
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    assert_eq!(show("c")["model"]["hash"], old_hash);
+}

@@ -34,23 +34,8 @@ pub struct Pipeline {
     /// LanceDB database: a folder, or a LanceDB URI [default: ./data].
     #[arg(long, value_name = "URI", env = "MOULIN_DB", hide_env_values = true)]
     pub db: Option<String>,
-    /// Embedding model: a model name in moulin's cache, or a folder with model.onnx and tokenizer.json.
-    #[arg(
-        long,
-        value_name = "NAME|DIR",
-        env = "MOULIN_EMBEDDING_MODEL",
-        hide_env_values = true
-    )]
-    pub embedding_model: Option<String>,
-    /// Largest chunk, in characters (or in tokens with --tokens).
-    #[arg(long, value_name = "N")]
-    pub chunk_size: Option<usize>,
-    /// Text repeated between consecutive chunks, in the same unit as --chunk-size.
-    #[arg(long, value_name = "N")]
-    pub overlap: Option<usize>,
-    /// Size chunks in the embedding model's tokens (400 with 40 of overlap unless given).
-    #[arg(long)]
-    pub tokens: bool,
+    #[command(flatten)]
+    pub stages: Stages,
     /// Password of encrypted PDFs and xlsx/xlsb workbooks; never stored or logged.
     #[arg(
         long,
@@ -86,17 +71,48 @@ impl Wait {
     }
 }
 
+/// How documents are cut and embedded: shared by `ingest`, `run` and `reindex`.
+#[derive(Args, Debug, Clone)]
+pub struct Stages {
+    /// Embedding model: a model name in moulin's cache, or a folder with model.onnx and tokenizer.json.
+    #[arg(
+        long,
+        value_name = "NAME|DIR",
+        env = "MOULIN_EMBEDDING_MODEL",
+        hide_env_values = true
+    )]
+    pub embedding_model: Option<String>,
+    /// Largest chunk, in characters (or in tokens with --tokens).
+    #[arg(long, value_name = "N")]
+    pub chunk_size: Option<usize>,
+    /// Text repeated between consecutive chunks, in the same unit as --chunk-size.
+    #[arg(long, value_name = "N")]
+    pub overlap: Option<usize>,
+    /// Size chunks in the embedding model's tokens (400 with 40 of overlap unless given).
+    #[arg(long)]
+    pub tokens: bool,
+}
+
+impl Stages {
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            embedding_model: self.embedding_model.clone(),
+            chunk_size: self.chunk_size,
+            overlap: self.overlap,
+            tokens: self.tokens,
+            ..Default::default()
+        }
+    }
+}
+
 impl Pipeline {
     pub fn overrides(&self) -> Overrides {
         Overrides {
             collection: self.collection.clone(),
             db: self.db.clone(),
-            embedding_model: self.embedding_model.clone(),
-            chunk_size: self.chunk_size,
-            overlap: self.overlap,
-            tokens: self.tokens,
             password: self.password.clone(),
             prune: self.prune,
+            ..self.stages.overrides()
         }
     }
 }

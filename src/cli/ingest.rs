@@ -184,8 +184,13 @@ async fn run_one(job: Job, exe: &std::path::Path, mode: &Mode) -> Result<u8> {
         None => &progress::Plain,
     };
     let report = pipeline.run(job.listing, &mode.options, reporter).await?;
-    if let Some(path) = &job.report {
-        paths::write_json(path, &report).with_context(|| {
+    finish(&report, job.report.as_deref())
+}
+
+/// After a run: its report written (when asked), its summary said; its exit code.
+pub fn finish(report: &RunReport, path: Option<&std::path::Path>) -> Result<u8> {
+    if let Some(path) = path {
+        paths::write_json(path, report).with_context(|| {
             format!(
                 "the run went through, but its report could not be written to {}",
                 path.display()
@@ -193,7 +198,7 @@ async fn run_one(job: Job, exe: &std::path::Path, mode: &Mode) -> Result<u8> {
         })?;
     }
     let mut err = std::io::stderr().lock();
-    let _ = summary(&mut err, &report, job.report.as_deref());
+    let _ = summary(&mut err, report, path);
     Ok(report.exit_code() as u8)
 }
 

@@ -15,6 +15,7 @@ mod generate;
 mod ingest;
 mod paths;
 mod progress;
+mod reindex;
 mod search;
 mod style;
 mod validate;
@@ -74,6 +75,13 @@ enum Command {
         ("Several pipelines, one report each in reports/", "moulin run pipelines/demo.toml pipelines/example-full.toml --report reports"),
     ]))]
     Run(ingest::RunArgs),
+    /// Chunk and embed a collection again from its stored documents, in place or into a new one.
+    #[command(after_long_help = examples(&[
+        ("Chunks of 800 characters, in place (a new version)", "moulin reindex -c demo --chunk-size 800"),
+        ("Another embedding model, into a new collection", "moulin reindex -c demo --embedding-model ./models/bge-m3 --into demo-bge"),
+        ("The stages of a pipeline file, replacing the model in place", "moulin reindex -c demo --pipeline pipelines/example-full.toml --replace-model"),
+    ]))]
+    Reindex(reindex::ReindexArgs),
     /// Check pipeline files and list every problem, with its line and key.
     #[command(after_long_help = examples(&[
         ("Check every pipeline file", "moulin validate pipelines/*.toml"),
@@ -196,6 +204,7 @@ async fn run(command: Command, quiet: bool) -> Result<u8> {
     match command {
         Command::Ingest(args) => ingest::ingest(args, quiet).await,
         Command::Run(args) => ingest::run(args, quiet).await,
+        Command::Reindex(args) => reindex::command(args, quiet).await,
         Command::Search(args) => search::command(args).await,
         Command::Extract(args) => extract::command(args).await,
         Command::Collections(args) => collections::command(args).await,

@@ -103,10 +103,26 @@ enum Outcome {
 }
 
 /// A document ready to chunk, and what it is to the collection.
-struct Ready<'a> {
-    listed: &'a Listed,
+struct Ready {
     doc: Document,
     change: Change,
+    /// The pipeline source it came from.
+    origin: String,
+    /// The input as the report names it: its path or URL.
+    path: String,
+    named: bool,
+}
+
+impl Ready {
+    fn new(listed: &Listed, doc: Document, change: Change) -> Self {
+        Ready {
+            doc,
+            change,
+            origin: listed.origin.clone(),
+            path: listed.input.source(),
+            named: listed.named,
+        }
+    }
 }
 
 /// The embedding model and the chunker, loaded the first time a run has
@@ -136,13 +152,30 @@ impl Stages {
     }
 }
 
+/// A run writing one collection: its lock held, its run recorded, its model's
+/// identity known (the model itself loads when first needed).
+struct Session {
+    collection: Collection,
+    stages: tokio::sync::OnceCell<Stages>,
+    fingerprints: Fingerprints,
+    run: RunRecord,
+    _lock: Option<crate::store::lock::WriterLock>,
+    started: Instant,
+}
+
 /// What a run works with once its settings are loaded.
 struct Context<'a> {
     config: &'a PipelineConfig,
+    /// Where stored documents and vectors are read: the collection written, or
+    /// the one a reindex reads from.
+    source: &'a Collection,
     collection: &'a Collection,
-    stages: tokio::sync::OnceCell<Stages>,
-    fingerprints: Fingerprints,
+    stages: &'a tokio::sync::OnceCell<Stages>,
+    fingerprints: &'a Fingerprints,
+    /// The written collection's documents.
     states: HashMap<String, DocumentState>,
+    /// Documents whose vectors in `source` were made as this run makes them.
+    reuse: HashSet<String>,
     client: reqwest::Client,
     run_id: String,
 }
@@ -168,15 +201,9 @@ impl Pipeline {
         Pipeline { config, isolation }
     }
 
-    pub async fn run(
-        &self,
-        listing: Listing,
-        options: &RunOptions,
-        reporter: &dyn Reporter,
-    ) -> Result<RunReport> {
-        let started = Instant::now();
+    fn new_report(&self, warnings: Vec<String>) -> RunReport {
         let cfg = &self.config;
-        let mut report = RunReport {
+        RunReport {
             moulin_version: env!("CARGO_PKG_VERSION").to_string(),
             run_id: crate::store::runs::new_run_id(),
             started_at: now(),
@@ -188,11 +215,22 @@ impl Pipeline {
             versions_after: Default::default(),
             totals: Default::default(),
             seconds: Seconds::default(),
-            warnings: listing.warnings.clone(),
+            warnings,
             inputs: Vec::new(),
-        };
-        reporter.start(listing.inputs.len());
+        }
+    }
 
+    /// Take the collection's lock, open it (or create it, loading the model for
+    /// its dimension), mark runs a killed process left as failed, record this run.
+    async fn begin(
+        &self,
+        kind: RunKind,
+        report: &mut RunReport,
+        options: &RunOptions,
+        reporter: &dyn Reporter,
+    ) -> Result<Session> {
+        let started = Instant::now();
+        let cfg = &self.config;
         // One writer at a time, from before anything is created.
         let store = Store::connect(&cfg.collection.db, Access::Write).await?;
         let name = &cfg.collection.name;
@@ -202,7 +240,6 @@ impl Pipeline {
                 "took over the lock left by {holder}, which stopped before the end of its run"
             ));
         }
-
         // The model's identity from its files; the model itself loads when needed.
         let EmbedderConfig::Onnx(onnx) = &cfg.embedder;
         let (model_hash, passage_prefix) = onnx.identity()?;
@@ -224,31 +261,40 @@ impl Pipeline {
             }
         };
         report.versions_before = collection.versions().await?;
-        let mut run = RunRecord::start(RunKind::Ingest, &report.versions_before, &report.config);
+        let mut run = RunRecord::start(kind, &report.versions_before, &report.config);
         run.run_id = report.run_id.clone();
         run.started_at = report.started_at.clone();
         finish_interrupted_runs(&collection).await?;
         collection.put_run(&run).await?;
-
-        let ctx = Context {
-            config: cfg,
-            collection: &collection,
+        Ok(Session {
+            collection,
             stages,
             fingerprints,
-            states: collection.document_states().await?,
-            client: extract::fetch::client(&cfg.extract)?,
-            run_id: run.run_id.clone(),
-        };
-        let outcome = self.write(&ctx, &listing, &mut report, reporter).await;
+            run,
+            _lock: lock,
+            started,
+        })
+    }
+
+    /// Record how the run ended; when it went through, bring indexes up to date,
+    /// tag its versions and prune old ones.
+    async fn end(
+        &self,
+        mut session: Session,
+        report: &mut RunReport,
+        outcome: Result<()>,
+        reporter: &dyn Reporter,
+    ) -> Result<()> {
+        let collection = &session.collection;
+        let run = &mut session.run;
         if let Err(e) = outcome {
             run.status = RunStatus::Failed;
             run.finished_at = Some(now());
             run.note = Some(e.to_string());
-            let _ = collection.put_run(&run).await;
+            let _ = collection.put_run(run).await;
             return Err(e);
         }
-
-        let loaded = ctx.stages.get();
+        let loaded = session.stages.get();
         report.seconds.model_load = loaded.map_or(0.0, |s| s.load_seconds);
         report.model = Some(loaded.map_or_else(
             || collection.info.model_info(),
@@ -256,10 +302,11 @@ impl Pipeline {
         ));
         let t = Instant::now();
         reporter.note("updating the indexes");
-        collection.refresh(&cfg.upkeep).await?;
+        let upkeep = &self.config.upkeep;
+        collection.refresh(upkeep).await?;
         report.versions_after = collection.versions().await?;
         report.seconds.index = t.elapsed().as_secs_f64();
-        report.seconds.total = started.elapsed().as_secs_f64();
+        report.seconds.total = session.started.elapsed().as_secs_f64();
         report.tally();
         run.status = RunStatus::Complete;
         run.finished_at = Some(now());
@@ -275,11 +322,128 @@ impl Pipeline {
             failed: t.failed as u64,
         };
         run.report = Some(serde_json::to_string(&report).expect("serializable"));
-        collection.put_run(&run).await?;
-        collection.tag_run(&run).await?;
-        collection.prune_versions(&cfg.upkeep).await?;
+        collection.put_run(run).await?;
+        collection.tag_run(run).await?;
+        collection.prune_versions(upkeep).await?;
         reporter.finish();
-        drop(lock);
+        Ok(())
+    }
+
+    pub async fn run(
+        &self,
+        listing: Listing,
+        options: &RunOptions,
+        reporter: &dyn Reporter,
+    ) -> Result<RunReport> {
+        let mut report = self.new_report(listing.warnings.clone());
+        reporter.start(listing.inputs.len());
+        let session = self
+            .begin(RunKind::Ingest, &mut report, options, reporter)
+            .await?;
+        let states = session.collection.document_states().await?;
+        let ctx = Context {
+            config: &self.config,
+            source: &session.collection,
+            collection: &session.collection,
+            stages: &session.stages,
+            fingerprints: &session.fingerprints,
+            reuse: reusable(&states, &session.fingerprints),
+            states,
+            client: extract::fetch::client(&self.config.extract)?,
+            run_id: session.run.run_id.clone(),
+        };
+        let outcome = self.write(&ctx, &listing, &mut report, reporter).await;
+        drop(ctx);
+        self.end(session, &mut report, outcome, reporter).await?;
+        Ok(report)
+    }
+
+    /// Chunk and embed again the documents stored in `source` (no source file is
+    /// read), into this pipeline's collection: `source` itself (in place, a new
+    /// version) or another one. Documents already made with these settings are
+    /// left alone, so that a killed reindex resumes where it stopped.
+    pub async fn reindex(
+        &self,
+        source: &Collection,
+        options: &RunOptions,
+        reporter: &dyn Reporter,
+    ) -> Result<RunReport> {
+        let mut report = self.new_report(Vec::new());
+        let session = self
+            .begin(RunKind::Reindex, &mut report, options, reporter)
+            .await?;
+        let in_place = source.table.uri().await.ok() == session.collection.table.uri().await.ok();
+        let stored = source.document_states().await?;
+        let states = if in_place {
+            stored.clone()
+        } else {
+            session.collection.document_states().await?
+        };
+        reporter.start(stored.len());
+        let ctx = Context {
+            config: &self.config,
+            source,
+            collection: &session.collection,
+            stages: &session.stages,
+            fingerprints: &session.fingerprints,
+            reuse: reusable(&stored, &session.fingerprints),
+            states,
+            client: extract::fetch::client(&self.config.extract)?,
+            run_id: session.run.run_id.clone(),
+        };
+        let outcome = async {
+            let mut ids: Vec<&DocumentState> = stored.values().collect();
+            ids.sort_by(|a, b| a.document_id.cmp(&b.document_id));
+            for window in ids.chunks(WINDOW_INPUTS) {
+                let mut todo = Vec::new();
+                for s in window {
+                    let done = ctx.states.get(&s.document_id).is_some_and(|t| {
+                        t.content_hash == s.content_hash
+                            && t.chunking == ctx.fingerprints.chunking
+                            && t.embedding == ctx.fingerprints.embedding
+                    });
+                    if done {
+                        let input = InputReport {
+                            path: s.document_id.clone(),
+                            status: Status::Unchanged,
+                            change: None,
+                            reason: Some("already made with these settings".into()),
+                            format: None,
+                            pages: 0,
+                            chunks: 0,
+                            named: false,
+                            warnings: Vec::new(),
+                        };
+                        reporter.input_done(&input);
+                        report.inputs.push(input);
+                    } else {
+                        todo.push(s.document_id.as_str());
+                    }
+                }
+                let t = Instant::now();
+                let mut ready = Vec::new();
+                for row in source.load_documents(&todo).await? {
+                    let change = if ctx.states.contains_key(&row.document_id) {
+                        Change::Rechunked
+                    } else {
+                        Change::Added
+                    };
+                    ready.push(Ready {
+                        doc: row.document()?,
+                        change,
+                        origin: row.origin.clone(),
+                        path: row.uri.clone(),
+                        named: false,
+                    });
+                }
+                report.seconds.extract += t.elapsed().as_secs_f64();
+                self.write_ready(&ctx, ready, &mut report, reporter).await?;
+            }
+            Ok(())
+        }
+        .await;
+        drop(ctx);
+        self.end(session, &mut report, outcome, reporter).await?;
         Ok(report)
     }
 
@@ -324,11 +488,7 @@ impl Pipeline {
                         } else {
                             Change::Added
                         };
-                        ready.push(Ready {
-                            listed,
-                            doc,
-                            change,
-                        });
+                        ready.push(Ready::new(listed, doc, change));
                     }
                     Outcome::Rejected(err) => {
                         let input = rejected(listed, err, stored.is_some());
@@ -360,81 +520,10 @@ impl Pipeline {
                 };
                 let mut doc = row.document()?;
                 doc.uri = listed.input.source();
-                ready.push(Ready {
-                    listed,
-                    doc,
-                    change: Change::Rechunked,
-                });
+                ready.push(Ready::new(listed, doc, Change::Rechunked));
             }
             report.seconds.extract += t.elapsed().as_secs_f64();
-
-            if ready.is_empty() {
-                continue;
-            }
-            let stages = ctx.stages(reporter).await?;
-            let t = Instant::now();
-            let chunks: Vec<Vec<Chunk>> = ready
-                .par_iter()
-                .map(|r| stages.chunker.chunk(&r.doc))
-                .collect();
-            report.seconds.chunk += t.elapsed().as_secs_f64();
-
-            // Chunks that did not change keep their vectors, when the embedding did not change.
-            let t = Instant::now();
-            let reusable: Vec<&str> = ready
-                .iter()
-                .filter(|r| {
-                    ctx.states
-                        .get(&r.doc.id)
-                        .is_some_and(|s| s.embedding == ctx.fingerprints.embedding)
-                })
-                .map(|r| r.doc.id.as_str())
-                .collect();
-            let stored = ctx.collection.stored_vectors(&reusable).await?;
-            let (vectors, embedded) = embed_window(
-                &stages.embedder,
-                &chunks,
-                &stored,
-                &self.config.embedder,
-                reporter,
-            )
-            .await?;
-            report.totals.embedded += embedded;
-            report.seconds.embed += t.elapsed().as_secs_f64();
-
-            // Write: the chunks of every document in one commit, then their rows.
-            let t = Instant::now();
-            let embedded: Vec<EmbeddedDocument> = ready
-                .iter()
-                .zip(&chunks)
-                .zip(&vectors)
-                .map(|((r, chunks), vectors)| EmbeddedDocument {
-                    document: &r.doc,
-                    chunks,
-                    vectors,
-                })
-                .collect();
-            ctx.collection.swap_chunks(&embedded, &ctx.run_id).await?;
-            let rows: Vec<DocumentRow> = ready
-                .iter()
-                .zip(&chunks)
-                .map(|(r, cs)| document_row(ctx, r, cs.len()))
-                .collect();
-            ctx.collection.put_documents(&rows).await?;
-            report.seconds.write += t.elapsed().as_secs_f64();
-            for (r, cs) in ready.into_iter().zip(&chunks) {
-                let input = InputReport {
-                    status: Status::Ingested,
-                    change: Some(r.change),
-                    format: Some(r.doc.format.as_str().into()),
-                    pages: r.doc.pages,
-                    chunks: cs.len(),
-                    warnings: r.doc.warnings,
-                    ..input_report(r.listed)
-                };
-                reporter.input_done(&input);
-                report.inputs.push(input);
-            }
+            self.write_ready(ctx, ready, report, reporter).await?;
         }
 
         if self.config.collection.prune {
@@ -442,6 +531,82 @@ impl Pipeline {
             let gone: Vec<&str> = gone.iter().map(String::as_str).collect();
             ctx.collection.delete_documents(&gone).await?;
             report.totals.pruned = gone.len();
+        }
+        Ok(())
+    }
+
+    /// Chunk, embed and write one window's documents, and report them: their
+    /// chunks swap in one commit, then their rows follow.
+    async fn write_ready(
+        &self,
+        ctx: &Context<'_>,
+        ready: Vec<Ready>,
+        report: &mut RunReport,
+        reporter: &dyn Reporter,
+    ) -> Result<()> {
+        if ready.is_empty() {
+            return Ok(());
+        }
+        let stages = ctx.stages(reporter).await?;
+        let t = Instant::now();
+        let chunks: Vec<Vec<Chunk>> = ready
+            .par_iter()
+            .map(|r| stages.chunker.chunk(&r.doc))
+            .collect();
+        report.seconds.chunk += t.elapsed().as_secs_f64();
+
+        // Chunks that did not change keep their vectors, when the embedding did not change.
+        let t = Instant::now();
+        let reusable: Vec<&str> = ready
+            .iter()
+            .filter(|r| ctx.reuse.contains(&r.doc.id))
+            .map(|r| r.doc.id.as_str())
+            .collect();
+        let stored = ctx.source.stored_vectors(&reusable).await?;
+        let (vectors, embedded) = embed_window(
+            &stages.embedder,
+            &chunks,
+            &stored,
+            &self.config.embedder,
+            reporter,
+        )
+        .await?;
+        report.totals.embedded += embedded;
+        report.seconds.embed += t.elapsed().as_secs_f64();
+
+        let t = Instant::now();
+        let embedded: Vec<EmbeddedDocument> = ready
+            .iter()
+            .zip(&chunks)
+            .zip(&vectors)
+            .map(|((r, chunks), vectors)| EmbeddedDocument {
+                document: &r.doc,
+                chunks,
+                vectors,
+            })
+            .collect();
+        ctx.collection.swap_chunks(&embedded, &ctx.run_id).await?;
+        let rows: Vec<DocumentRow> = ready
+            .iter()
+            .zip(&chunks)
+            .map(|(r, cs)| document_row(ctx, r, cs.len()))
+            .collect();
+        ctx.collection.put_documents(&rows).await?;
+        report.seconds.write += t.elapsed().as_secs_f64();
+        for (r, cs) in ready.into_iter().zip(&chunks) {
+            let input = InputReport {
+                path: r.path,
+                status: Status::Ingested,
+                change: Some(r.change),
+                reason: None,
+                format: Some(r.doc.format.as_str().into()),
+                pages: r.doc.pages,
+                chunks: cs.len(),
+                named: r.named,
+                warnings: r.doc.warnings,
+            };
+            reporter.input_done(&input);
+            report.inputs.push(input);
         }
         Ok(())
     }
@@ -582,6 +747,18 @@ async fn finish_interrupted_runs(collection: &Collection) -> Result<()> {
     Ok(())
 }
 
+/// Documents whose stored vectors were made as a run with `fingerprints` makes them.
+fn reusable(
+    states: &HashMap<String, DocumentState>,
+    fingerprints: &Fingerprints,
+) -> HashSet<String> {
+    states
+        .values()
+        .filter(|s| s.embedding == fingerprints.embedding)
+        .map(|s| s.document_id.clone())
+        .collect()
+}
+
 /// Stored documents of the pruned sources that were not listed.
 fn gone(listing: &Listing, states: &HashMap<String, DocumentState>) -> Vec<String> {
     let listed: HashSet<String> = listing.inputs.iter().map(Listed::document_id).collect();
@@ -627,11 +804,11 @@ fn rejected(listed: &Listed, err: Error, stored: bool) -> InputReport {
     }
 }
 
-fn document_row(ctx: &Context<'_>, r: &Ready<'_>, chunks: usize) -> DocumentRow {
+fn document_row(ctx: &Context<'_>, r: &Ready, chunks: usize) -> DocumentRow {
     let doc = &r.doc;
     DocumentRow {
         document_id: doc.id.clone(),
-        origin: r.listed.origin.clone(),
+        origin: r.origin.clone(),
         source: doc.source.clone(),
         uri: doc.uri.clone(),
         content_hash: doc.content_hash.clone(),

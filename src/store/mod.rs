@@ -249,6 +249,90 @@ impl Store {
         Ok(record)
     }
 
+    /// Replace collection `name`'s chunks and documents by those of `scratch`
+    /// (made with another embedding model), as new versions of its tables (so a
+    /// rollback can bring the old model back), record it as a run, then delete
+    /// `scratch`. The chunks go in one commit, with the new model's identity in
+    /// the table's metadata; the documents follow.
+    pub async fn replace_with(
+        &self,
+        name: &str,
+        scratch: &str,
+        upkeep: &Upkeep,
+        wait: Option<std::time::Duration>,
+    ) -> Result<RunRecord> {
+        use lancedb::table::AddDataMode;
+        let mut record = RunRecord::start(
+            RunKind::Reindex,
+            &Versions::default(),
+            &serde_json::Value::Null,
+        );
+        let _lock = self.lock(name, &record.run_id, wait)?;
+        let target = self.open(name).await?;
+        let from = self.open(scratch).await?;
+        let before = target.versions().await?;
+        record.chunks_before = before.chunks;
+        record.documents_before = before.documents;
+        if let Some(last) = from.runs().await?.into_iter().last() {
+            record.config = last.config;
+            record.counts = last.counts;
+        }
+        let copy = |from: &lancedb::Table,
+                    to: &lancedb::Table,
+                    metadata: Option<HashMap<String, String>>| {
+            let (from, to) = (from.clone(), to.clone());
+            async move {
+                let stream = from.query().execute().await?;
+                let mut schema = (*stream.schema()).clone();
+                if let Some(m) = metadata {
+                    schema = schema.with_metadata(m);
+                }
+                let schema = Arc::new(schema);
+                let batches = {
+                    let schema = schema.clone();
+                    futures::StreamExt::map(stream, move |b| {
+                        b.and_then(|b| {
+                            b.with_schema(schema.clone())
+                                .map_err(|e| lancedb::Error::Runtime {
+                                    message: e.to_string(),
+                                })
+                        })
+                    })
+                };
+                let stream: lancedb::arrow::SendableRecordBatchStream = Box::pin(
+                    lancedb::arrow::SimpleRecordBatchStream::new(batches, schema),
+                );
+                to.add(stream)
+                    .mode(AddDataMode::Overwrite)
+                    .execute()
+                    .await?;
+                Ok::<_, lancedb::Error>(())
+            }
+        };
+        copy(&from.table, &target.table, Some(from.info.to_metadata()))
+            .await
+            .map_err(target.err())?;
+        copy(&from.documents()?.table, &target.documents()?.table, None)
+            .await
+            .map_err(target.err())?;
+        let target = self.open(name).await?;
+        target.refresh(upkeep).await?;
+        let after = target.versions().await?;
+        record.status = RunStatus::Complete;
+        record.finished_at =
+            Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        record.chunks_after = Some(after.chunks);
+        record.documents_after = Some(after.documents);
+        record.note = Some(format!(
+            "embedding model replaced: {} (was {})",
+            from.info.model, target.info.model
+        ));
+        target.put_run(&record).await?;
+        target.tag_run(&record).await?;
+        self.delete_collection(scratch).await?;
+        Ok(record)
+    }
+
     /// Open an existing collection. A collection written before moulin kept its
     /// documents opens for reading only.
     pub async fn open(&self, name: &str) -> Result<Collection> {
