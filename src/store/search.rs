@@ -28,6 +28,12 @@ pub enum Mode {
 /// The constant of reciprocal rank fusion, as in OpenGateLLM and the RRF paper.
 const RRF_K: f32 = 60.0;
 
+/// Once a collection has a vector index (IVF-PQ), the nearest `limit × this`
+/// candidates are re-ranked by their exact distance: on 50 000 clustered vectors
+/// recall@10 goes from 0.21 to 1.00 for 5 ms a query instead of 2 (exact search:
+/// 34 ms). `cargo bench --bench collections` measures it.
+const VECTOR_REFINE: u32 = 20;
+
 #[derive(Debug, Clone, Default)]
 pub struct Filters {
     /// Sources matching this pattern (`*` and `?` wildcards; a plain string matches a substring).
@@ -250,6 +256,7 @@ async fn semantic(
         .vector_search(vector)
         .map_err(err)?
         .distance_type(DistanceType::Cosine)
+        .refine_factor(VECTOR_REFINE)
         .select(Select::columns(&with(collection, "_distance")))
         .limit(limit);
     if let Some(f) = filter {
