@@ -539,3 +539,61 @@ fn a_reader_that_goes_away_stops_the_command_quietly() {
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(stderr(&out), "", "nothing to say about a closed pipe");
 }
+
+#[test]
+fn credentials_in_urls_are_never_recorded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = common::Switchable::start();
+    let page = fs::read(fixtures().join("demo/fiche-demission.html")).unwrap();
+    server.set(200, "text/html; charset=utf-8", page);
+    let base = server.base.replace("http://", "http://agent:m0tdepasse@");
+    let url = format!("{base}/fiche?id=7&token=jeton-secret-42");
+    let out = run_in(
+        tmp.path(),
+        &[
+            "ingest",
+            &url,
+            "-c",
+            "web",
+            "--db",
+            "db",
+            "--report",
+            "report.json",
+            "-vv",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report = fs::read_to_string(tmp.path().join("report.json")).unwrap();
+    assert!(report.contains("token=REDACTED"), "{report}");
+    let show = run_in(
+        tmp.path(),
+        &["collections", "show", "-c", "web", "--db", "db", "--json"],
+    );
+    let search = run_in(
+        tmp.path(),
+        &["search", "démission", "-c", "web", "--db", "db", "--json"],
+    );
+    for (what, text) in [
+        ("report", report),
+        ("collections show", stdout(&show)),
+        ("search", stdout(&search)),
+        ("logs", stderr(&out)),
+    ] {
+        for secret in ["jeton-secret-42", "m0tdepasse"] {
+            assert!(!text.contains(secret), "{secret} is in the {what}");
+        }
+    }
+    for entry in walkdir::WalkDir::new(tmp.path().join("db")) {
+        let entry = entry.unwrap();
+        if entry.file_type().is_file() {
+            let bytes = fs::read(entry.path()).unwrap();
+            for secret in [&b"jeton-secret-42"[..], b"m0tdepasse"] {
+                assert!(
+                    memchr::memmem::find(&bytes, secret).is_none(),
+                    "{}",
+                    entry.path().display()
+                );
+            }
+        }
+    }
+}

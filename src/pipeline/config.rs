@@ -315,6 +315,13 @@ impl PipelineConfig {
     pub fn recorded(&self) -> serde_json::Value {
         let mut config = self.clone();
         config.extract.password = None;
+        for source in &mut config.sources {
+            if let SourceConfig::Urls { urls, .. } = source {
+                for url in urls {
+                    *url = crate::paths::redact_url(url);
+                }
+            }
+        }
         serde_json::to_value(config).expect("serializable")
     }
 

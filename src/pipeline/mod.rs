@@ -404,7 +404,7 @@ impl Pipeline {
                     });
                     if done {
                         let input = InputReport {
-                            path: s.document_id.clone(),
+                            path: s.uri.clone(),
                             status: Status::Unchanged,
                             change: None,
                             reason: Some("already made with these settings".into()),
@@ -728,7 +728,7 @@ fn now() -> String {
 /// are marked failed.
 async fn finish_interrupted_runs(collection: &Collection) -> Result<()> {
     let interrupted: Vec<RunRecord> = collection
-        .runs()
+        .run_summaries()
         .await?
         .into_iter()
         .filter(|r| r.status == RunStatus::Running)

@@ -14,11 +14,12 @@ pub enum Input {
 }
 
 impl Input {
-    /// The URI recorded as the document's source.
+    /// Where the input is, as recorded and reported: its absolute path, or its
+    /// URL without credentials ([`crate::paths::redact_url`]).
     pub fn source(&self) -> String {
         match self {
             Input::Path(p) => crate::paths::source_uri(p),
-            Input::Url(u) => u.clone(),
+            Input::Url(u) => crate::paths::redact_url(u),
         }
     }
 
@@ -136,7 +137,7 @@ pub fn expand(sources: &[SourceConfig]) -> Result<Listing, Vec<(String, String)>
                 }
                 listing.inputs.extend(urls.iter().map(|u| Listed {
                     input: Input::Url(u.clone()),
-                    source: u.clone(),
+                    source: crate::paths::redact_url(u),
                     origin: origin.clone(),
                     named: true,
                 }))

@@ -57,6 +57,7 @@ pub struct DocumentRow {
 pub struct DocumentState {
     pub document_id: String,
     pub origin: String,
+    pub uri: String,
     pub content_hash: String,
     pub extractor: u32,
     pub chunking: String,
@@ -67,6 +68,7 @@ pub struct DocumentState {
 const STATE_COLUMNS: &[&str] = &[
     "document_id",
     "origin",
+    "uri",
     "content_hash",
     "extractor",
     "chunking",

@@ -211,7 +211,7 @@ impl Store {
         );
         let _lock = self.lock(name, &record.run_id, wait)?;
         let collection = self.open(name).await?;
-        let runs = collection.runs().await?;
+        let runs = collection.run_summaries().await?;
         let target = runs
             .iter()
             .find(|r| r.run_id == run_id)
@@ -273,7 +273,7 @@ impl Store {
         let before = target.versions().await?;
         record.chunks_before = before.chunks;
         record.documents_before = before.documents;
-        if let Some(last) = from.runs().await?.into_iter().last() {
+        if let Some(last) = from.run_summaries().await?.into_iter().last() {
             record.config = last.config;
             record.counts = last.counts;
         }
@@ -745,9 +745,14 @@ impl Collection {
         Ok(orphans.len())
     }
 
-    /// Every run recorded, oldest first.
+    /// Every run recorded, oldest first, with their reports.
     pub async fn runs(&self) -> Result<Vec<RunRecord>> {
-        self.runs_table()?.list().await
+        self.runs_table()?.list(true).await
+    }
+
+    /// Every run recorded, oldest first, without their reports.
+    pub async fn run_summaries(&self) -> Result<Vec<RunRecord>> {
+        self.runs_table()?.list(false).await
     }
 
     pub async fn put_run(&self, run: &RunRecord) -> Result<()> {
@@ -864,7 +869,7 @@ impl Collection {
             &self.documents()?.table,
             &self.runs_table()?.table,
         ];
-        let runs = self.runs().await?;
+        let runs = self.run_summaries().await?;
         let keep: HashSet<String> = runs
             .iter()
             .rev()
@@ -927,7 +932,7 @@ impl Collection {
         let uri = self.table.uri().await.map_err(self.err())?;
         let size_bytes = local_folder(&uri).map(folder_size);
         let runs = match &self.runs {
-            Some(r) => r.list().await?,
+            Some(r) => r.list(false).await?,
             None => Vec::new(),
         };
         let config = runs

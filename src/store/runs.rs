@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use futures::TryStreamExt;
-use lancedb::query::ExecutableQuery;
+use lancedb::query::{ExecutableQuery, QueryBase};
 use serde::{Deserialize, Serialize};
 
 use super::rows;
@@ -162,11 +162,20 @@ impl Runs {
         Ok(())
     }
 
-    /// Every run recorded, oldest first.
-    pub async fn list(&self) -> Result<Vec<RunRecord>> {
-        let batches: Vec<arrow_array::RecordBatch> = self
-            .table
-            .query()
+    /// Every run recorded, oldest first; without their reports unless `reports`
+    /// (a report lists every input: large for large collections).
+    pub async fn list(&self, reports: bool) -> Result<Vec<RunRecord>> {
+        let mut query = self.table.query();
+        if !reports {
+            let columns: Vec<String> = schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .filter(|n| n != "report")
+                .collect();
+            query = query.select(lancedb::query::Select::columns(&columns));
+        }
+        let batches: Vec<arrow_array::RecordBatch> = query
             .execute()
             .await
             .map_err(self.err())?
