@@ -43,6 +43,9 @@ pub enum Error {
     Settings(#[from] crate::config::Problems),
     #[error("chunker: {0}")]
     Chunk(String),
+    /// A job, a prompt or an item of a job that cannot run; `subject` names it.
+    #[error("{subject}: {reason}")]
+    Job { subject: String, reason: String },
 }
 
 impl Error {

@@ -5,14 +5,18 @@
 //! [`Chunk`]s that keep that provenance, [`embed`] turns chunk texts into vectors,
 //! and [`store`] writes and searches LanceDB collections. [`pipeline`] runs the
 //! stages over many inputs and reports on every one of them. [`llm`] runs
-//! Llama-family language models locally on burn for generation jobs.
+//! Llama-family language models locally on burn for generation jobs. [`jobs`]
+//! runs it in batch over a collection (summaries, answers with citations), and
+//! [`eval`] scores retrieval and answers on evaluation sets.
 
 pub mod chunk;
 pub mod config;
 pub mod document;
 pub mod embed;
 pub mod error;
+pub mod eval;
 pub mod extract;
+pub mod jobs;
 pub mod llm;
 pub mod paths;
 pub mod pipeline;

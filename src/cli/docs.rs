@@ -1,5 +1,5 @@
 //! Documents generated from the command's own definition: shell completions, man
-//! pages, and the JSON Schema of pipeline files.
+//! pages, and the JSON Schemas of pipeline and job files.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -43,9 +43,26 @@ pub fn man(args: ManArgs) -> Result<u8> {
     Ok(0)
 }
 
-pub fn schema() -> Result<u8> {
+#[derive(Args)]
+pub struct SchemaArgs {
+    /// Which files: pipelines or jobs.
+    #[arg(value_enum, default_value_t = SchemaOf::Pipeline)]
+    of: SchemaOf,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SchemaOf {
+    Pipeline,
+    Job,
+}
+
+pub fn schema(args: SchemaArgs) -> Result<u8> {
     let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, &moulin::pipeline::config::json_schema())?;
+    let schema = match args.of {
+        SchemaOf::Pipeline => moulin::pipeline::config::json_schema(),
+        SchemaOf::Job => moulin::jobs::config::json_schema(),
+    };
+    serde_json::to_writer_pretty(&mut out, &schema)?;
     writeln!(out)?;
     Ok(0)
 }

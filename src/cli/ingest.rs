@@ -63,13 +63,24 @@ impl Mode {
 
 pub async fn ingest(args: IngestArgs, quiet: bool) -> Result<u8> {
     let name = args.pipeline.collection.as_deref().unwrap_or_default();
-    let mut loaded = PipelineConfig::quick(name, DEFAULT_DB, &args.inputs);
-    args.pipeline.overrides().apply(&mut loaded);
-    let job = prepare(loaded, args.pipeline.report.clone()).map_err(|list| Problems {
-        subject: "moulin ingest".into(),
+    let loaded = PipelineConfig::quick(name, DEFAULT_DB, &args.inputs);
+    ingest_loaded(loaded, &args.pipeline, quiet, "moulin ingest").await
+}
+
+/// Run a pipeline another command built (`ingest`, `eval import-squad`), with the
+/// shared options over it: checked, then run (or planned, with `--dry-run`).
+pub async fn ingest_loaded(
+    mut loaded: Loaded,
+    options: &args::Pipeline,
+    quiet: bool,
+    subject: &str,
+) -> Result<u8> {
+    options.overrides().apply(&mut loaded);
+    let job = prepare(loaded, options.report.clone()).map_err(|list| Problems {
+        subject: subject.into(),
         list,
     })?;
-    Ok(execute(vec![job], &Mode::new(&args.pipeline, quiet)).await)
+    Ok(execute(vec![job], &Mode::new(options, quiet)).await)
 }
 
 pub async fn run(args: RunArgs, quiet: bool) -> Result<u8> {

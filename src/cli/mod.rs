@@ -10,9 +10,11 @@
 mod args;
 mod collections;
 mod docs;
+mod eval;
 mod extract;
 mod generate;
 mod ingest;
+mod job;
 mod paths;
 mod progress;
 mod reindex;
@@ -91,10 +93,34 @@ enum Command {
     /// Search a collection: semantic, lexical (BM25) or hybrid.
     #[command(after_long_help = examples(&[
         ("Hybrid search, the 5 best passages", "moulin search -c demo \"Quelle est la durée de la période d'essai ?\""),
-        ("Lexical search in PDFs only, as JSON", "moulin search -c demo \"décision\" --mode lexical --format pdf --json"),
         ("Filter by source and by a column", "moulin search -c demo \"préavis\" --source '*fiche-*' --where \"page_start <= 3\" -n 3"),
+        ("Queries from a JSON Lines file, one model load, hits as JSON Lines", "moulin search -c demo --queries questions.jsonl --json"),
     ]))]
     Search(search::SearchArgs),
+    /// Evaluate retrieval on a set of questions; import SQuAD-format QA data.
+    #[command(after_long_help = examples(&[
+        ("PIAF as an evaluation set and a collection", "moulin eval import-squad piaf-v1.1.json -c piaf --questions 300"),
+        ("Its retrieval scores", "moulin eval run piaf-v1.1.eval.jsonl -c piaf --retrieval-only"),
+    ]))]
+    Eval(eval::EvalArgs),
+    /// Answer a question from a collection, with its numbered sources.
+    #[command(after_long_help = examples(&[
+        ("Ask the demo collection", "moulin ask -c demo \"Combien de temps dure la période d'essai d'un CDI ?\""),
+        ("Ten passages, lexical search, the answer and its passages as JSON", "moulin ask -c demo \"préavis de démission\" -k 10 --mode lexical --json"),
+    ]))]
+    Ask(job::AskArgs),
+    /// Summarize every document of a collection (or those whose source matches), resumable.
+    #[command(after_long_help = examples(&[
+        ("Summaries of the demo collection, in summaries-demo.jsonl", "moulin summarize -c demo"),
+        ("Only the PDFs, in English, into a chosen file", "moulin summarize -c demo --source '*.pdf' --language en --output pdf.jsonl"),
+    ]))]
+    Summarize(job::SummarizeArgs),
+    /// Run job files: summaries, answers with citations, evaluations.
+    #[command(after_long_help = examples(&[
+        ("Answer the demo questions", "moulin job run jobs/demo-answers.toml"),
+        ("Check a job file first", "moulin validate jobs/demo-answers.toml"),
+    ]))]
+    Job(job::JobArgs),
     /// Show what extraction makes of a file or URL, without writing anything.
     #[command(after_long_help = examples(&[
         ("The text of a PDF, as it will be chunked", "moulin extract fixtures/demo/jorf-2023-06-21-decision.pdf"),
@@ -116,12 +142,13 @@ enum Command {
         ("A batch file, resumable", "moulin generate --input prompts.jsonl --output answers.jsonl --batch-size 8"),
     ]))]
     Generate(generate::GenerateArgs),
-    /// Print the JSON Schema of pipeline files.
+    /// Print the JSON Schema of pipeline files (or of job files).
     #[command(after_long_help = examples(&[
         ("Refresh the committed schema", "moulin schema > schemas/pipeline.schema.json"),
+        ("The schema of job files", "moulin schema job > schemas/job.schema.json"),
         ("Give it to an editor's TOML language server", "moulin schema > ~/.config/moulin/pipeline.schema.json"),
     ]))]
-    Schema,
+    Schema(docs::SchemaArgs),
     /// Print shell completions.
     #[command(after_long_help = examples(&[
         ("Bash, for the current user", "moulin completions bash > ~/.local/share/bash-completion/completions/moulin"),
@@ -169,7 +196,7 @@ pub fn main() -> ExitCode {
         // No async work: the model runs on rayon's threads.
         Command::Generate(args) => generate::command(args, quiet),
         Command::Validate(args) => validate::command(args),
-        Command::Schema => docs::schema(),
+        Command::Schema(args) => docs::schema(args),
         Command::Completions(args) => docs::completions(args),
         Command::Man(args) => docs::man(args),
         command => tokio::runtime::Builder::new_multi_thread()
@@ -206,11 +233,15 @@ async fn run(command: Command, quiet: bool) -> Result<u8> {
         Command::Run(args) => ingest::run(args, quiet).await,
         Command::Reindex(args) => reindex::command(args, quiet).await,
         Command::Search(args) => search::command(args).await,
+        Command::Eval(args) => eval::command(args, quiet).await,
+        Command::Ask(args) => job::ask(args, quiet).await,
+        Command::Summarize(args) => job::summarize(args, quiet).await,
+        Command::Job(args) => job::command(args, quiet).await,
         Command::Extract(args) => extract::command(args).await,
         Command::Collections(args) => collections::command(args).await,
         Command::Generate(_)
         | Command::Validate(_)
-        | Command::Schema
+        | Command::Schema(_)
         | Command::Completions(_)
         | Command::Man(_)
         | Command::InternalExtract => unreachable!("handled without the async runtime"),
@@ -221,7 +252,7 @@ fn init_logging(verbose: u8, format: LogFormat) {
     let default = match verbose {
         0 => "warn",
         1 => "info,lance=warn,lancedb=warn",
-        _ => "debug,lance=info,lancedb=info",
+        _ => "debug,lance=info,lancedb=info,datafusion=info",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));

@@ -36,6 +36,11 @@ pub fn error(err: &anyhow::Error) {
     }
 }
 
+/// An error about one item of a batch that goes on.
+pub fn error_line(message: &str) {
+    eprintln!("{}: {message}", label("error", "1;31"));
+}
+
 pub fn warning(message: &str) {
     eprintln!("{}: {message}", label("warning", "1;33"));
 }

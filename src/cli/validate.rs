@@ -1,4 +1,5 @@
-//! `moulin validate`: every problem of pipeline files, with file, line and key.
+//! `moulin validate`: every problem of pipeline and job files, with file, line and key.
+//! A file that says what `kind` of job it is, and has no sources, is a job file.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -11,7 +12,7 @@ use super::args;
 
 #[derive(Args)]
 pub struct ValidateArgs {
-    /// Pipeline files (TOML) to check.
+    /// Pipeline or job files (TOML) to check.
     #[arg(required = true, value_name = "FILE")]
     files: Vec<PathBuf>,
     /// Print the problems as a JSON array of {file, line, column, key, message}.
@@ -24,7 +25,14 @@ pub fn command(args: ValidateArgs) -> Result<u8> {
     let mut all = Vec::new();
     let mut out = std::io::stdout().lock();
     for file in &args.files {
-        match config::load(file) {
+        let is_job =
+            std::fs::read_to_string(file).is_ok_and(|text| moulin::jobs::config::is_job(&text));
+        let loaded = if is_job {
+            moulin::jobs::config::load(file).map(|_| ())
+        } else {
+            config::load(file).map(|_| ())
+        };
+        match loaded {
             Ok(_) if !args.json.json => writeln!(out, "{}: ok", file.display())?,
             Ok(_) => {}
             Err(problems) => {

@@ -118,6 +118,10 @@ pub trait Embedder: Send + Sync {
     /// Embed passages (the prefix is added here), in input order.
     fn embed_passages(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>>;
     fn embed_query(&self, query: &str) -> Result<Vec<f32>>;
+    /// Embed many queries at once (the query prefix is added here), in input order.
+    fn embed_queries(&self, queries: &[&str]) -> Result<Vec<Vec<f32>>> {
+        queries.iter().map(|q| self.embed_query(q)).collect()
+    }
 }
 
 /// The path of the ONNX Runtime library: `ORT_DYLIB_PATH`, else the one setup installed.
@@ -384,7 +388,15 @@ impl Embedder for OnnxEmbedder {
     }
 
     fn embed_query(&self, query: &str) -> Result<Vec<f32>> {
-        let mut v = self.run(vec![format!("{}{query}", self.info.query_prefix)])?;
+        let mut v = self.embed_queries(&[query])?;
         Ok(v.pop().unwrap_or_default())
+    }
+
+    fn embed_queries(&self, queries: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let prefixed = queries
+            .iter()
+            .map(|q| format!("{}{q}", self.info.query_prefix))
+            .collect();
+        self.run(prefixed)
     }
 }

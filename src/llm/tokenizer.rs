@@ -225,6 +225,11 @@ impl TextTokenizer {
         self.template.is_some()
     }
 
+    /// The `tokenizers` tokenizer, to measure texts (chunk sizers take it).
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.inner
+    }
+
     /// Token ids of a raw text, with the BOS token when the model wants one.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let mut ids = self.encode_plain(text)?;

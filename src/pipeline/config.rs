@@ -155,7 +155,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, Problems> {
 }
 
 /// Remove the value at a key path (`sources[1].path`) from a JSON value.
-fn remove(json: &mut serde_json::Value, key: &str) {
+pub(crate) fn remove(json: &mut serde_json::Value, key: &str) {
     let mut parts: Vec<String> = Vec::new();
     for part in key.split('.') {
         let mut rest = part;

@@ -57,6 +57,7 @@ pub struct DocumentRow {
 pub struct DocumentState {
     pub document_id: String,
     pub origin: String,
+    pub source: String,
     pub uri: String,
     pub content_hash: String,
     pub extractor: u32,
@@ -68,6 +69,7 @@ pub struct DocumentState {
 const STATE_COLUMNS: &[&str] = &[
     "document_id",
     "origin",
+    "source",
     "uri",
     "content_hash",
     "extractor",

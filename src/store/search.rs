@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 
-use arrow_array::{Array, Float32Array, RecordBatch, UInt32Array};
-use futures::TryStreamExt;
+use arrow_array::{Array, Float32Array, RecordBatch, UInt32Array, UInt64Array};
+use futures::{StreamExt, TryStreamExt};
 use lancedb::DistanceType;
 use lancedb::index::scalar::FullTextSearchQuery;
 use lancedb::query::{ExecutableQuery, QueryBase, Select};
@@ -13,7 +13,18 @@ use crate::embed::{Embedder, OnnxEmbedder};
 use crate::error::{Error, Result};
 use crate::store::{Collection, sql_string, string_column};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Nearest vectors to the embedded query.
@@ -73,6 +84,24 @@ impl Filters {
     }
 }
 
+/// Whether a source matches a pattern as `--source` means it: `*` and `?`
+/// wildcards over the whole source, else a substring.
+pub fn source_matches(pattern: &str, source: &str) -> bool {
+    if !pattern.contains(['*', '?']) {
+        return source.contains(pattern);
+    }
+    let mut regex = String::from("^");
+    for c in pattern.chars() {
+        match c {
+            '*' => regex.push_str(".*"),
+            '?' => regex.push('.'),
+            c => regex.push_str(&regex::escape(&c.to_string())),
+        }
+    }
+    regex.push('$');
+    regex::Regex::new(&regex).is_ok_and(|r| r.is_match(source))
+}
+
 /// One search result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hit {
@@ -94,6 +123,9 @@ pub struct Hit {
     pub rows: Option<[u32; 2]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub headings: Option<String>,
+    /// The chunk's byte range in its document's extracted text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<[u64; 2]>,
     pub text: String,
 }
 
@@ -115,7 +147,7 @@ const COLUMNS: &[&str] = &[
 fn with<'a>(collection: &Collection, score: &'a str) -> Vec<&'a str> {
     let mut v = COLUMNS.to_vec();
     if collection.info.schema_version >= crate::store::schema::SCHEMA_VERSION {
-        v.push("uri");
+        v.extend(["uri", "byte_start", "byte_end"]);
     }
     v.push(score);
     v
@@ -142,6 +174,63 @@ impl Query {
         }
         out
     }
+}
+
+/// The fields a line of a questions file may name its text with: moulin's own,
+/// ragas/ragtime's and evalap's.
+pub const QUESTION_FIELDS: &[&str] = &["query", "question", "user_input"];
+
+/// A query read from a JSON Lines file: its id (given, else its line number) and its text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryLine {
+    pub id: String,
+    pub line: usize,
+    pub text: String,
+}
+
+/// Read a JSON Lines file of queries: each line an object with `query`,
+/// `question` or `user_input` (and an optional `id`), or a JSON string. Blank
+/// lines are skipped; a line that is not a query gets its own error, with its
+/// number, and the others are read.
+pub fn read_queries(text: &str) -> Vec<std::result::Result<QueryLine, String>> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let number = i + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        out.push(parse_query_line(line, number).map_err(|m| format!("line {number}: {m}")));
+    }
+    out
+}
+
+fn parse_query_line(line: &str, number: usize) -> std::result::Result<QueryLine, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    let (id, text) = match &value {
+        serde_json::Value::String(s) => (None, s.clone()),
+        serde_json::Value::Object(map) => {
+            let text = QUESTION_FIELDS
+                .iter()
+                .find_map(|f| map.get(*f))
+                .ok_or_else(|| format!("no {} field", QUESTION_FIELDS.join(" or ")))?;
+            let text = text
+                .as_str()
+                .ok_or_else(|| "the question is not a string".to_string())?;
+            let id = match map.get("id") {
+                None | Some(serde_json::Value::Null) => None,
+                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                Some(other) => Some(other.to_string()),
+            };
+            (id, text.to_string())
+        }
+        _ => return Err("expected an object with a query, or a string".into()),
+    };
+    Ok(QueryLine {
+        id: id.unwrap_or_else(|| number.to_string()),
+        line: number,
+        text,
+    })
 }
 
 /// A collection opened for searching, with its embedding model loaded once for
@@ -186,22 +275,82 @@ impl Searcher {
         &self.collection
     }
 
+    /// One query.
     pub async fn search(&self, query: &Query) -> Result<Vec<Hit>> {
-        if let Some((key, problem)) = query.problems().into_iter().next() {
-            return Err(Error::Collection {
-                collection: self.collection.name.clone(),
-                reason: format!("search {key}: {problem}"),
-            });
+        self.search_many(std::slice::from_ref(query))
+            .await
+            .pop()
+            .expect("one answer per query")
+    }
+
+    /// Many queries, one answer each, in order: the queries that need vectors
+    /// are embedded together in batches, and the searches run a few at a time.
+    /// A bad query gets its own error; the others are answered.
+    pub async fn search_many(&self, queries: &[Query]) -> Vec<Result<Vec<Hit>>> {
+        let invalid = |query: &Query| {
+            query
+                .problems()
+                .into_iter()
+                .next()
+                .map(|(key, problem)| format!("search {key}: {problem}"))
+        };
+        let to_embed: Vec<usize> = (0..queries.len())
+            .filter(|&i| queries[i].mode != Mode::Lexical && invalid(&queries[i]).is_none())
+            .collect();
+        let mut vectors: Vec<Option<std::result::Result<Vec<f32>, String>>> =
+            vec![None; queries.len()];
+        if !to_embed.is_empty() {
+            match &self.embedder {
+                None => {
+                    for &i in &to_embed {
+                        vectors[i] = Some(Err("semantic search needs the embedding model".into()));
+                    }
+                }
+                Some(embedder) => {
+                    let texts: Vec<&str> =
+                        to_embed.iter().map(|&i| queries[i].text.as_str()).collect();
+                    match embedder.embed_queries(&texts) {
+                        Ok(embedded) => {
+                            for (&i, v) in to_embed.iter().zip(embedded) {
+                                vectors[i] = Some(Ok(v));
+                            }
+                        }
+                        Err(e) => {
+                            for &i in &to_embed {
+                                vectors[i] = Some(Err(e.to_string()));
+                            }
+                        }
+                    }
+                }
+            }
         }
-        let embedder = self.embedder.as_ref().map(|e| e as &dyn Embedder);
+        let fail = |reason: String| Error::Collection {
+            collection: self.collection.name.clone(),
+            reason,
+        };
+        futures::stream::iter(queries.iter().zip(vectors))
+            .map(|(query, vector)| async move {
+                if let Some(reason) = invalid(query) {
+                    return Err(fail(reason));
+                }
+                let vector = vector.transpose().map_err(fail)?;
+                self.run(query, vector).await
+            })
+            .buffered(SEARCHES_AT_ONCE)
+            .collect()
+            .await
+    }
+
+    async fn run(&self, query: &Query, vector: Option<Vec<f32>>) -> Result<Vec<Hit>> {
         let filter = query.filters.to_sql();
         let (collection, text, limit) = (&self.collection, query.text.as_str(), query.limit);
+        let vector = || vector.clone().expect("semantic queries are embedded");
         match query.mode {
-            Mode::Semantic => semantic(collection, embedder, text, limit, filter.as_deref()).await,
+            Mode::Semantic => semantic(collection, vector(), limit, filter.as_deref()).await,
             Mode::Lexical => lexical(collection, text, limit, filter.as_deref()).await,
             Mode::Hybrid => {
                 let (a, b) = futures::join!(
-                    semantic(collection, embedder, text, 2 * limit, filter.as_deref()),
+                    semantic(collection, vector(), 2 * limit, filter.as_deref()),
                     lexical(collection, text, 2 * limit, filter.as_deref())
                 );
                 Ok(fuse(&[a?, b?], limit))
@@ -209,6 +358,10 @@ impl Searcher {
         }
     }
 }
+
+/// How many searches of a batch run at once: LanceDB spreads each one over the
+/// cores already, a few more keep them busy while others wait on files.
+const SEARCHES_AT_ONCE: usize = 4;
 
 /// Reciprocal rank fusion, keyed by chunk id (never by adding ids together).
 pub fn fuse(lists: &[Vec<Hit>], limit: usize) -> Vec<Hit> {
@@ -237,16 +390,10 @@ pub fn fuse(lists: &[Vec<Hit>], limit: usize) -> Vec<Hit> {
 
 async fn semantic(
     collection: &Collection,
-    embedder: Option<&dyn Embedder>,
-    query: &str,
+    vector: Vec<f32>,
     limit: usize,
     filter: Option<&str>,
 ) -> Result<Vec<Hit>> {
-    let embedder = embedder.ok_or_else(|| Error::Collection {
-        collection: collection.name.clone(),
-        reason: "semantic search needs the embedding model".into(),
-    })?;
-    let vector = embedder.embed_query(query)?;
     let err = |e: lancedb::Error| Error::Collection {
         collection: collection.name.clone(),
         reason: crate::store::describe(&e),
@@ -321,6 +468,11 @@ fn hits(batches: &[RecordBatch], score_column: &str, score: impl Fn(f32) -> f32)
         };
         let opt_u32 =
             |col: Option<&UInt32Array>, i: usize| col.filter(|c| !c.is_null(i)).map(|c| c.value(i));
+        let u64s = |name| {
+            batch
+                .column_by_name(name)
+                .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
+        };
         for i in 0..batch.num_rows() {
             let rows = match (opt_u32(u("row_start"), i), opt_u32(u("row_end"), i)) {
                 (Some(a), Some(b)) => Some([a, b]),
@@ -342,6 +494,9 @@ fn hits(batches: &[RecordBatch], score_column: &str, score: impl Fn(f32) -> f32)
                 sheet: opt_str(s("sheet"), i),
                 rows,
                 headings: opt_str(s("headings"), i),
+                bytes: u64s("byte_start")
+                    .zip(u64s("byte_end"))
+                    .map(|(a, b)| [a.value(i), b.value(i)]),
                 text: opt_str(s("text"), i).unwrap_or_default(),
             });
         }
@@ -366,6 +521,7 @@ mod tests {
             sheet: None,
             rows: None,
             headings: None,
+            bytes: None,
             text: String::new(),
         }
     }
@@ -378,6 +534,49 @@ mod tests {
         let fused = fuse(&[a, b], 10);
         assert_eq!(fused[0].chunk_id, "6-2");
         assert_eq!(fused.len(), 4);
+    }
+
+    #[test]
+    fn query_files_take_the_ecosystems_field_names_and_keep_going() {
+        let text = r#"{"id": "q1", "query": "préavis"}
+
+{"question": "période d'essai", "id": 7}
+"démission"
+{"user_input": "congés"}
+{"reference": "no question here"}
+not json
+"#;
+        let read = read_queries(text);
+        let ok: Vec<(&str, usize, &str)> = read
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .map(|q| (q.id.as_str(), q.line, q.text.as_str()))
+            .collect();
+        assert_eq!(
+            ok,
+            [
+                ("q1", 1, "préavis"),
+                ("7", 3, "période d'essai"),
+                ("4", 4, "démission"),
+                ("5", 5, "congés"),
+            ]
+        );
+        let errors: Vec<&String> = read.iter().filter_map(|r| r.as_ref().err()).collect();
+        assert_eq!(errors.len(), 2);
+        assert!(
+            errors[0].starts_with("line 6: no query or question"),
+            "{}",
+            errors[0]
+        );
+        assert!(errors[1].starts_with("line 7: not JSON"), "{}", errors[1]);
+    }
+
+    #[test]
+    fn source_patterns_match_as_the_sql_filter_does() {
+        assert!(source_matches("*.pdf", "demo/a.pdf"));
+        assert!(!source_matches("*.pdf", "demo/a.pdf.txt"));
+        assert!(source_matches("fiche", "demo/fiche-cdd.html"));
+        assert!(source_matches("demo/fiche-???.html", "demo/fiche-cdd.html"));
     }
 
     #[test]
