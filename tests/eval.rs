@@ -39,6 +39,31 @@ fn piaf_sample(dir: &Path, articles: usize) -> (usize, usize) {
     (contexts, questions)
 }
 
+/// Open a page in headless Chromium: the DOM once its scripts ran, and the console.
+fn open_in_chromium(page: &Path) -> (String, String) {
+    let profile = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--enable-logging=stderr",
+            "--v=0",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect("chromium (Debian package; scripts/test.sh installs it)");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let console = stderr(&out)
+        .lines()
+        .filter(|l| l.contains("CONSOLE"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    (stdout(&out), console)
+}
+
 fn lines(text: &str) -> Vec<Value> {
     text.lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
@@ -147,6 +172,80 @@ fn a_squad_file_becomes_a_collection_and_an_evaluation_set_that_scores() {
             )),
             "{md}"
         );
+    }
+
+    // The HTML report renders in a real browser, charts and items in the page,
+    // no console error; and two runs compare.
+    let out = run_in(
+        dir,
+        &[
+            "eval",
+            "run",
+            "piaf-sample.eval.jsonl",
+            "-c",
+            "piaf",
+            "--db",
+            "db",
+            "--retrieval-only",
+            "--mode",
+            "lexical",
+            "--html",
+            "report.html",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let (dom, console) = open_in_chromium(&dir.join("report.html"));
+    assert!(!console.contains("Uncaught"), "console errors: {console}");
+    assert_eq!(
+        dom.matches("<svg").count(),
+        2,
+        "metrics by k, score distribution"
+    );
+    assert!(dom.matches("<rect class=\"bar\"").count() >= 16 + 10);
+    assert_eq!(
+        dom.matches("<details>").count(),
+        questions,
+        "one expandable row per item"
+    );
+    let compare = run_in(
+        dir,
+        &[
+            "eval",
+            "compare",
+            "hybrid.json",
+            "lexical.json",
+            "--threshold",
+            "1",
+        ],
+    );
+    assert_eq!(compare.status.code(), Some(0), "{}", stderr(&compare));
+    assert!(stdout(&compare).contains("| mrr |"), "{}", stdout(&compare));
+    let (h, l) = (
+        common::read_report(&dir.join("hybrid.json"))["scores"]["mrr"]
+            .as_f64()
+            .unwrap(),
+        common::read_report(&dir.join("lexical.json"))["scores"]["mrr"]
+            .as_f64()
+            .unwrap(),
+    );
+    let strict = run_in(
+        dir,
+        &[
+            "eval",
+            "compare",
+            "hybrid.json",
+            "lexical.json",
+            "--threshold",
+            "0",
+            "--json",
+        ],
+    );
+    // Exit 1 exactly when a metric is worse in the second run.
+    let c: Value = serde_json::from_str(&stdout(&strict)).unwrap();
+    let worse = c["regressions"].as_u64().unwrap();
+    assert_eq!(strict.status.code(), Some(if worse > 0 { 1 } else { 0 }));
+    if l < h {
+        assert!(worse > 0);
     }
 
     // A set with lines that are not questions: each said, the others scored, exit 1.

@@ -1,5 +1,6 @@
-//! `moulin eval run|import-squad`: score a collection's retrieval on an
-//! evaluation set; turn SQuAD-format QA data into a set and a collection.
+//! `moulin eval run|import-squad|compare`: score a collection's retrieval and
+//! answers on an evaluation set; turn SQuAD-format QA data into a set and a
+//! collection; compare two runs.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -36,6 +37,30 @@ enum EvalCommand {
         ("Where the contexts and the set go", "moulin eval import-squad fquad.json -c fquad --contexts corpus/fquad --set fquad.eval.jsonl"),
     ]))]
     ImportSquad(ImportArgs),
+    /// Compare two evaluation reports: each metric's difference, the items that got worse.
+    #[command(after_long_help = super::examples(&[
+        ("Last week's run against today's", "moulin eval compare last-week.json today.json"),
+        ("In CI: fail when a metric drops by more than 0.01", "moulin eval compare main.json branch.json --threshold 0.01"),
+    ]))]
+    Compare(CompareArgs),
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    /// The reference run's report (`moulin eval run --report`).
+    #[arg(value_name = "RUN_A")]
+    a: PathBuf,
+    /// The run compared with it.
+    #[arg(value_name = "RUN_B")]
+    b: PathBuf,
+    /// Exit with 1 when a metric is worse in B by more than this (absolute, 0 to 1).
+    #[arg(long, default_value_t = 0.02, value_name = "DROP")]
+    threshold: f64,
+    /// How many of the items that got worse to list.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    items: usize,
+    #[command(flatten)]
+    json: args::Json,
 }
 
 #[derive(Args)]
@@ -66,6 +91,9 @@ struct RunArgs {
     /// Write the scores as a Markdown table to this file (for a merge request).
     #[arg(long, value_name = "FILE")]
     markdown: Option<PathBuf>,
+    /// Write the report as a self-contained HTML page with charts to this file.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
     #[command(flatten)]
     model: args::EmbeddingModel,
     #[command(flatten)]
@@ -100,6 +128,7 @@ pub async fn command(args: EvalArgs, quiet: bool) -> Result<u8> {
         EvalCommand::Run(args) if !args.retrieval_only => answers(args, quiet).await,
         EvalCommand::Run(args) => run(args).await,
         EvalCommand::ImportSquad(args) => import_squad(args, quiet).await,
+        EvalCommand::Compare(args) => compare(args),
     }
 }
 
@@ -122,6 +151,7 @@ async fn run(args: RunArgs) -> Result<u8> {
         ("--output", &args.output),
         ("--report", &args.report),
         ("--markdown", &args.markdown),
+        ("--html", &args.html),
     ] {
         if let Some(path) = path
             && let Err(m) = paths::check_writable(path)
@@ -195,9 +225,13 @@ async fn run(args: RunArgs) -> Result<u8> {
         "retrieval": settings,
         "model": searcher.collection().info.model,
         "scores": aggregate,
+        "items": results,
     });
     if let Some(path) = &args.report {
         paths::write_json(path, &report)?;
+    }
+    if let Some(path) = &args.html {
+        write_text(path, &eval::html::page(&title, &report))?;
     }
     let markdown = aggregate.markdown(&title);
     if let Some(path) = &args.markdown {
@@ -206,12 +240,65 @@ async fn run(args: RunArgs) -> Result<u8> {
     }
     let mut out = std::io::stdout().lock();
     if args.json.json {
-        serde_json::to_writer_pretty(&mut out, &report)?;
+        // The items are in --report and --output; stdout gets the scores.
+        let mut brief = report.clone();
+        if let Some(o) = brief.as_object_mut() {
+            o.remove("items");
+        }
+        serde_json::to_writer_pretty(&mut out, &brief)?;
         writeln!(out)?;
     } else {
         write!(out, "{markdown}")?;
     }
     Ok(u8::from(aggregate.failed > 0 || !unreadable.is_empty()))
+}
+
+fn compare(args: CompareArgs) -> Result<u8> {
+    let mut problems = Problems::new("moulin eval compare");
+    if !(0.0..=1.0).contains(&args.threshold) {
+        problems
+            .list
+            .push(Problem::flag("--threshold", "must be between 0 and 1"));
+    }
+    let mut read = |path: &std::path::Path| -> Option<serde_json::Value> {
+        let parsed = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))
+            .and_then(|t| {
+                serde_json::from_str(&t).map_err(|e| format!("{}: not JSON: {e}", path.display()))
+            });
+        match parsed {
+            Ok(v) => Some(v),
+            Err(m) => {
+                problems.list.push(Problem::argument(m));
+                None
+            }
+        }
+    };
+    let (a, b) = (read(&args.a), read(&args.b));
+    problems.into_result()?;
+    let (a, b) = (a.expect("read"), b.expect("read"));
+    let comparison = eval::compare::compare(&a, &b, args.threshold)
+        .map_err(|m| anyhow::anyhow!("{} and {}: {m}", args.a.display(), args.b.display()))?;
+    let mut out = std::io::stdout().lock();
+    if args.json.json {
+        serde_json::to_writer_pretty(&mut out, &comparison)?;
+        writeln!(out)?;
+    } else {
+        writeln!(out, "A: {}\nB: {}\n", args.a.display(), args.b.display())?;
+        write!(out, "{}", comparison.text(args.items))?;
+    }
+    if comparison.regressions > 0 {
+        style::error_line(&format!(
+            "{} metrics are worse by more than {}",
+            comparison.regressions, args.threshold
+        ));
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+fn write_text(path: &std::path::Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
 }
 
 /// Read an evaluation set: its items, and its lines that are not items.
@@ -277,6 +364,7 @@ async fn answers(args: RunArgs, quiet: bool) -> Result<u8> {
         ("--output", Some(PathBuf::from(&config.output))),
         ("--report", args.report.clone()),
         ("--markdown", args.markdown.clone()),
+        ("--html", args.html.clone()),
     ] {
         if let Some(path) = path
             && let Err(m) = paths::check_writable(&path)
@@ -327,11 +415,20 @@ async fn answers(args: RunArgs, quiet: bool) -> Result<u8> {
         config.retrieval.top_k,
         args.set.display()
     ));
+    let mut full = serde_json::to_value(&report)?;
+    full["set"] = args.set.display().to_string().into();
+    full["unreadable_lines"] = unreadable.len().into();
+    full["items"] = serde_json::to_value(&scored)?;
     if let Some(path) = &args.report {
-        let mut value = serde_json::to_value(&report)?;
-        value["unreadable_lines"] = unreadable.len().into();
-        value["items"] = serde_json::to_value(&scored)?;
-        paths::write_json(path, &value)?;
+        paths::write_json(path, &full)?;
+    }
+    if let Some(path) = &args.html {
+        let title = markdown
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim_start_matches("## ");
+        write_text(path, &eval::html::page(title, &full))?;
     }
     if let Some(path) = &args.markdown {
         std::fs::write(path, &markdown)

@@ -3,8 +3,11 @@
 //! [`set`] reads the questions, [`metrics`] scores one item, [`run_retrieval`]
 //! asks every question of a set through one [`Searcher`] and aggregates the
 //! scores with the counts of items scored, unjudged and failed (none dropped),
-//! and [`squad`] turns SQuAD-format QA data into a set and a corpus.
+//! [`squad`] turns SQuAD-format QA data into a set and a corpus, [`html`]
+//! writes a report as a page, and [`compare`] compares two runs.
 
+pub mod compare;
+pub mod html;
 pub mod metrics;
 pub mod set;
 pub mod squad;
@@ -242,6 +245,8 @@ pub struct ScoredAnswer {
     /// Chunk ids of the passages the answer cites.
     pub cited: Vec<String>,
     pub invalid_citations: Vec<usize>,
+    /// The passages the model was given, and whether each counted as relevant.
+    pub retrieved: Vec<RetrievedHit>,
 }
 
 /// Means over the items with a reference (answers) and with judgments (retrieval).
@@ -292,6 +297,7 @@ pub fn score_answers(
             retrieval: None,
             cited: Vec::new(),
             invalid_citations: Vec::new(),
+            retrieved: Vec::new(),
         };
         match answer {
             None => s.error = Some("no answer".into()),
@@ -310,6 +316,19 @@ pub fn score_answers(
                     })
                     .collect();
                 s.retrieval = metrics::retrieval(&retrieved, &item.relevant, &ks);
+                s.retrieved = a
+                    .passages
+                    .iter()
+                    .zip(&retrieved)
+                    .map(|(p, r)| RetrievedHit {
+                        rank: p.n,
+                        chunk_id: p.chunk_id.clone(),
+                        source: p.source.clone(),
+                        score: p.score,
+                        relevant: !item.relevant.matches(r).is_empty(),
+                        text: p.text.clone(),
+                    })
+                    .collect();
                 if item.references.is_empty() {
                     s.status = ItemStatus::Unjudged;
                 } else {
