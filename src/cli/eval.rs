@@ -356,7 +356,12 @@ async fn answers(args: RunArgs, quiet: bool) -> Result<u8> {
         embedding_model: args.model.embedding_model.clone(),
     };
     let mut problems = Problems::new("moulin eval run");
-    problems.list = config.check(&origins);
+    // The set is read below, and its problems said there.
+    problems.list = config
+        .check(&origins)
+        .into_iter()
+        .filter(|p| p.key != "questions")
+        .collect();
     if let Err(m) = moulin::store::check_db(&config.db, Access::Read) {
         problems.list.push(Problem::flag("--db", m));
     }

@@ -98,18 +98,7 @@ fn same_passage(a: &str, b: &str) -> bool {
     if short_words.is_empty() {
         return false;
     }
-    let mut left = bag(&long_words);
-    let shared = short_words
-        .iter()
-        .filter(|w| match left.get_mut(w.as_str()) {
-            Some(n) if *n > 0 => {
-                *n -= 1;
-                true
-            }
-            _ => false,
-        })
-        .count();
-    shared * 5 >= short_words.len() * 4
+    common_words(&short_words, &long_words) * 5 >= short_words.len() * 4
 }
 
 /// Retrieval metrics at one cut-off.
@@ -240,12 +229,21 @@ pub fn tokens(text: &str) -> Vec<String> {
         .collect()
 }
 
-fn bag(words: &[String]) -> std::collections::HashMap<&str, usize> {
-    let mut out = std::collections::HashMap::new();
-    for w in words {
-        *out.entry(w.as_str()).or_insert(0) += 1;
+/// How many words two texts share, each counted as often as both have it.
+fn common_words(a: &[String], b: &[String]) -> usize {
+    let mut left: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for w in b {
+        *left.entry(w.as_str()).or_insert(0) += 1;
     }
-    out
+    a.iter()
+        .filter(|w| match left.get_mut(w.as_str()) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        })
+        .count()
 }
 
 /// 1 when the normalised answer equals a normalised reference.
@@ -264,17 +262,7 @@ pub fn token_f1(answer: &str, references: &[String]) -> f64 {
         if a.is_empty() || r.is_empty() {
             return f64::from(u8::from(a == r));
         }
-        let mut left = bag(&r);
-        let common = a
-            .iter()
-            .filter(|w| match left.get_mut(w.as_str()) {
-                Some(n) if *n > 0 => {
-                    *n -= 1;
-                    true
-                }
-                _ => false,
-            })
-            .count();
+        let common = common_words(&a, &r);
         if common == 0 {
             return 0.0;
         }

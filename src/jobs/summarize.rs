@@ -104,7 +104,6 @@ impl Summarizer<'_> {
         self.llm.context.min(self.generation.context)
     }
 
-    /// The messages for one piece: a part of a document, or summaries to merge.
     fn messages(
         &self,
         title: &str,
@@ -112,28 +111,7 @@ impl Summarizer<'_> {
         part: (usize, usize),
         text: &str,
     ) -> Vec<crate::llm::Message> {
-        let part = if part.1 > 1 {
-            render(
-                &self.prompt.part,
-                &[("i", &part.0.to_string()), ("n", &part.1.to_string())],
-            )
-        } else {
-            String::new()
-        };
-        let template = if merge {
-            &self.prompt.merge
-        } else {
-            &self.prompt.user
-        };
-        let text = if merge {
-            text.to_string()
-        } else {
-            as_data(text)
-        };
-        self.prompt.messages(
-            template,
-            &[("title", title), ("part", &part), ("text", &text)],
-        )
+        messages(self.prompt, title, merge, part, text)
     }
 
     /// Tokens left for the text of a piece, once the prompt and the answer are counted.
