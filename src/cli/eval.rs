@@ -126,13 +126,14 @@ struct ImportArgs {
 pub async fn command(args: EvalArgs, quiet: bool) -> Result<u8> {
     match args.command {
         EvalCommand::Run(args) if !args.retrieval_only => answers(args, quiet).await,
-        EvalCommand::Run(args) => run(args).await,
+        EvalCommand::Run(args) => retrieval(args).await,
         EvalCommand::ImportSquad(args) => import_squad(args, quiet).await,
         EvalCommand::Compare(args) => compare(args),
     }
 }
 
-async fn run(args: RunArgs) -> Result<u8> {
+/// `eval run --retrieval-only`: every question searched, the hits scored.
+async fn retrieval(args: RunArgs) -> Result<u8> {
     let name = &args.collection.collection;
     let db = &args.collection.db.db;
     let mut problems = Problems::new("moulin eval run");

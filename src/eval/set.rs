@@ -21,14 +21,16 @@ pub struct Item {
     pub relevant: Relevant,
 }
 
-/// Read an evaluation set. A line that is not an item gets its own error with
-/// its number; the others are read.
+/// Read an evaluation set. A line that is not an item (or repeats an earlier
+/// item's id) gets its own error with its number; the others are read.
 pub fn read(text: &str) -> Vec<Result<Item, String>> {
-    text.lines()
+    let items = text
+        .lines()
         .enumerate()
         .filter(|(_, line)| !line.trim().is_empty())
         .map(|(i, line)| parse(line, i + 1).map_err(|m| format!("line {}: {m}", i + 1)))
-        .collect()
+        .collect();
+    crate::store::search::refuse_repeated_ids(items, |i| (i.id.as_str(), i.line))
 }
 
 fn parse(line: &str, number: usize) -> Result<Item, String> {

@@ -201,7 +201,32 @@ pub fn read_queries(text: &str) -> Vec<std::result::Result<QueryLine, String>> {
         }
         out.push(parse_query_line(line, number).map_err(|m| format!("line {number}: {m}")));
     }
-    out
+    refuse_repeated_ids(out, |q| (q.id.as_str(), q.line))
+}
+
+/// A line whose id an earlier line has becomes an error: results are kept by id,
+/// so two questions with one id would share one answer.
+pub fn refuse_repeated_ids<T>(
+    lines: Vec<std::result::Result<T, String>>,
+    id: impl Fn(&T) -> (&str, usize),
+) -> Vec<std::result::Result<T, String>> {
+    let mut first: HashMap<String, usize> = HashMap::new();
+    lines
+        .into_iter()
+        .map(|line| {
+            let item = line?;
+            let (key, number) = id(&item);
+            match first.get(key) {
+                Some(earlier) => Err(format!(
+                    "line {number}: id {key} is already the id of line {earlier}"
+                )),
+                None => {
+                    first.insert(key.to_string(), number);
+                    Ok(item)
+                }
+            }
+        })
+        .collect()
 }
 
 fn parse_query_line(line: &str, number: usize) -> std::result::Result<QueryLine, String> {
@@ -545,6 +570,7 @@ mod tests {
 {"user_input": "congés"}
 {"reference": "no question here"}
 not json
+{"id": "q1", "query": "again"}
 "#;
         let read = read_queries(text);
         let ok: Vec<(&str, usize, &str)> = read
@@ -562,13 +588,14 @@ not json
             ]
         );
         let errors: Vec<&String> = read.iter().filter_map(|r| r.as_ref().err()).collect();
-        assert_eq!(errors.len(), 2);
+        assert_eq!(errors.len(), 3);
         assert!(
             errors[0].starts_with("line 6: no query or question"),
             "{}",
             errors[0]
         );
         assert!(errors[1].starts_with("line 7: not JSON"), "{}", errors[1]);
+        assert_eq!(errors[2], "line 8: id q1 is already the id of line 1");
     }
 
     #[test]
