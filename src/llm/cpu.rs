@@ -339,26 +339,33 @@ avx512_kernel!(
     avx512_f16, half::f16, f16, prefetch = 512
 );
 
-/// Attention of one new token per sequence over the KV cache (a decoding
-/// step), or `None` when this does not apply (another backend or dtype, no
-/// AVX-512, a head size not a multiple of 16). `q` is `[batch, kv_heads,
-/// group, head_dim]`, `keys` and `values` `[batch, kv_heads, capacity,
-/// head_dim]`; slot `j < end` of sequence `b` is attended when `valid[b][j]`.
-/// One task per (sequence, key/value head), instead of the backend's small
-/// matrix products per head.
-pub fn decode_attention(
+/// Attention of `s` new tokens per sequence over the KV cache — one token in
+/// a decoding step, a whole prompt (or a chunk of it) in a prompt pass — or
+/// `None` when this does not apply (another backend or dtype, no AVX-512, a
+/// head size not a multiple of 16). `q` is `[batch, kv_heads, group × s,
+/// head_dim]` (rows by group member, then token), `keys` and `values`
+/// `[batch, kv_heads, capacity, head_dim]`, the new tokens in slots
+/// `start..start + s`. Token `t` attends slot `j` when `j <= start + t`
+/// (causal) and `valid[b][j]`: masked slots are never computed, which halves
+/// a prompt pass's attention against the backend's full product. Rows are
+/// spread over the cores in small tasks.
+pub fn cached_attention(
     q: &Tensor<4>,
     keys: &Tensor<4>,
     values: &Tensor<4>,
     valid: &[Vec<bool>],
-    end: usize,
+    start: usize,
+    s: usize,
     device: &Device,
 ) -> Option<Tensor<4>> {
     #[cfg(target_arch = "x86_64")]
     {
-        let [b, kvh, group, hd] = q.dims();
+        let [b, kvh, rows, hd] = q.dims();
         let [kb, kh, capacity, khd] = keys.dims();
+        let end = start + s;
         if !avx512()
+            || s == 0
+            || !rows.is_multiple_of(s)
             || (kb, kh, khd) != (b, kvh, hd)
             || values.dims() != keys.dims()
             || !hd.is_multiple_of(16)
@@ -378,17 +385,23 @@ pub fn decode_attention(
         let q = q.as_slice::<f32>().ok()?;
         let (k, v) = (k.storage::<f32>(), v.storage::<f32>());
         let scale = 1.0 / (hd as f32).sqrt();
-        let mut out = vec![0f32; b * kvh * group * hd];
-        out.par_chunks_mut(group * hd)
+        let mut out = vec![0f32; b * kvh * rows * hd];
+        // Rows per task: enough to amortise the task, few enough to balance the cores.
+        const TASK_ROWS: usize = 8;
+        out.par_chunks_mut(TASK_ROWS * hd)
             .enumerate()
-            .for_each(|(task, out)| {
-                let seq = task / kvh;
-                let base = task * capacity * hd;
+            .for_each(|(chunk, out)| {
                 let mut scores = vec![0f32; end];
-                for gi in 0..group {
-                    let qrow = &q[(task * group + gi) * hd..(task * group + gi + 1) * hd];
+                for (i, orow) in out.chunks_mut(hd).enumerate() {
+                    let row = chunk * TASK_ROWS + i;
+                    let task = row / rows;
+                    let t = (row % rows) % s;
+                    let seq = task / kvh;
+                    let base = task * capacity * hd;
+                    let limit = start + t + 1;
+                    let qrow = &q[row * hd..(row + 1) * hd];
                     let mut max = f32::NEG_INFINITY;
-                    for (j, score) in scores.iter_mut().enumerate() {
+                    for (j, score) in scores[..limit].iter_mut().enumerate() {
                         *score = if valid[seq][j] {
                             // SAFETY: AVX-512F and VL checked above; both rows hold `hd` values.
                             let s = unsafe {
@@ -400,16 +413,15 @@ pub fn decode_attention(
                         };
                         max = max.max(*score);
                     }
-                    let orow = &mut out[gi * hd..(gi + 1) * hd];
                     if max == f32::NEG_INFINITY {
                         continue; // nothing to attend (a padding position): zeros
                     }
                     let mut total = 0f32;
-                    for score in scores.iter_mut() {
+                    for score in scores[..limit].iter_mut() {
                         *score = (*score - max).exp();
                         total += *score;
                     }
-                    for (j, &p) in scores.iter().enumerate() {
+                    for (j, &p) in scores[..limit].iter().enumerate() {
                         if p > 0.0 {
                             // SAFETY: as above.
                             unsafe {
@@ -424,13 +436,13 @@ pub fn decode_attention(
                 }
             });
         Some(Tensor::from_data(
-            TensorData::new(out, [b, kvh, group, hd]),
+            TensorData::new(out, [b, kvh, rows, hd]),
             device,
         ))
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (q, keys, values, valid, end, device);
+        let _ = (q, keys, values, valid, start, s, device);
         None
     }
 }
@@ -478,6 +490,67 @@ mod avx512_att {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The kernel against burn's attention with the mask the model builds, for a
+    /// prompt chunk after earlier tokens (start > 0), with a padded sequence.
+    #[test]
+    fn cached_attention_matches_the_masked_product() {
+        use burn::tensor::Bool;
+        let device = crate::llm::DeviceKind::Cpu.device().unwrap();
+        let (b, kvh, group, s, start, capacity, hd) = (2, 2, 3, 5, 3, 11, 32);
+        let value = |i: usize, m: usize| ((i * m % 97) as f32 - 48.0) / 50.0;
+        let q: Vec<f32> = (0..b * kvh * group * s * hd).map(|i| value(i, 7)).collect();
+        let k: Vec<f32> = (0..b * kvh * capacity * hd).map(|i| value(i, 13)).collect();
+        let v: Vec<f32> = (0..b * kvh * capacity * hd).map(|i| value(i, 29)).collect();
+        let q = Tensor::<4>::from_data(TensorData::new(q, [b, kvh, group * s, hd]), &device);
+        let k = Tensor::<4>::from_data(TensorData::new(k, [b, kvh, capacity, hd]), &device);
+        let v = Tensor::<4>::from_data(TensorData::new(v, [b, kvh, capacity, hd]), &device);
+        // The second sequence is left-padded by two slots.
+        let valid = vec![
+            vec![true; capacity],
+            (0..capacity).map(|j| j >= 2).collect(),
+        ];
+        let mut mask = Vec::new();
+        for row in &valid {
+            for _ in 0..group {
+                for t in 0..s {
+                    mask.extend((0..capacity).map(|j| j > start + t || !row[j]));
+                }
+            }
+        }
+        let mask: Tensor<4, Bool> =
+            Tensor::from_data(TensorData::new(mask, [b, 1, group * s, capacity]), &device);
+        let options = burn::tensor::ops::AttentionModuleOptions {
+            scale: Some(1.0 / (hd as f64).sqrt()),
+            ..Default::default()
+        };
+        let want = burn::tensor::module::attention(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            Some(mask),
+            None,
+            options,
+        );
+        match (
+            avx512(),
+            cached_attention(&q, &k, &v, &valid, start, s, &device),
+        ) {
+            (true, Some(got)) => {
+                let (got, want) = (got.into_data(), want.into_data());
+                let (got, want) = (
+                    got.as_slice::<f32>().unwrap(),
+                    want.as_slice::<f32>().unwrap(),
+                );
+                assert_eq!(got.len(), want.len());
+                for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                    assert!((g - w).abs() < 1e-5, "row {}: {g} != {w}", i / hd);
+                }
+            }
+            (false, None) => {} // no AVX-512 here: the backend's attention runs
+            (has, got) => panic!("AVX-512 {has}, kernel ran: {}", got.is_some()),
+        }
+    }
 
     #[test]
     fn kernel_matches_a_plain_product() {

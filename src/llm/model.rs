@@ -376,20 +376,23 @@ impl Llama {
         // rows are (group member, token).
         // Attention reads the whole cache, contiguous as it is (a slice of it
         // would be copied for every layer); the mask hides the slots not filled.
+        // Built only when the backend's attention runs (the CPU kernel needs none).
         let span = cache.capacity;
-        let mut mask = Vec::with_capacity(b * group * s * span);
-        for row in input.valid.iter().take(b) {
-            for _ in 0..group {
-                for t in 0..s {
-                    let limit = start + t;
-                    mask.extend(
-                        (0..span).map(|j| j > limit || !row.get(j).copied().unwrap_or(false)),
-                    );
+        let build_mask = || -> Tensor<4, Bool> {
+            let mut mask = Vec::with_capacity(b * group * s * span);
+            for row in input.valid.iter().take(b) {
+                for _ in 0..group {
+                    for t in 0..s {
+                        let limit = start + t;
+                        mask.extend(
+                            (0..span).map(|j| j > limit || !row.get(j).copied().unwrap_or(false)),
+                        );
+                    }
                 }
             }
-        }
-        let mask: Tensor<4, Bool> =
-            Tensor::from_data(TensorData::new(mask, [b, 1, group * s, span]), &self.device);
+            Tensor::from_data(TensorData::new(mask, [b, 1, group * s, span]), &self.device)
+        };
+        let mut mask: Option<Tensor<4, Bool>> = None;
         let options = AttentionModuleOptions {
             scale: Some(1.0 / (hd as f64).sqrt()),
             ..Default::default()
@@ -425,21 +428,26 @@ impl Llama {
                 .take()
                 .expect("cache")
                 .slice_assign(slots, v);
-            let decoded = if s == 1 && self.cpu_kernel {
-                super::cpu::decode_attention(&q, &keys, &values, input.valid, end, &self.device)
+            let decoded = if self.cpu_kernel {
+                super::cpu::cached_attention(
+                    &q,
+                    &keys,
+                    &values,
+                    input.valid,
+                    start,
+                    s,
+                    &self.device,
+                )
             } else {
                 None
             };
-            let attn = decoded.unwrap_or_else(|| {
-                attention(
-                    q,
-                    keys.clone(),
-                    values.clone(),
-                    Some(mask.clone()),
-                    None,
-                    options,
-                )
-            });
+            let attn = match decoded {
+                Some(attn) => attn,
+                None => {
+                    let mask = mask.get_or_insert_with(build_mask).clone();
+                    attention(q, keys.clone(), values.clone(), Some(mask), None, options)
+                }
+            };
             cache.keys[l] = Some(keys);
             cache.values[l] = Some(values);
 
