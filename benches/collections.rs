@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+mod common;
+
 /// Inputs copied into the benchmark's folder, so that some can be changed: the
 /// end-to-end benchmark's PDFs and more (600 pages), a French workbook, the
 /// ministry pages and the readability test pages (their `source.html` only).
@@ -253,29 +255,7 @@ fn recall() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     // Clustered vectors, as embeddings of topics are: 500 centres, points around them.
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-    let mut uniform = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 11) as f32 / (1u64 << 53) as f32 - 0.5
-    };
-    let normalise = |mut v: Vec<f32>| {
-        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        v.iter_mut().for_each(|x| *x /= n);
-        v
-    };
-    let centres: Vec<Vec<f32>> = (0..500)
-        .map(|_| (0..DIM).map(|_| uniform()).collect())
-        .collect();
-    let mut point = |c: usize| -> Vec<f32> {
-        normalise(
-            centres[c % 500]
-                .iter()
-                .map(|x| x + 0.6 * uniform())
-                .collect(),
-        )
-    };
+    let mut space = common::Clustered::new(0x9e37_79b9_7f4a_7c15, 500, DIM);
     let info = moulin::embed::ModelInfo {
         name: "synthetic".into(),
         dimension: DIM,
@@ -288,35 +268,12 @@ fn recall() {
         let c = store.open_for_writing("recall", &info).await.unwrap();
         let t = Instant::now();
         for d in 0..DOCS {
-            let doc = moulin::Document {
-                id: format!("d{d:03}"),
-                source: format!("synthetic/{d}"),
-                uri: format!("synthetic/{d}"),
-                format: moulin::Format::Text,
-                content_hash: String::new(),
-                title: None,
-                metadata: Default::default(),
-                pages: 1,
-                sections: Vec::new(),
-                warnings: Vec::new(),
-            };
-            let chunks: Vec<moulin::Chunk> = (0..PER_DOC)
-                .map(|i| moulin::Chunk {
-                    id: format!("d{d:03}-{i:05}"),
-                    document_id: doc.id.clone(),
-                    index: i as u32,
-                    text: format!("chunk {i}"),
-                    start: 0,
-                    end: 0,
-                    page_start: None,
-                    page_end: None,
-                    sheet: None,
-                    row_start: None,
-                    row_end: None,
-                    headings: Vec::new(),
-                })
+            let texts: Vec<String> = (0..PER_DOC).map(|i| format!("chunk {i}")).collect();
+            let (doc, chunks) =
+                common::document(&format!("d{d:03}"), &format!("synthetic/{d}"), &texts);
+            let vectors: Vec<Vec<f32>> = (0..PER_DOC)
+                .map(|i| space.point(d * PER_DOC + i))
                 .collect();
-            let vectors: Vec<Vec<f32>> = (0..PER_DOC).map(|i| point(d * PER_DOC + i)).collect();
             c.swap_chunks(
                 &[EmbeddedDocument {
                     document: &doc,
@@ -337,7 +294,7 @@ fn recall() {
         c.refresh(&policy).await.unwrap();
         let build = t.elapsed().as_secs_f64();
 
-        let queries: Vec<Vec<f32>> = (0..QUERIES).map(|q| point(q * 7919)).collect();
+        let queries: Vec<Vec<f32>> = (0..QUERIES).map(|q| space.point(q * 7919)).collect();
         let top = |batches: Vec<RecordBatch>| -> Vec<String> {
             batches
                 .iter()

@@ -7,7 +7,9 @@
 //! Run: `source scripts/setup.sh && cargo bench --profile dev --bench jobs`
 
 use std::path::Path;
-use std::process::Command;
+
+mod common;
+use common::moulin;
 
 const QUESTIONS: &[&str] = &[
     "Quelle est la durée maximale de la période d'essai d'un cadre ?",
@@ -27,19 +29,6 @@ const QUESTIONS: &[&str] = &[
     "Que décide le Journal officiel du 21 juin 2023 ?",
     "Comment saisir l'administration par voie électronique ?",
 ];
-
-fn moulin(dir: &Path, args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_moulin"))
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "moulin {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn main() {
     let tmp = tempfile::tempdir().unwrap();

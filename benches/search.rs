@@ -18,6 +18,9 @@
 //! `BENCH_PARTS=speed,piaf` chooses the parts (both by default).
 
 use std::path::PathBuf;
+
+mod common;
+use common::moulin;
 use std::time::Instant;
 
 use moulin::store::search::{Mode, Query, Searcher};
@@ -72,20 +75,6 @@ fn main() {
     if parts.contains("piaf") {
         piaf_scores();
     }
-}
-
-fn moulin(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_moulin"))
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "moulin {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 fn piaf_scores() {
@@ -172,16 +161,7 @@ fn speed() {
     let info = moulin::embed::Embedder::info(&model).clone();
     drop(model);
 
-    let mut state = 0x2545_f491_4f6c_dd1d_u64;
-    let mut uniform = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 11) as f32 / (1u64 << 53) as f32 - 0.5
-    };
-    let centres: Vec<Vec<f32>> = (0..200)
-        .map(|_| (0..info.dimension).map(|_| uniform()).collect())
-        .collect();
+    let mut space = common::Clustered::new(0x2545_f491_4f6c_dd1d, 200, info.dimension);
 
     println!(
         "# Search: {CHUNKS} chunks, {QUERIES} PIAF questions, model {}",
@@ -193,45 +173,10 @@ fn speed() {
             .unwrap();
         let c = store.open_for_writing("search", &info).await.unwrap();
         for (d, texts) in chunks.chunks(PER_DOC).enumerate() {
-            let doc = moulin::Document {
-                id: format!("d{d:04}"),
-                source: format!("piaf/{d:04}.txt"),
-                uri: format!("piaf/{d:04}.txt"),
-                format: moulin::Format::Text,
-                content_hash: format!("{d}"),
-                title: None,
-                metadata: Default::default(),
-                pages: 1,
-                sections: Vec::new(),
-                warnings: Vec::new(),
-            };
-            let rows: Vec<moulin::Chunk> = texts
-                .iter()
-                .enumerate()
-                .map(|(i, text)| moulin::Chunk {
-                    id: format!("d{d:04}-{i:03}"),
-                    document_id: doc.id.clone(),
-                    index: i as u32,
-                    text: text.clone(),
-                    start: 0,
-                    end: text.len(),
-                    page_start: None,
-                    page_end: None,
-                    sheet: None,
-                    row_start: None,
-                    row_end: None,
-                    headings: Vec::new(),
-                })
-                .collect();
+            let (doc, rows) =
+                common::document(&format!("d{d:04}"), &format!("piaf/{d:04}.txt"), texts);
             let vectors: Vec<Vec<f32>> = (0..rows.len())
-                .map(|i| {
-                    let v: Vec<f32> = centres[(d * PER_DOC + i) % centres.len()]
-                        .iter()
-                        .map(|x| x + 0.6 * uniform())
-                        .collect();
-                    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-                    v.into_iter().map(|x| x / n).collect()
-                })
+                .map(|i| space.point(d * PER_DOC + i))
                 .collect();
             c.swap_chunks(
                 &[EmbeddedDocument {

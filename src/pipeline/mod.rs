@@ -32,6 +32,7 @@ use crate::embed::{Embedder, EmbedderConfig, OnnxEmbedder};
 use crate::error::{Error, Result};
 use crate::extract;
 use crate::progress::Reporter;
+use crate::store::runs::now;
 use crate::store::{
     Access, Collection, DocumentRow, DocumentState, EmbeddedDocument, RunKind, RunRecord,
     RunStatus, Store,
@@ -288,9 +289,7 @@ impl Pipeline {
         let collection = &session.collection;
         let run = &mut session.run;
         if let Err(e) = outcome {
-            run.status = RunStatus::Failed;
-            run.finished_at = Some(now());
-            run.note = Some(e.to_string());
+            run.fail(e.to_string());
             let _ = collection.put_run(run).await;
             return Err(e);
         }
@@ -308,10 +307,7 @@ impl Pipeline {
         report.seconds.index = t.elapsed().as_secs_f64();
         report.seconds.total = session.started.elapsed().as_secs_f64();
         report.tally();
-        run.status = RunStatus::Complete;
-        run.finished_at = Some(now());
-        run.chunks_after = Some(report.versions_after.chunks);
-        run.documents_after = Some(report.versions_after.documents);
+        run.complete(&report.versions_after);
         let t = &report.totals;
         run.counts = crate::store::RunCounts {
             added: t.added as u64,
@@ -719,10 +715,6 @@ impl Pipeline {
     }
 }
 
-fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
 /// Runs still marked running are runs whose process stopped (the lock is ours):
 /// the chunks of new documents they wrote without a row are removed, and they
 /// are marked failed.
@@ -738,8 +730,7 @@ async fn finish_interrupted_runs(collection: &Collection) -> Result<()> {
     }
     let orphans = collection.remove_orphan_chunks().await?;
     for mut run in interrupted {
-        run.status = RunStatus::Failed;
-        run.note = Some(format!(
+        run.fail(format!(
             "interrupted before its end; the next run removed the chunks of {orphans} document(s) it had not recorded"
         ));
         collection.put_run(&run).await?;

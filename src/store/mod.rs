@@ -227,9 +227,7 @@ impl Store {
                 "run {run_id} did not complete: there is no state after it to go back to"
             ),
         })?;
-        let before = collection.versions().await?;
-        record.chunks_before = before.chunks;
-        record.documents_before = before.documents;
+        record.set_before(&collection.versions().await?);
         record.config = target.config.clone();
         collection.restore(&versions).await.map_err(|e| Error::Collection {
             collection: name.to_string(),
@@ -237,12 +235,7 @@ impl Store {
                 "cannot go back to run {run_id} (its versions may have been pruned by upkeep): {e}"
             ),
         })?;
-        let after = collection.versions().await?;
-        record.status = RunStatus::Complete;
-        record.finished_at =
-            Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-        record.chunks_after = Some(after.chunks);
-        record.documents_after = Some(after.documents);
+        record.complete(&collection.versions().await?);
         record.note = Some(format!("back to the state after run {run_id}"));
         collection.put_run(&record).await?;
         collection.tag_run(&record).await?;
@@ -270,9 +263,7 @@ impl Store {
         let _lock = self.lock(name, &record.run_id, wait)?;
         let target = self.open(name).await?;
         let from = self.open(scratch).await?;
-        let before = target.versions().await?;
-        record.chunks_before = before.chunks;
-        record.documents_before = before.documents;
+        record.set_before(&target.versions().await?);
         if let Some(last) = from.run_summaries().await?.into_iter().last() {
             record.config = last.config;
             record.counts = last.counts;
@@ -317,12 +308,7 @@ impl Store {
             .map_err(target.err())?;
         let target = self.open(name).await?;
         target.refresh(upkeep).await?;
-        let after = target.versions().await?;
-        record.status = RunStatus::Complete;
-        record.finished_at =
-            Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-        record.chunks_after = Some(after.chunks);
-        record.documents_after = Some(after.documents);
+        record.complete(&target.versions().await?);
         record.note = Some(format!(
             "embedding model replaced: {} (was {})",
             from.info.model, target.info.model

@@ -84,7 +84,7 @@ impl RunRecord {
             run_id: new_run_id(),
             kind,
             status: RunStatus::Running,
-            started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            started_at: now(),
             finished_at: None,
             counts: RunCounts::default(),
             chunks_before: before.chunks,
@@ -97,6 +97,27 @@ impl RunRecord {
         }
     }
 
+    /// The run went through, leaving the tables at `after`.
+    pub fn complete(&mut self, after: &Versions) {
+        self.status = RunStatus::Complete;
+        self.finished_at = Some(now());
+        self.chunks_after = Some(after.chunks);
+        self.documents_after = Some(after.documents);
+    }
+
+    /// The run stopped on an error, said in its note.
+    pub fn fail(&mut self, reason: String) {
+        self.status = RunStatus::Failed;
+        self.finished_at = Some(now());
+        self.note = Some(reason);
+    }
+
+    /// The tables it started from, once they are known (after the lock).
+    pub fn set_before(&mut self, before: &Versions) {
+        self.chunks_before = before.chunks;
+        self.documents_before = before.documents;
+    }
+
     /// The versions this run left, when it completed.
     pub fn after(&self) -> Option<Versions> {
         Some(Versions {
@@ -104,6 +125,11 @@ impl RunRecord {
             documents: self.documents_after?,
         })
     }
+}
+
+/// Now, as runs record times.
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// A run id that sorts by time and does not depend on the machine: the UTC
