@@ -9,4 +9,4 @@ if ! command -v chromium >/dev/null; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
   $sudo apt-get update -qq && $sudo apt-get install -y -qq chromium >/dev/null
 fi
-cargo test "$@"
+cargo test --workspace "$@"

@@ -35,7 +35,9 @@ pub struct GenerateArgs {
     /// Where the model runs; GPUs need a build with the matching cargo feature.
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     device: DeviceKind,
-    /// Weight precision on the device [default: f16].
+    /// Dequantize every weight to this precision. Default: on the CPU, quantized
+    /// weights stay in their file's blocks (Q4_K, Q8_0, …) and float weights
+    /// become f16; on a GPU, everything is f16.
     #[arg(long, value_enum)]
     dtype: Option<Dtype>,
     /// Most tokens generated per answer, at least 1.

@@ -1,5 +1,5 @@
-//! GGUF files: the header, metadata, tensor table and the dequantization of the
-//! tensor types small Llama files use (F32, F16, BF16, Q8_0, Q4_0, Q4_1).
+//! GGUF files: the header, metadata and tensor table; the tensor types and
+//! their blocks are [`moulin_quant`]'s.
 //!
 //! Format: magic `GGUF`, version (2 or 3), tensor count, metadata count, the
 //! metadata key/values, the tensor infos (name, dimensions fastest first, type,
@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use half::{bf16, f16};
 use memmap2::Mmap;
+use moulin_quant::{GgmlType, name_of_id};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
@@ -64,78 +64,12 @@ impl Value {
     }
 }
 
-/// The ggml tensor types moulin reads, and the ones it names when refusing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TensorType {
-    F32,
-    F16,
-    Bf16,
-    Q4_0,
-    Q4_1,
-    Q8_0,
-    /// Another ggml type (k-quants, i-quants…): listed, not dequantized.
-    Other(u32),
-}
-
-impl TensorType {
-    fn from_id(id: u32) -> Self {
-        match id {
-            0 => TensorType::F32,
-            1 => TensorType::F16,
-            2 => TensorType::Q4_0,
-            3 => TensorType::Q4_1,
-            8 => TensorType::Q8_0,
-            30 => TensorType::Bf16,
-            other => TensorType::Other(other),
-        }
-    }
-
-    /// Elements per block and bytes per block.
-    fn block(self) -> Option<(usize, usize)> {
-        match self {
-            TensorType::F32 => Some((1, 4)),
-            TensorType::F16 | TensorType::Bf16 => Some((1, 2)),
-            TensorType::Q4_0 => Some((32, 18)),
-            TensorType::Q4_1 => Some((32, 20)),
-            TensorType::Q8_0 => Some((32, 34)),
-            TensorType::Other(_) => None,
-        }
-    }
-
-    pub fn name(self) -> String {
-        let known = match self {
-            TensorType::F32 => "F32",
-            TensorType::F16 => "F16",
-            TensorType::Bf16 => "BF16",
-            TensorType::Q4_0 => "Q4_0",
-            TensorType::Q4_1 => "Q4_1",
-            TensorType::Q8_0 => "Q8_0",
-            TensorType::Other(id) => {
-                let name = match id {
-                    6 => "Q5_0",
-                    7 => "Q5_1",
-                    9 => "Q8_1",
-                    10 => "Q2_K",
-                    11 => "Q3_K",
-                    12 => "Q4_K",
-                    13 => "Q5_K",
-                    14 => "Q6_K",
-                    15 => "Q8_K",
-                    _ => return format!("ggml type {id}"),
-                };
-                return name.to_string();
-            }
-        };
-        known.to_string()
-    }
-}
-
 /// One entry of the tensor table.
 #[derive(Debug, Clone)]
 pub struct TensorInfo {
     /// Dimensions as GGUF lists them: the fastest-varying first.
     pub dims: Vec<usize>,
-    pub kind: TensorType,
+    pub kind: GgmlType,
     /// Byte offset of the data in the file.
     pub start: usize,
     pub len: usize,
@@ -217,7 +151,14 @@ impl Gguf {
             for _ in 0..n_dims {
                 dims.push(r.count("tensor dimension").map_err(&fail)?);
             }
-            let kind = TensorType::from_id(r.u32().map_err(&fail)?);
+            let id = r.u32().map_err(&fail)?;
+            let kind = GgmlType::from_id(id).map_err(|id| {
+                fail(format!(
+                    "tensor {name} has type {}, which moulin does not read (it reads {})",
+                    name_of_id(id),
+                    GgmlType::supported_names()
+                ))
+            })?;
             let offset = r.u64().map_err(&fail)?;
             infos.push((name, dims, kind, offset));
         }
@@ -233,18 +174,9 @@ impl Gguf {
                 .iter()
                 .try_fold(1usize, |acc, &d| acc.checked_mul(d))
                 .ok_or_else(|| fail(format!("tensor {name}: size overflows")))?;
-            let len = match kind.block() {
-                Some((per, bytes)) => {
-                    if elements % per != 0 {
-                        return Err(fail(format!(
-                            "tensor {name}: {elements} elements is not a whole number of {} blocks",
-                            kind.name()
-                        )));
-                    }
-                    elements / per * bytes
-                }
-                None => 0,
-            };
+            let len = kind
+                .bytes_for(elements)
+                .map_err(|e| fail(format!("tensor {name}: {e}")))?;
             let start = data_start
                 .checked_add(offset)
                 .and_then(|s| usize::try_from(s).ok())
@@ -283,81 +215,58 @@ impl Gguf {
         self.metadata.get(key)
     }
 
-    /// A tensor dequantized to f32, with its row-major shape.
-    pub fn tensor_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
-        let info = self.tensors.get(name).ok_or_else(|| Error::Llm {
+    fn info(&self, name: &str) -> Result<&TensorInfo> {
+        self.tensors.get(name).ok_or_else(|| Error::Llm {
             model: self.path.display().to_string(),
             reason: format!("tensor {name} is missing"),
-        })?;
-        let bytes = &self.map[info.start..info.start + info.len];
+        })
+    }
+
+    /// A tensor's type, raw bytes (whole blocks, checked against the file at
+    /// open) and row-major shape.
+    pub fn tensor_bytes(&self, name: &str) -> Result<(GgmlType, &[u8], Vec<usize>)> {
+        let info = self.info(name)?;
+        Ok((
+            info.kind,
+            &self.map[info.start..info.start + info.len],
+            info.shape(),
+        ))
+    }
+
+    /// A tensor dequantized to f32, with its row-major shape.
+    pub fn tensor_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+        let (kind, bytes, shape) = self.tensor_bytes(name)?;
         let values =
-            dequantize(info.kind, bytes, info.elements()).map_err(|reason| Error::Llm {
+            dequantize(kind, bytes, shape.iter().product()).map_err(|reason| Error::Llm {
                 model: self.path.display().to_string(),
                 reason: format!("tensor {name}: {reason}"),
             })?;
-        Ok((values, info.shape()))
+        Ok((values, shape))
     }
 }
 
-/// Dequantize `elements` values of type `kind` from `bytes`.
+/// Dequantize `elements` values of type `kind` from `bytes`, blocks in parallel.
 pub fn dequantize(
-    kind: TensorType,
+    kind: GgmlType,
     bytes: &[u8],
     elements: usize,
 ) -> std::result::Result<Vec<f32>, String> {
-    let (per, size) = kind
-        .block()
-        .ok_or_else(|| format!("tensor type {} is not supported", kind.name()))?;
-    if bytes.len() != elements / per * size {
+    let need = kind.bytes_for(elements)?;
+    if bytes.len() != need {
         return Err(format!(
-            "{} bytes for {elements} {} values",
+            "{} bytes for {elements} {} values, which need {need}",
             bytes.len(),
             kind.name()
         ));
     }
+    let (per, size) = (kind.block_size(), kind.block_bytes());
     let mut out = vec![0f32; elements];
-    // Blocks are independent: dequantize them in parallel, a few thousand at a time.
+    // A few thousand blocks per task.
     const BLOCKS_PER_TASK: usize = 4096;
     out.par_chunks_mut(per * BLOCKS_PER_TASK)
         .zip(bytes.par_chunks(size * BLOCKS_PER_TASK))
-        .for_each(|(out, bytes)| {
-            for (out, block) in out.chunks_exact_mut(per).zip(bytes.chunks_exact(size)) {
-                dequantize_block(kind, block, out);
-            }
-        });
+        .try_for_each(|(out, bytes)| moulin_quant::dequantize(kind, bytes, out))?;
     Ok(out)
-}
-
-fn dequantize_block(kind: TensorType, block: &[u8], out: &mut [f32]) {
-    let half = |i: usize| f16::from_le_bytes([block[i], block[i + 1]]).to_f32();
-    match kind {
-        TensorType::F32 => out[0] = f32::from_le_bytes([block[0], block[1], block[2], block[3]]),
-        TensorType::F16 => out[0] = half(0),
-        TensorType::Bf16 => out[0] = bf16::from_le_bytes([block[0], block[1]]).to_f32(),
-        TensorType::Q8_0 => {
-            let d = half(0);
-            for (o, &q) in out.iter_mut().zip(&block[2..34]) {
-                *o = f32::from(q as i8) * d;
-            }
-        }
-        TensorType::Q4_0 => {
-            // Low nibbles are the first 16 values, high nibbles the next 16.
-            let d = half(0);
-            for (j, &q) in block[2..18].iter().enumerate() {
-                out[j] = (f32::from(q & 0x0F) - 8.0) * d;
-                out[j + 16] = (f32::from(q >> 4) - 8.0) * d;
-            }
-        }
-        TensorType::Q4_1 => {
-            let d = half(0);
-            let m = half(2);
-            for (j, &q) in block[4..20].iter().enumerate() {
-                out[j] = f32::from(q & 0x0F) * d + m;
-                out[j + 16] = f32::from(q >> 4) * d + m;
-            }
-        }
-        TensorType::Other(_) => unreachable!("checked by dequantize"),
-    }
 }
 
 /// Reads the header with every length checked against the bytes left.
@@ -450,36 +359,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn q4_1_block_uses_low_then_high_nibbles() {
-        let mut block = vec![0u8; 20];
-        block[0..2].copy_from_slice(&f16::from_f32(0.5).to_le_bytes());
-        block[2..4].copy_from_slice(&f16::from_f32(-1.0).to_le_bytes());
-        block[4] = 0x3A; // low nibble 10 → value 0, high nibble 3 → value 16
-        let out = dequantize(TensorType::Q4_1, &block, 32).unwrap();
-        assert_eq!(out[0], 10.0 * 0.5 - 1.0);
-        assert_eq!(out[16], 3.0 * 0.5 - 1.0);
-        assert_eq!(out[1], -1.0);
-    }
-
-    #[test]
-    fn q4_0_and_q8_0_blocks() {
-        let mut block = vec![0u8; 18];
-        block[0..2].copy_from_slice(&f16::from_f32(2.0).to_le_bytes());
-        block[2] = 0x0F;
-        let out = dequantize(TensorType::Q4_0, &block, 32).unwrap();
-        assert_eq!((out[0], out[16], out[1]), (14.0, -16.0, -16.0));
-
-        let mut block = vec![0u8; 34];
-        block[0..2].copy_from_slice(&f16::from_f32(0.25).to_le_bytes());
-        block[2] = (-4i8) as u8;
-        block[33] = 8;
-        let out = dequantize(TensorType::Q8_0, &block, 32).unwrap();
-        assert_eq!((out[0], out[31], out[1]), (-1.0, 2.0, 0.0));
-    }
-
-    #[test]
     fn wrong_byte_count_is_an_error() {
-        assert!(dequantize(TensorType::Q8_0, &[0u8; 33], 32).is_err());
-        assert!(dequantize(TensorType::Other(12), &[0u8; 144], 256).is_err());
+        assert!(dequantize(GgmlType::Q8_0, &[0u8; 33], 32).is_err());
+        assert!(dequantize(GgmlType::Q4K, &[0u8; 144], 255).is_err());
+        assert_eq!(
+            dequantize(GgmlType::Q4K, &[0u8; 288], 512).unwrap().len(),
+            512
+        );
     }
 }

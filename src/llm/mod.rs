@@ -76,8 +76,10 @@ impl DeviceKind {
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     pub device: DeviceKind,
-    /// Weight precision on the device; `None`: f16 (half the bytes to read per
-    /// token, which is what decoding waits on).
+    /// Weight precision on the device. `None`: on the CPU, quantized weights
+    /// stay in their file's blocks (a quarter to a half of f16's bytes to read
+    /// per token, which is what decoding waits on) and float weights become
+    /// f16; on a GPU, everything is f16. `Some`: every weight in that precision.
     pub dtype: Option<WeightDtype>,
     /// Longest prompt + answer to prepare for.
     pub context: usize,
@@ -179,15 +181,33 @@ impl Llm {
         // compare, or to rule the kernels out when something looks wrong.
         let cpu_kernel = options.device == DeviceKind::Cpu
             && std::env::var("MOULIN_LLM_KERNEL").as_deref() != Ok("0");
-        let model = Llama::load(config.clone(), &source, &device, dtype, context, cpu_kernel)?;
+        let keep_blocks = options.dtype.is_none();
+        let model = Llama::load(
+            config.clone(),
+            &source,
+            &device,
+            dtype,
+            context,
+            cpu_kernel,
+            keep_blocks,
+        )?;
         drop(source);
+        let weight_dtype = if model.uses_blocks() {
+            format!(
+                "{} blocks ({} kernel)",
+                file_dtype,
+                moulin_quant::Kernel::detect().name()
+            )
+        } else {
+            format!("{dtype:?}").to_lowercase()
+        };
         let report = LoadReport {
             model: display_name(path),
             architecture: config.architecture.clone(),
             parameters: config.parameters(),
             file_dtype,
             device: options.device,
-            weight_dtype: format!("{dtype:?}").to_lowercase(),
+            weight_dtype,
             weight_bytes: model.weight_bytes(),
             context,
             seconds: started.elapsed().as_secs_f64(),

@@ -12,7 +12,10 @@
 use burn::tensor::activation::silu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
+use std::sync::Arc;
+
 use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
+use moulin_quant::QuantMatrix;
 use rayon::prelude::*;
 
 use super::config::LlamaConfig;
@@ -56,26 +59,35 @@ struct Layer {
     down: Linear,
 }
 
-/// A projection `x @ Wᵀ`. On the CPU the weight keeps the file layout
-/// `[out, in]` and every product goes through [`cpu::matmul`](super::cpu::matmul),
-/// which streams it. Elsewhere the weight is stored `[in, out]` for burn's
-/// matrix product.
-struct Linear {
-    weight: Tensor<2>,
-    dtype: WeightDtype,
-    /// `weight` is `[out, in]`, for the CPU kernel.
-    cpu_kernel: bool,
+/// A projection `x @ Wᵀ`.
+// Four per layer: the size of a burn tensor handle inline costs nothing.
+#[allow(clippy::large_enum_variant)]
+enum Linear {
+    /// Float weights. On the CPU the weight keeps the file layout `[out, in]`
+    /// and every product goes through [`cpu::matmul`](super::cpu::matmul),
+    /// which streams it. Elsewhere it is stored `[in, out]` for burn's matrix
+    /// product.
+    Dense {
+        weight: Tensor<2>,
+        dtype: WeightDtype,
+        /// `weight` is `[out, in]`, for the CPU kernel.
+        cpu_kernel: bool,
+    },
+    /// Weights kept in their file's quantized blocks (CPU only), parts stacked
+    /// along the outputs; the inputs are quantized per block of 32 and the
+    /// products are integer dot products ([`moulin_quant::matmul`]).
+    Blocks(Vec<Arc<QuantMatrix>>),
 }
 
 impl Linear {
     /// `parts`: `[out_i, in]` weights, stacked along `out`.
-    fn new(parts: &[&HostTensor], device: &Device, dtype: WeightDtype, cpu_kernel: bool) -> Self {
+    fn dense(parts: &[&HostTensor], device: &Device, dtype: WeightDtype, cpu_kernel: bool) -> Self {
         let m = if cpu_kernel {
             stack(parts)
         } else {
             transpose(parts)
         };
-        Linear {
+        Linear::Dense {
             weight: upload_matrix(m, device, dtype),
             dtype,
             cpu_kernel,
@@ -83,32 +95,63 @@ impl Linear {
     }
 
     fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        if self.cpu_kernel {
-            if let Some(y) = super::cpu::matmul(&x, &self.weight, &x.device()) {
-                return y;
+        match self {
+            Linear::Blocks(parts) => {
+                let [rows, inner] = x.dims();
+                let device = x.device();
+                let data = x.into_data().convert::<f32>();
+                let values = data.as_slice::<f32>().expect("f32 activations");
+                debug_assert_eq!(values.len(), rows * inner);
+                let parts: Vec<&QuantMatrix> = parts.iter().map(|p| p.as_ref()).collect();
+                let cols = parts.iter().map(|p| p.rows()).sum::<usize>();
+                let out = moulin_quant::matmul(values, rows, &parts);
+                Tensor::from_data(TensorData::new(out, [rows, cols]), &device)
             }
-            let w = self.weight.clone().transpose();
-            return match self.dtype {
-                WeightDtype::F32 => x.matmul(w),
-                WeightDtype::F16 => x.cast(DType::F16).matmul(w).cast(DType::F32),
-            };
-        }
-        match self.dtype {
-            WeightDtype::F32 => x.matmul(self.weight.clone()),
-            WeightDtype::F16 => x
-                .cast(DType::F16)
-                .matmul(self.weight.clone())
-                .cast(DType::F32),
+            Linear::Dense {
+                weight,
+                dtype,
+                cpu_kernel: true,
+            } => {
+                if let Some(y) = super::cpu::matmul(&x, weight, &x.device()) {
+                    return y;
+                }
+                let w = weight.clone().transpose();
+                match dtype {
+                    WeightDtype::F32 => x.matmul(w),
+                    WeightDtype::F16 => x.cast(DType::F16).matmul(w).cast(DType::F32),
+                }
+            }
+            Linear::Dense { weight, dtype, .. } => match dtype {
+                WeightDtype::F32 => x.matmul(weight.clone()),
+                WeightDtype::F16 => x.cast(DType::F16).matmul(weight.clone()).cast(DType::F32),
+            },
         }
     }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Linear::Blocks(parts) => parts.iter().map(|p| p.bytes()).sum(),
+            Linear::Dense { weight, dtype, .. } => {
+                weight.dims().iter().product::<usize>() * dtype.bytes()
+            }
+        }
+    }
+}
+
+/// The token embeddings: rows looked up by token id.
+#[allow(clippy::large_enum_variant)] // one per model
+enum Embedding {
+    /// `[vocab, hidden]` on the device.
+    Dense(Tensor<2>),
+    /// Quantized rows (CPU), dequantized as they are looked up.
+    Blocks(Arc<QuantMatrix>),
 }
 
 pub struct Llama {
     pub config: LlamaConfig,
     device: Device,
-    /// `[vocab, hidden]`, rows looked up by token id (and the output head when
-    /// tied, on the CPU).
-    embed: Tensor<2>,
+    /// Rows looked up by token id (and the output head when tied, on the CPU).
+    embed: Embedding,
     layers: Vec<Layer>,
     norm: Tensor<1>,
     head: Linear,
@@ -181,7 +224,9 @@ pub struct StepInput<'a> {
 
 impl Llama {
     /// Build the model from its weights on `device`; `cpu_kernel` sends the
-    /// projections to [`super::cpu`] (flex backend only).
+    /// projections to [`super::cpu`] (flex backend only); `keep_blocks` keeps
+    /// quantized weights in their blocks (CPU only), `dtype` being then the
+    /// precision of the file's float weights.
     pub fn load(
         config: LlamaConfig,
         source: &WeightSource,
@@ -189,7 +234,9 @@ impl Llama {
         dtype: WeightDtype,
         max_positions: usize,
         cpu_kernel: bool,
+        keep_blocks: bool,
     ) -> Result<Self> {
+        let keep_blocks = keep_blocks && cpu_kernel;
         let c = &config;
         let (hidden, hd) = (c.hidden_size, c.head_dim);
         let q_out = c.num_heads * hd;
@@ -200,43 +247,83 @@ impl Llama {
             Tensor::from_data(TensorData::new(t.values, [n]), device)
         };
 
-        let linear = |parts: &[&HostTensor]| Linear::new(parts, device, dtype, cpu_kernel);
-        let embed_host = get(Weight::Embed, &[c.vocab_size, hidden])?;
-        let separate_head = if source.has(Weight::Head) {
-            Some(linear(&[&get(Weight::Head, &[c.vocab_size, hidden])?]))
+        // A projection from its parts: kept in blocks when every part is
+        // quantized in the file, else dequantized to `dtype`.
+        let linear = |parts: &[(Weight, [usize; 2])]| -> Result<Linear> {
+            if keep_blocks {
+                let mut blocks = Vec::with_capacity(parts.len());
+                for (w, shape) in parts {
+                    match source.get_blocks(c, *w, shape)? {
+                        Some(m) => blocks.push(Arc::new(m)),
+                        None => break,
+                    }
+                }
+                if blocks.len() == parts.len() {
+                    return Ok(Linear::Blocks(blocks));
+                }
+            }
+            let hosts = parts
+                .iter()
+                .map(|(w, shape)| get(*w, shape))
+                .collect::<Result<Vec<_>>>()?;
+            let refs: Vec<&HostTensor> = hosts.iter().collect();
+            Ok(Linear::dense(&refs, device, dtype, cpu_kernel))
+        };
+        let vocab = [c.vocab_size, hidden];
+        let embed_blocks = if keep_blocks {
+            source.get_blocks(c, Weight::Embed, &vocab)?.map(Arc::new)
         } else {
             None
         };
-        // On the CPU, a tied head reads the embedding table itself, kept in the
-        // weights' precision; elsewhere the table is gathered in f32 and the
-        // head has its own `[in, out]` copy.
-        let tied_copy = (separate_head.is_none() && !cpu_kernel).then(|| linear(&[&embed_host]));
-        let embed_dtype = if cpu_kernel { dtype } else { WeightDtype::F32 };
-        let embed = upload_matrix(stack(&[&embed_host]), device, embed_dtype);
-        drop(embed_host);
-        let head_is_embedding = separate_head.is_none() && tied_copy.is_none();
-        let head = separate_head.or(tied_copy).unwrap_or_else(|| Linear {
-            weight: embed.clone(),
-            dtype,
-            cpu_kernel: true,
-        });
+        let separate_head = if source.has(Weight::Head) {
+            Some(linear(&[(Weight::Head, vocab)])?)
+        } else {
+            None
+        };
+        let (embed, head, head_is_embedding) = match (embed_blocks, separate_head) {
+            // A tied head reads the quantized table itself.
+            (Some(table), None) => (
+                Embedding::Blocks(table.clone()),
+                Linear::Blocks(vec![table]),
+                true,
+            ),
+            (Some(table), Some(head)) => (Embedding::Blocks(table), head, false),
+            (None, separate_head) => {
+                let embed_host = get(Weight::Embed, &vocab)?;
+                // On the CPU, a tied head reads the embedding table itself,
+                // kept in the weights' precision; elsewhere the table is
+                // gathered in f32 and the head has its own `[in, out]` copy.
+                let tied_copy = (separate_head.is_none() && !cpu_kernel)
+                    .then(|| Linear::dense(&[&embed_host], device, dtype, cpu_kernel));
+                let embed_dtype = if cpu_kernel { dtype } else { WeightDtype::F32 };
+                let embed = upload_matrix(stack(&[&embed_host]), device, embed_dtype);
+                drop(embed_host);
+                let head_is_embedding = separate_head.is_none() && tied_copy.is_none();
+                let head = separate_head
+                    .or(tied_copy)
+                    .unwrap_or_else(|| Linear::Dense {
+                        weight: embed.clone(),
+                        dtype,
+                        cpu_kernel: true,
+                    });
+                (Embedding::Dense(embed), head, head_is_embedding)
+            }
+        };
 
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
-            let q = get(Weight::Q(i), &[q_out, hidden])?;
-            let k = get(Weight::K(i), &[kv_out, hidden])?;
-            let v = get(Weight::V(i), &[kv_out, hidden])?;
-            let o = get(Weight::O(i), &[hidden, q_out])?;
-            let gate = get(Weight::Gate(i), &[c.intermediate_size, hidden])?;
-            let up = get(Weight::Up(i), &[c.intermediate_size, hidden])?;
-            let down = get(Weight::Down(i), &[hidden, c.intermediate_size])?;
+            let f = c.intermediate_size;
             layers.push(Layer {
                 attn_norm: vector(get(Weight::AttnNorm(i), &[hidden])?),
-                qkv: linear(&[&q, &k, &v]),
-                o: linear(&[&o]),
+                qkv: linear(&[
+                    (Weight::Q(i), [q_out, hidden]),
+                    (Weight::K(i), [kv_out, hidden]),
+                    (Weight::V(i), [kv_out, hidden]),
+                ])?,
+                o: linear(&[(Weight::O(i), [hidden, q_out])])?,
                 mlp_norm: vector(get(Weight::MlpNorm(i), &[hidden])?),
-                gate_up: linear(&[&gate, &up]),
-                down: linear(&[&down]),
+                gate_up: linear(&[(Weight::Gate(i), [f, hidden]), (Weight::Up(i), [f, hidden])])?,
+                down: linear(&[(Weight::Down(i), [hidden, f])])?,
             });
         }
         let norm = vector(get(Weight::FinalNorm, &[hidden])?);
@@ -282,16 +369,14 @@ impl Llama {
 
     /// Bytes the weights take on the device.
     pub fn weight_bytes(&self) -> usize {
-        let numel = |t: &Tensor<2>| t.dims().iter().product::<usize>();
-        let linear = |l: &Linear| numel(&l.weight) * l.dtype.bytes();
         let layers: usize = self
             .layers
             .iter()
             .map(|l| {
-                linear(&l.qkv)
-                    + linear(&l.o)
-                    + linear(&l.gate_up)
-                    + linear(&l.down)
+                l.qkv.bytes()
+                    + l.o.bytes()
+                    + l.gate_up.bytes()
+                    + l.down.bytes()
                     + 4 * (l.attn_norm.dims()[0] + l.mlp_norm.dims()[0])
             })
             .sum();
@@ -299,15 +384,22 @@ impl Llama {
         let head = if self.head_is_embedding {
             0
         } else {
-            linear(&self.head)
+            self.head.bytes()
         };
-        let embed = numel(&self.embed)
-            * if self.embed.dtype() == DType::F16 {
-                2
-            } else {
-                4
-            };
+        let embed = match &self.embed {
+            Embedding::Blocks(m) => m.bytes(),
+            Embedding::Dense(t) => {
+                t.dims().iter().product::<usize>() * if t.dtype() == DType::F16 { 2 } else { 4 }
+            }
+        };
         embed + layers + head + 4 * self.norm.dims()[0]
+    }
+
+    /// Whether any projection computes on quantized blocks.
+    pub fn uses_blocks(&self) -> bool {
+        self.layers
+            .iter()
+            .any(|l| matches!(l.qkv, Linear::Blocks(_)))
     }
 
     /// An empty cache for `batch` sequences of up to `capacity` tokens.
@@ -398,7 +490,7 @@ impl Llama {
             ..Default::default()
         };
 
-        let mut x = self.embed.clone().select(0, input.tokens).cast(DType::F32); // [n, hidden]
+        let mut x = self.embed(input.tokens)?; // [n, hidden]
         for (l, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(x.clone(), &layer.attn_norm, c.rms_norm_eps);
             let qkv = layer.qkv.forward(h);
@@ -472,6 +564,35 @@ impl Llama {
             .reshape([b, c.hidden_size]);
         let last = rms_norm(last, &self.norm, c.rms_norm_eps);
         Ok(self.head.forward(last))
+    }
+}
+
+impl Llama {
+    /// The embeddings of `tokens`, `[n, hidden]` in f32.
+    fn embed(&self, tokens: Tensor<1, Int>) -> Result<Tensor<2>> {
+        Ok(match &self.embed {
+            Embedding::Dense(table) => table.clone().select(0, tokens).cast(DType::F32),
+            Embedding::Blocks(table) => {
+                let ids = tokens.into_data().convert::<i64>();
+                let ids = ids.as_slice::<i64>().expect("token ids");
+                let hidden = table.cols();
+                let mut values = vec![0f32; ids.len() * hidden];
+                for (row, &id) in values.chunks_exact_mut(hidden).zip(ids) {
+                    let id = usize::try_from(id)
+                        .ok()
+                        .filter(|&id| id < table.rows())
+                        .ok_or_else(|| Error::Llm {
+                            model: self.config.architecture.clone(),
+                            reason: format!(
+                                "token id {id} is outside the vocabulary of {}",
+                                table.rows()
+                            ),
+                        })?;
+                    table.dequantize_row(id, row);
+                }
+                Tensor::from_data(TensorData::new(values, [ids.len(), hidden]), &self.device)
+            }
+        })
     }
 }
 

@@ -7,6 +7,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
+use moulin_quant::QuantMatrix;
 use safetensors::{Dtype, SafeTensors};
 
 use super::config::LlamaConfig;
@@ -84,7 +85,11 @@ impl WeightSource {
     pub fn describe_dtype(&self) -> String {
         match self {
             WeightSource::Gguf(g) => {
-                let mut kinds: Vec<String> = g.tensors.values().map(|t| t.kind.name()).collect();
+                let mut kinds: Vec<String> = g
+                    .tensors
+                    .values()
+                    .map(|t| t.kind.name().to_string())
+                    .collect();
                 kinds.sort();
                 kinds.dedup();
                 kinds.join("+")
@@ -130,6 +135,43 @@ impl WeightSource {
         Ok(tensor)
     }
 
+    /// A matrix weight kept in its file's blocks when the file quantizes it
+    /// (GGUF), checked against the shape the configuration expects; `None`
+    /// when it is stored as floats.
+    pub fn get_blocks(
+        &self,
+        config: &LlamaConfig,
+        weight: Weight,
+        expected: &[usize],
+    ) -> Result<Option<QuantMatrix>> {
+        let WeightSource::Gguf(g) = self else {
+            return Ok(None);
+        };
+        let name = weight.gguf_name();
+        let (kind, bytes, shape) = g.tensor_bytes(&name)?;
+        if !kind.is_quantized() {
+            return Ok(None);
+        }
+        let fail = |reason: String| Error::Llm {
+            model: g.path().display().to_string(),
+            reason: format!("tensor {name}: {reason}"),
+        };
+        if shape != expected {
+            return Err(fail(format!(
+                "shape {shape:?}, the configuration gives {expected:?}"
+            )));
+        }
+        let mut m = QuantMatrix::new(kind, shape[0], shape[1], bytes.to_vec()).map_err(fail)?;
+        let (heads, hd) = match weight {
+            Weight::Q(_) => (config.num_heads, config.head_dim),
+            Weight::K(_) => (config.num_kv_heads, config.head_dim),
+            _ => return Ok(Some(m)),
+        };
+        // Rows back in "rotate half" order, as `unpermute_rows` does for floats.
+        m.permute_rows(|to| gguf_row(to, heads, hd));
+        Ok(Some(m))
+    }
+
     pub fn has(&self, weight: Weight) -> bool {
         match self {
             WeightSource::Gguf(g) => g.tensors.contains_key(&weight.gguf_name()),
@@ -139,7 +181,15 @@ impl WeightSource {
 }
 
 /// Row `h*hd + 2a + b` of a llama.cpp file is row `h*hd + b*hd/2 + a` of the
-/// Hugging Face weight.
+/// Hugging Face weight: the file row that holds Hugging Face row `to`.
+fn gguf_row(to: usize, heads: usize, head_dim: usize) -> usize {
+    debug_assert!(to < heads * head_dim);
+    let (h, rest) = (to / head_dim, to % head_dim);
+    let half = head_dim / 2;
+    let (b, a) = (rest / half, rest % half);
+    h * head_dim + 2 * a + b
+}
+
 fn unpermute_rows(t: &mut HostTensor, heads: usize, head_dim: usize) {
     let cols = t.shape[1];
     let half = head_dim / 2;
@@ -268,5 +318,8 @@ mod tests {
         };
         unpermute_rows(&mut t, 1, 4);
         assert_eq!(t.values, vec![0.0, 1.0, 2.0, 3.0]);
+        // The same mapping for quantized rows.
+        let rows: Vec<usize> = (0..8).map(|to| gguf_row(to, 2, 4)).collect();
+        assert_eq!(rows, vec![0, 2, 1, 3, 4, 6, 5, 7]);
     }
 }

@@ -1,0 +1,158 @@
+//! Activations quantized for the integer dot products: signed bytes with a
+//! scale per block, repeated per lane of 4 values (what the kernels multiply
+//! the weights' per-lane scales with), and per group of 16 values the scaled
+//! sum of their bytes (what the weights' mins multiply).
+//!
+//! The scales are rounded as llama.cpp's x86 code rounds them ([`Scheme`]), so
+//! that the integer products are the same ones llama.cpp computes on the same
+//! file and greedy decoding follows the same path.
+
+use half::f16;
+
+use crate::formats::{GgmlType, QK_K, f16_to_f32};
+
+/// Values per activation block of the 32-value schemes.
+pub const BLOCK: usize = 32;
+/// Values per lane: what one 32-bit integer accumulator sums.
+pub const LANE: usize = 4;
+/// Values per weight scale group.
+pub const GROUP: usize = 16;
+
+/// How a weight type wants its inputs quantized (ggml's `vec_dot_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    /// Blocks of 32, scale stored in f16 (`Q8_0`): for Q4_0, Q5_0, Q8_0.
+    Q8_0,
+    /// `Q8_0` plus the block's scaled sum in f16 (`Q8_1`): for Q4_1, Q5_1.
+    Q8_1,
+    /// Blocks of 256, f32 scale taken from the largest value's sign (`Q8_K`):
+    /// for the K-quants.
+    Q8K,
+}
+
+impl Scheme {
+    pub fn for_weights(kind: GgmlType) -> Scheme {
+        match kind {
+            GgmlType::Q4_1 | GgmlType::Q5_1 => Scheme::Q8_1,
+            GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => {
+                Scheme::Q8K
+            }
+            _ => Scheme::Q8_0,
+        }
+    }
+
+    fn block(self) -> usize {
+        match self {
+            Scheme::Q8K => QK_K,
+            _ => BLOCK,
+        }
+    }
+}
+
+/// `rows` rows of `len` values, quantized.
+pub struct Activations {
+    pub rows: usize,
+    pub len: usize,
+    /// `rows * len` signed bytes, within ±127.
+    pub q: Vec<i8>,
+    /// `rows * len / 4`: the scale of the block each lane belongs to.
+    pub lane_scale: Vec<f32>,
+    /// `rows * len / 16`: scale × the sum of the group's sixteen bytes.
+    pub group_sum: Vec<f32>,
+}
+
+impl Activations {
+    /// Quantize `x`, `rows` rows of `len` values (`len` a multiple of the
+    /// scheme's block: 32, or 256 for `Q8K`).
+    pub fn quantize(x: &[f32], rows: usize, len: usize, scheme: Scheme) -> Self {
+        let block = scheme.block();
+        assert_eq!(x.len(), rows * len, "activation shape");
+        assert_eq!(
+            len % block,
+            0,
+            "activation rows are whole blocks of {block}"
+        );
+        let mut q = vec![0i8; rows * len];
+        let mut lane_scale = vec![0f32; rows * len / LANE];
+        let mut group_sum = vec![0f32; rows * len / GROUP];
+        for (((x, q), scales), sums) in x
+            .chunks_exact(block)
+            .zip(q.chunks_exact_mut(block))
+            .zip(lane_scale.chunks_exact_mut(block / LANE))
+            .zip(group_sum.chunks_exact_mut(block / GROUP))
+        {
+            let d = match scheme {
+                Scheme::Q8_0 | Scheme::Q8_1 => {
+                    // ggml's AVX code: `id = 127 / amax`, rounding to nearest
+                    // even, the scale kept as f16.
+                    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+                    for (q, &v) in q.iter_mut().zip(x) {
+                        *q = (v * id).round_ties_even() as i8;
+                    }
+                    f16_to_f32(f16::from_f32(amax / 127.0).to_bits())
+                }
+                Scheme::Q8K => {
+                    // ggml's `quantize_row_q8_K_ref`: the scale's sign is the
+                    // largest value's, so that value maps to -127 exactly.
+                    let (mut amax, mut max) = (0f32, 0f32);
+                    for &v in x {
+                        if v.abs() > amax {
+                            amax = v.abs();
+                            max = v;
+                        }
+                    }
+                    if amax == 0.0 {
+                        q.fill(0);
+                        0.0
+                    } else {
+                        let iscale = -127.0 / max;
+                        for (q, &v) in q.iter_mut().zip(x) {
+                            *q = ((iscale * v).round_ties_even() as i32).min(127) as i8;
+                        }
+                        1.0 / iscale
+                    }
+                }
+            };
+            scales.fill(d);
+            if scheme == Scheme::Q8_1 {
+                // One f16 sum per block, `d * Σq` with the unrounded scale: it
+                // goes in the block's first group (the weights' min is the
+                // same over the block).
+                let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let sum: i32 = q.iter().map(|&v| i32::from(v)).sum();
+                sums.fill(0.0);
+                sums[0] = f16_to_f32(f16::from_f32(sum as f32 * (amax / 127.0)).to_bits());
+            } else {
+                for (sum, lane) in sums.iter_mut().zip(q.chunks_exact(GROUP)) {
+                    let s: i32 = lane.iter().map(|&v| i32::from(v)).sum();
+                    *sum = d * s as f32;
+                }
+            }
+        }
+        Activations {
+            rows,
+            len,
+            q,
+            lane_scale,
+            group_sum,
+        }
+    }
+
+    pub fn row(&self, r: usize) -> ActivationRow<'_> {
+        let (n, l) = (self.len, self.len / LANE);
+        ActivationRow {
+            q: &self.q[r * n..(r + 1) * n],
+            lane_scale: &self.lane_scale[r * l..(r + 1) * l],
+            group_sum: &self.group_sum[r * n / GROUP..(r + 1) * n / GROUP],
+        }
+    }
+}
+
+/// One quantized row.
+#[derive(Clone, Copy)]
+pub struct ActivationRow<'a> {
+    pub q: &'a [i8],
+    pub lane_scale: &'a [f32],
+    pub group_sum: &'a [f32],
+}

@@ -1,0 +1,498 @@
+//! Dot products of one unpacked weight row with up to four quantized
+//! activation rows: integer products summed per lane of 4 values, scaled by
+//! the weight group's scale times the activation block's scale; then, once per
+//! row, minus the weight groups' mins times the activations' group sums.
+//!
+//! Three versions, chosen at run time: AVX-512 VNNI (`vpdpbusd`: 64 products
+//! per instruction), AVX2 (bytes widened to 16 bits, `vpmaddwd`), and portable
+//! scalar code for every other CPU.
+
+use std::sync::OnceLock;
+
+use crate::activations::{ActivationRow, LANE};
+use crate::formats::GgmlType;
+use crate::unpack::{GROUP, Unpacked, unpack_row};
+
+/// Activation rows one weight row is multiplied with at a time.
+pub const MAX_ROWS: usize = 4;
+
+/// The instruction set the matrix products use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    Avx512Vnni,
+    Avx2,
+    Portable,
+}
+
+impl Kernel {
+    /// The best kernel this CPU runs; `MOULIN_QUANT_KERNEL=portable|avx2|avx512`
+    /// asks for a lesser one (to compare them, or to work around a faulty CPU).
+    pub fn detect() -> Kernel {
+        static KERNEL: OnceLock<Kernel> = OnceLock::new();
+        *KERNEL.get_or_init(|| {
+            let best = Kernel::available();
+            let asked = match std::env::var("MOULIN_QUANT_KERNEL").as_deref() {
+                Ok("portable") => Kernel::Portable,
+                Ok("avx2") => Kernel::Avx2,
+                _ => best,
+            };
+            // Never one the CPU lacks.
+            if Kernel::supported().contains(&asked) {
+                asked
+            } else {
+                best
+            }
+        })
+    }
+
+    /// Every kernel this CPU can run, best first.
+    pub fn supported() -> &'static [Kernel] {
+        static SUPPORTED: OnceLock<Vec<Kernel>> = OnceLock::new();
+        SUPPORTED.get_or_init(Kernel::detect_all)
+    }
+
+    fn detect_all() -> Vec<Kernel> {
+        let mut all = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx512f")
+                && has!("avx512bw")
+                && has!("avx512vl")
+                && has!("avx512vnni")
+                && has!("f16c")
+            {
+                all.push(Kernel::Avx512Vnni);
+            }
+            if has!("avx2") && has!("fma") && has!("f16c") {
+                all.push(Kernel::Avx2);
+            }
+        }
+        all.push(Kernel::Portable);
+        all
+    }
+
+    fn available() -> Kernel {
+        Kernel::supported()[0]
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Avx512Vnni => "avx512-vnni",
+            Kernel::Avx2 => "avx2",
+            Kernel::Portable => "portable",
+        }
+    }
+}
+
+/// Dot products of one unpacked weight row with up to [`MAX_ROWS`] inputs.
+trait Dot {
+    /// Compiled with the F16C instructions.
+    const F16C: bool;
+    /// `out[r] = Σ scale × q × input` over the row, without the mins.
+    ///
+    /// # Safety
+    /// The CPU must have the kernel's instructions; every input as long as `w`.
+    unsafe fn dot(w: &Unpacked, a: &[ActivationRow<'_>], out: &mut [f32]);
+
+    /// `Σ_g min[g] × sum[g]`: the weights' mins against the inputs' group sums.
+    ///
+    /// # Safety
+    /// As `dot`; both slices of the same length.
+    #[inline(always)]
+    unsafe fn mins(min: &[f32], sum: &[f32]) -> f32 {
+        min.iter().zip(sum).map(|(m, s)| m * s).sum()
+    }
+}
+
+/// Call `$body` with `$t` bound to `kind`'s id as a constant, so that the
+/// unpacking code is specialised per type (no per-block `match`).
+macro_rules! per_kind {
+    ($kind:expr, $t:ident => $body:expr) => {
+        match $kind {
+            GgmlType::Q4_0 => {
+                const $t: u32 = 2;
+                $body
+            }
+            GgmlType::Q4_1 => {
+                const $t: u32 = 3;
+                $body
+            }
+            GgmlType::Q5_0 => {
+                const $t: u32 = 6;
+                $body
+            }
+            GgmlType::Q5_1 => {
+                const $t: u32 = 7;
+                $body
+            }
+            GgmlType::Q8_0 => {
+                const $t: u32 = 8;
+                $body
+            }
+            GgmlType::Q2K => {
+                const $t: u32 = 10;
+                $body
+            }
+            GgmlType::Q3K => {
+                const $t: u32 = 11;
+                $body
+            }
+            GgmlType::Q4K => {
+                const $t: u32 = 12;
+                $body
+            }
+            GgmlType::Q5K => {
+                const $t: u32 = 13;
+                $body
+            }
+            GgmlType::Q6K => {
+                const $t: u32 = 14;
+                $body
+            }
+            GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16 => {
+                unreachable!("float weights are not in blocks")
+            }
+        }
+    };
+}
+
+/// For each weight row in `weights` (rows of `row_bytes`, type `kind`): unpack
+/// it into `scratch`, then its dot product with every input;
+/// `acc[j * inputs.len() + i]` is weight row `j` times input `i`.
+#[allow(clippy::too_many_arguments)]
+pub fn weight_rows(
+    kernel: Kernel,
+    kind: GgmlType,
+    weights: &[u8],
+    row_bytes: usize,
+    inputs: &[ActivationRow<'_>],
+    scratch: &mut Unpacked,
+    acc: &mut [f32],
+) {
+    let width = weights.len() / row_bytes;
+    assert_eq!(acc.len(), inputs.len() * width);
+    for r in inputs {
+        assert!(r.q.len() == scratch.q.len() && r.lane_scale.len() == scratch.q.len() / LANE);
+        assert_eq!(kind.bytes_for(scratch.q.len()), Ok(row_bytes));
+    }
+    match kernel {
+        // SAFETY: `Kernel::detect` and `Kernel::supported` only offer kernels
+        // whose instructions the CPU has; lengths were checked above.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512Vnni => unsafe {
+            avx512::weight_rows(kind, weights, row_bytes, inputs, scratch, acc)
+        },
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => unsafe {
+            avx2::weight_rows(kind, weights, row_bytes, inputs, scratch, acc)
+        },
+        // SAFETY: scalar code.
+        _ => per_kind!(kind, T => unsafe {
+            rows_of::<T, Portable>(weights, row_bytes, inputs, scratch, acc)
+        }),
+    }
+}
+
+/// The loop of [`weight_rows`] for one type and one kernel, inlined into the
+/// kernel's function so that it is compiled with the kernel's instructions.
+///
+/// # Safety
+/// As [`Dot::dot`].
+#[inline(always)]
+unsafe fn rows_of<const T: u32, D: Dot>(
+    weights: &[u8],
+    row_bytes: usize,
+    inputs: &[ActivationRow<'_>],
+    scratch: &mut Unpacked,
+    acc: &mut [f32],
+) {
+    let kind = GgmlType::from_supported_id(T);
+    let n = inputs.len();
+    let mut dots = [0f32; MAX_ROWS];
+    for (j, row) in weights.chunks_exact(row_bytes).enumerate() {
+        unpack_row(kind, D::F16C, row, scratch);
+        for (c, chunk) in inputs.chunks(MAX_ROWS).enumerate() {
+            let dots = &mut dots[..chunk.len()];
+            // SAFETY: the caller's.
+            unsafe { D::dot(scratch, chunk, dots) };
+            for (i, (&d, a)) in dots.iter().zip(chunk).enumerate() {
+                // SAFETY: the caller's; group sums are as long as the mins.
+                let mins = unsafe { D::mins(&scratch.min, a.group_sum) };
+                acc[j * n + c * MAX_ROWS + i] = d - mins;
+            }
+        }
+    }
+}
+
+struct Portable;
+
+impl Dot for Portable {
+    const F16C: bool = false;
+    unsafe fn dot(w: &Unpacked, a: &[ActivationRow<'_>], out: &mut [f32]) {
+        portable(w, a, out)
+    }
+}
+
+fn portable(w: &Unpacked, a: &[ActivationRow<'_>], out: &mut [f32]) {
+    for (a, out) in a.iter().zip(out.iter_mut()) {
+        let mut acc = 0f32;
+        for g in 0..w.q.len() / GROUP {
+            let range = g * GROUP..(g + 1) * GROUP;
+            let dot: i32 = w.q[range.clone()]
+                .iter()
+                .zip(&a.q[range])
+                .map(|(&w, &a)| i32::from(w) * i32::from(a))
+                .sum();
+            acc += w.scale[g] * a.lane_scale[g * GROUP / LANE] * dot as f32;
+        }
+        *out = acc;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{ActivationRow, Dot, GgmlType, LANE, MAX_ROWS, Unpacked, rows_of};
+
+    struct Vnni;
+
+    impl Dot for Vnni {
+        const F16C: bool = true;
+        #[inline(always)]
+        unsafe fn dot(w: &Unpacked, a: &[ActivationRow<'_>], out: &mut [f32]) {
+            // SAFETY: the caller's: the CPU has the instructions.
+            unsafe {
+                match a.len() {
+                    1 => rows::<1>(w, a, out),
+                    2 => rows::<2>(w, a, out),
+                    3 => rows::<3>(w, a, out),
+                    _ => rows::<MAX_ROWS>(w, a, out),
+                }
+            }
+        }
+
+        #[inline(always)]
+        unsafe fn mins(min: &[f32], sum: &[f32]) -> f32 {
+            // SAFETY: the caller's.
+            unsafe { mins(min, sum) }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512vl")]
+    fn mins(min: &[f32], sum: &[f32]) -> f32 {
+        let n = min.len().min(sum.len());
+        let mut acc = _mm512_setzero_ps();
+        let mut k = 0;
+        while k + 16 <= n {
+            // SAFETY: `k + 16 <= n`, inside both slices.
+            unsafe {
+                let (m, s) = (
+                    _mm512_loadu_ps(min.as_ptr().add(k)),
+                    _mm512_loadu_ps(sum.as_ptr().add(k)),
+                );
+                acc = _mm512_fmadd_ps(m, s, acc);
+            }
+            k += 16;
+        }
+        let mut total = _mm512_reduce_add_ps(acc);
+        for k in k..n {
+            total += min[k] * sum[k];
+        }
+        total
+    }
+
+    /// [`super::weight_rows`] compiled for AVX-512.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F, BW, VL and VNNI, and F16C; lengths as checked there.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    pub unsafe fn weight_rows(
+        kind: GgmlType,
+        weights: &[u8],
+        row_bytes: usize,
+        inputs: &[ActivationRow<'_>],
+        scratch: &mut Unpacked,
+        acc: &mut [f32],
+    ) {
+        // SAFETY: the caller's.
+        per_kind!(kind, T => unsafe {
+            rows_of::<T, Vnni>(weights, row_bytes, inputs, scratch, acc)
+        })
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn rows<const R: usize>(w: &Unpacked, a: &[ActivationRow<'_>], out: &mut [f32]) {
+        let n = w.q.len();
+        // Lane l of a 64-value step belongs to scale group l / 4.
+        let spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+        let mut acc = [_mm512_setzero_ps(); R];
+        let (wq, ws) = (w.q.as_ptr(), w.scale.as_ptr());
+        let aq: [*const i8; R] = std::array::from_fn(|r| a[r].q.as_ptr());
+        let asc: [*const f32; R] = std::array::from_fn(|r| a[r].lane_scale.as_ptr());
+        let mut k = 0;
+        // SAFETY: every load reads values `k..k + 64` (lanes `k/4..k/4 + 16`,
+        // groups `k/16..k/16 + 4`), inside rows of length `n`.
+        unsafe {
+            while k + 64 <= n {
+                let q = _mm512_loadu_si512(wq.add(k) as *const __m512i);
+                let g = k / 16;
+                let scale =
+                    _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_loadu_ps(ws.add(g))));
+                for r in 0..R {
+                    let x = _mm512_loadu_si512(aq[r].add(k) as *const __m512i);
+                    let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, x);
+                    let s = _mm512_mul_ps(scale, _mm512_loadu_ps(asc[r].add(k / LANE)));
+                    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc[r]);
+                }
+                k += 64;
+            }
+        }
+        let mut sums: [f32; R] = std::array::from_fn(|r| _mm512_reduce_add_ps(acc[r]));
+        if k < n {
+            // A last 32 values (rows are whole blocks of 32): two groups.
+            // SAFETY: values `k..k + 32`, inside the rows.
+            unsafe {
+                let spread8 = _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0);
+                let q = _mm256_loadu_si256(wq.add(k) as *const __m256i);
+                let g = k / 16;
+                let scale = _mm256_permutevar8x32_ps(
+                    _mm256_castps128_ps256(_mm_setr_ps(*ws.add(g), *ws.add(g + 1), 0.0, 0.0)),
+                    spread8,
+                );
+                for r in 0..R {
+                    let x = _mm256_loadu_si256(aq[r].add(k) as *const __m256i);
+                    let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, x);
+                    let s = _mm256_mul_ps(scale, _mm256_loadu_ps(asc[r].add(k / LANE)));
+                    sums[r] += reduce8(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), s));
+                }
+            }
+        }
+        out[..R].copy_from_slice(&sums);
+    }
+
+    #[target_feature(enable = "avx512f,avx512vl")]
+    fn reduce8(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{ActivationRow, Dot, GgmlType, LANE, MAX_ROWS, Unpacked, rows_of};
+
+    struct Avx2;
+
+    impl Dot for Avx2 {
+        const F16C: bool = true;
+        #[inline(always)]
+        unsafe fn dot(w: &Unpacked, a: &[ActivationRow<'_>], out: &mut [f32]) {
+            // SAFETY: the caller's: the CPU has the instructions.
+            unsafe {
+                match a.len() {
+                    1 => rows::<1>(w, a, out),
+                    2 => rows::<2>(w, a, out),
+                    3 => rows::<3>(w, a, out),
+                    _ => rows::<MAX_ROWS>(w, a, out),
+                }
+            }
+        }
+
+        #[inline(always)]
+        unsafe fn mins(min: &[f32], sum: &[f32]) -> f32 {
+            // SAFETY: the caller's.
+            unsafe { mins(min, sum) }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    fn mins(min: &[f32], sum: &[f32]) -> f32 {
+        let n = min.len().min(sum.len());
+        let mut acc = _mm256_setzero_ps();
+        let mut k = 0;
+        while k + 8 <= n {
+            // SAFETY: `k + 8 <= n`, inside both slices.
+            unsafe {
+                let (m, s) = (
+                    _mm256_loadu_ps(min.as_ptr().add(k)),
+                    _mm256_loadu_ps(sum.as_ptr().add(k)),
+                );
+                acc = _mm256_fmadd_ps(m, s, acc);
+            }
+            k += 8;
+        }
+        let mut total = hsum8(acc);
+        for k in k..n {
+            total += min[k] * sum[k];
+        }
+        total
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn hsum8(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    /// [`super::weight_rows`] compiled for AVX2.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C; lengths as checked there.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn weight_rows(
+        kind: GgmlType,
+        weights: &[u8],
+        row_bytes: usize,
+        inputs: &[ActivationRow<'_>],
+        scratch: &mut Unpacked,
+        acc: &mut [f32],
+    ) {
+        // SAFETY: the caller's.
+        per_kind!(kind, T => unsafe {
+            rows_of::<T, Avx2>(weights, row_bytes, inputs, scratch, acc)
+        })
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    fn rows<const R: usize>(w: &Unpacked, a: &[ActivationRow<'_>], out: &mut [f32]) {
+        let n = w.q.len();
+        let mut acc = [_mm256_setzero_ps(); R];
+        let (wq, ws) = (w.q.as_ptr(), w.scale.as_ptr());
+        let mut k = 0;
+        // SAFETY: each step reads values `k..k + 32` (lanes `k/4..k/4 + 8`,
+        // groups `k/16`, `k/16 + 1`), inside rows of length `n`, a multiple of 32.
+        unsafe {
+            while k + 32 <= n {
+                let lo = _mm256_cvtepu8_epi16(_mm_loadu_si128(wq.add(k) as *const __m128i));
+                let hi = _mm256_cvtepu8_epi16(_mm_loadu_si128(wq.add(k + 16) as *const __m128i));
+                let (s0, s1) = (*ws.add(k / 16), *ws.add(k / 16 + 1));
+                // After the pairwise add below, lanes hold values 0-3, 4-7,
+                // 16-19, 20-23 | 8-11, 12-15, 24-27, 28-31.
+                let scale = _mm256_setr_ps(s0, s0, s1, s1, s0, s0, s1, s1);
+                for (r, a) in a.iter().enumerate().take(R) {
+                    let x = a.q.as_ptr();
+                    let xl = _mm256_cvtepi8_epi16(_mm_loadu_si128(x.add(k) as *const __m128i));
+                    let xh = _mm256_cvtepi8_epi16(_mm_loadu_si128(x.add(k + 16) as *const __m128i));
+                    let dot =
+                        _mm256_hadd_epi32(_mm256_madd_epi16(lo, xl), _mm256_madd_epi16(hi, xh));
+                    // One activation block: the same scale in all 8 lanes.
+                    let d = _mm256_set1_ps(*a.lane_scale.as_ptr().add(k / LANE));
+                    acc[r] =
+                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(scale, d), acc[r]);
+                }
+                k += 32;
+            }
+        }
+        for r in 0..R {
+            out[r] = hsum8(acc[r]);
+        }
+    }
+}

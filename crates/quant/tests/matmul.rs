@@ -1,0 +1,142 @@
+//! Products computed on the quantized blocks against the same product in f32
+//! over the dequantized weights, for every type and every kernel this CPU runs.
+
+use moulin_quant::{Activations, GgmlType, Kernel, QuantMatrix, Scheme, dequantize, matmul_with};
+
+/// A small deterministic generator (xorshift), so the test needs no crate.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+}
+
+/// Offsets of the f16 fields of each block.
+fn halves(kind: GgmlType) -> &'static [usize] {
+    match kind {
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0],
+        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4K | GgmlType::Q5K => &[0, 2],
+        GgmlType::Q2K => &[80, 82],
+        GgmlType::Q3K => &[108],
+        GgmlType::Q6K => &[208],
+        _ => &[],
+    }
+}
+
+/// Random blocks with small finite scales.
+fn random_matrix(kind: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> QuantMatrix {
+    let blocks = rows * cols / kind.block_size();
+    let mut data: Vec<u8> = (0..blocks * kind.block_bytes())
+        .map(|_| rng.next() as u8)
+        .collect();
+    for block in data.chunks_exact_mut(kind.block_bytes()) {
+        for &at in halves(kind) {
+            let v = half::f16::from_f32(rng.unit() * 0.02);
+            block[at..at + 2].copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    QuantMatrix::new(kind, rows, cols, data).unwrap()
+}
+
+fn quantized_kinds() -> impl Iterator<Item = GgmlType> {
+    GgmlType::ALL.into_iter().filter(|k| k.is_quantized())
+}
+
+#[test]
+fn every_kernel_matches_f32_on_the_dequantized_weights() {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    // 6 input rows (a group of 4 and a group of 2); 288 columns end on half a
+    // 64-value step for the 32-value types; K-quants need multiples of 256.
+    for kind in quantized_kinds() {
+        let cols = if kind.block_size() == 256 { 512 } else { 288 };
+        let (rows, outs) = (6, 37);
+        let w = random_matrix(kind, outs, cols, &mut rng);
+        let x: Vec<f32> = (0..rows * cols).map(|_| rng.unit()).collect();
+        let act = Activations::quantize(&x, rows, cols, Scheme::for_weights(kind));
+        // The reference: dequantized weights times the quantized inputs, in f64.
+        let mut wf = vec![0f32; cols];
+        let mut reference = vec![0f64; rows * outs];
+        let mut exact = vec![0f64; rows * outs];
+        for o in 0..outs {
+            dequantize(kind, w.row(o), &mut wf).unwrap();
+            for r in 0..rows {
+                let a = act.row(r);
+                let mut s = 0f64;
+                let mut e = 0f64;
+                for k in 0..cols {
+                    let xq = f64::from(a.q[k]) * f64::from(a.lane_scale[k / 4]);
+                    s += f64::from(wf[k]) * xq;
+                    e += f64::from(wf[k]) * f64::from(x[r * cols + k]);
+                }
+                reference[r * outs + o] = s;
+                exact[r * outs + o] = e;
+            }
+        }
+        let norm = reference.iter().map(|v| v * v).sum::<f64>().sqrt() / reference.len() as f64;
+        // Q8_1 keeps each block's sum in f16: the min term carries that rounding.
+        let tolerance = if Scheme::for_weights(kind) == Scheme::Q8_1 {
+            2e-3
+        } else {
+            1e-4
+        };
+        for &kernel in Kernel::supported() {
+            let got = matmul_with(kernel, &x, rows, &[&w]);
+            for (i, (&g, &want)) in got.iter().zip(&reference).enumerate() {
+                let err = (f64::from(g) - want).abs();
+                assert!(
+                    err <= tolerance * want.abs().max(norm) + 1e-6,
+                    "{} on {}: output {i} is {g}, the reference {want}",
+                    kind.name(),
+                    kernel.name()
+                );
+            }
+            // And against the unquantized inputs: within what 8 bits allow.
+            let rel = got
+                .iter()
+                .zip(&exact)
+                .map(|(&g, &e)| (f64::from(g) - e).powi(2))
+                .sum::<f64>()
+                .sqrt()
+                / exact.iter().map(|e| e * e).sum::<f64>().sqrt();
+            assert!(
+                rel < 0.02,
+                "{} on {}: relative error {rel}",
+                kind.name(),
+                kernel.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn stacked_parts_fill_their_own_columns() {
+    let mut rng = Rng(42);
+    let a = random_matrix(GgmlType::Q4K, 20, 256, &mut rng);
+    let b = random_matrix(GgmlType::Q6K, 3, 256, &mut rng);
+    let x: Vec<f32> = (0..9 * 256).map(|_| rng.unit()).collect();
+    let kernel = Kernel::detect();
+    let both = matmul_with(kernel, &x, 9, &[&a, &b]);
+    let (ya, yb) = (
+        matmul_with(kernel, &x, 9, &[&a]),
+        matmul_with(kernel, &x, 9, &[&b]),
+    );
+    for r in 0..9 {
+        assert_eq!(&both[r * 23..r * 23 + 20], &ya[r * 20..(r + 1) * 20]);
+        assert_eq!(&both[r * 23 + 20..(r + 1) * 23], &yb[r * 3..(r + 1) * 3]);
+    }
+}
+
+#[test]
+fn wrong_sizes_are_refused() {
+    let err = QuantMatrix::new(GgmlType::Q8_0, 2, 64, vec![0; 135]).unwrap_err();
+    assert!(err.contains("135 bytes") && err.contains("136"), "{err}");
+    assert!(QuantMatrix::new(GgmlType::F16, 1, 32, vec![0; 64]).is_err());
+    assert!(QuantMatrix::new(GgmlType::Q4K, 1, 128, vec![0; 72]).is_err());
+}
