@@ -1,7 +1,9 @@
 //! The LLM runner on the CPU: prompt processing and generation tokens/s at batch
 //! sizes 1, 4 and 16, and peak memory, side by side in one run with llama.cpp
-//! (the `llama-cpp-python` package) on the same GGUF file, prompt tokens and
-//! thread count.
+//! (the `llama-cpp-python` package) on the same GGUF files, prompt tokens and
+//! thread count. The files: the registry SmolLM2 Q4_1 and, made from it by
+//! llama.cpp's quantizer (`scripts/requantize.py`, when llama-cpp-python is
+//! there), its Q4_K_M and Q8_0 versions.
 //!
 //! Run: `source scripts/setup.sh && cargo bench --profile dev --bench llm`
 //!
@@ -9,8 +11,8 @@
 //! `scripts/llama_cpp_bench.py`), so its peak resident memory is its own.
 //! Environment: `LLM_BENCH_THREADS` (default: all cores), `LLM_BENCH_PROMPT`
 //! (prompt tokens per sequence, default 128), `LLM_BENCH_GEN` (new tokens per
-//! sequence, default 64), `LLM_BENCH_BATCHES` (default "1 4 16"), `MOULIN_LLM`
-//! (the GGUF file), `LLAMA_PYTHON` (a Python with llama-cpp-python, default
+//! sequence, default 64), `LLM_BENCH_BATCHES` (default "1 4 16"),
+//! `LLM_BENCH_MODELS` (GGUF files, space-separated), `LLAMA_PYTHON` (a Python with llama-cpp-python, default
 //! `/tmp/llamavenv/bin/python` when it exists; `LLAMA=0` skips llama.cpp).
 
 use std::path::{Path, PathBuf};
@@ -42,9 +44,8 @@ fn prompts(llm: &Llm, batch: usize, len: usize) -> Vec<Vec<u32>> {
 
 /// One case in this process: write the prompt ids for llama.cpp to `ids_file`,
 /// run, and print a JSON line with the figures.
-fn run_case(batch: usize, prompt: usize, new_tokens: usize, ids_file: &Path) {
-    let path = llm::default_model_path();
-    let llm = Llm::load(&path, &LoadOptions::default()).expect("model loads");
+fn run_case(batch: usize, prompt: usize, new_tokens: usize, ids_file: &Path, path: &Path) {
+    let llm = Llm::load(path, &LoadOptions::default()).expect("model loads");
     let ids = prompts(&llm, batch, prompt);
     std::fs::write(ids_file, serde_json::to_string(&ids).unwrap()).unwrap();
     let requests: Vec<Request> = ids
@@ -83,10 +84,13 @@ fn run_case(batch: usize, prompt: usize, new_tokens: usize, ids_file: &Path) {
     );
 }
 
+/// A case's JSON line, peak RSS in MB and wall seconds, when it ran.
+type Measured = Option<(serde_json::Value, f64, f64)>;
+
 /// Run a command; its stdout's last line as JSON, and its peak RSS in MB.
 // The child is reaped by wait4, which returns its rusage.
 #[allow(clippy::zombie_processes)]
-fn measured(cmd: &mut Command) -> Option<(serde_json::Value, f64, f64)> {
+fn measured(cmd: &mut Command) -> Measured {
     use std::io::Read;
     let started = Instant::now();
     let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().ok()?;
@@ -125,7 +129,13 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--case") {
         let n = |k: usize| args[i + k].parse::<usize>().unwrap();
-        run_case(n(1), n(2), n(3), Path::new(&args[i + 4]));
+        run_case(
+            n(1),
+            n(2),
+            n(3),
+            Path::new(&args[i + 4]),
+            Path::new(&args[i + 5]),
+        );
         return;
     }
     // cargo bench passes --bench; anything else is a filter we do not use.
@@ -140,87 +150,107 @@ fn main() {
         .split_whitespace()
         .filter_map(|b| b.parse().ok())
         .collect();
-    let model = llm::default_model_path();
+    let default = llm::default_model_path();
     assert!(
-        model.is_file(),
+        default.is_file(),
         "{} missing: run scripts/setup.sh",
-        model.display()
+        default.display()
     );
     let exe = std::env::current_exe().unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/llama_cpp_bench.py");
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts");
     let python = llama_python();
+    let models: Vec<PathBuf> = match std::env::var("LLM_BENCH_MODELS") {
+        Ok(list) => list.split_whitespace().map(PathBuf::from).collect(),
+        Err(_) => {
+            let mut models = vec![default.clone()];
+            for kind in ["Q4_K_M", "Q8_0"] {
+                let path = default.with_file_name(
+                    default
+                        .file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .replace("Q4_1", kind),
+                );
+                if !path.is_file()
+                    && let Some(py) = &python
+                {
+                    let ok = Command::new(py)
+                        .arg(scripts.join("requantize.py"))
+                        .args([&default, &path])
+                        .arg(kind)
+                        .output()
+                        .is_ok_and(|o| o.status.success());
+                    if !ok {
+                        eprintln!("could not write {}", path.display());
+                    }
+                }
+                if path.is_file() {
+                    models.push(path);
+                }
+            }
+            models
+        }
+    };
     println!(
-        "LLM runner, {} on cpu (f16 weights), {threads} threads, prompts of {prompt} tokens, {new_tokens} new tokens (greedy, EOS ignored)",
-        model.file_name().unwrap().to_string_lossy()
+        "LLM runner on cpu (weights in their file's blocks), {threads} threads, prompts of {prompt} tokens, {new_tokens} new tokens (greedy, EOS ignored)"
     );
     println!(
-        "{:<10} {:>6} {:>12} {:>12} {:>10}",
-        "runner", "batch", "prompt t/s", "gen t/s", "peak MB"
+        "{:<34} {:<10} {:>6} {:>12} {:>12} {:>10}",
+        "model", "runner", "batch", "prompt t/s", "gen t/s", "peak MB"
     );
     let mut results = Vec::new();
-    for &batch in &batches {
-        // The prompt ids both runners get, written by our case (this process
-        // never loads the model: a child's peak memory would count it).
-        let ids_file = std::env::temp_dir().join(format!("moulin-llm-bench-{batch}.json"));
-        let ours = measured(
-            Command::new(&exe)
-                .args([
-                    "--case",
-                    &batch.to_string(),
-                    &prompt.to_string(),
-                    &new_tokens.to_string(),
-                ])
-                .arg(&ids_file)
-                .env("RAYON_NUM_THREADS", threads.to_string()),
-        );
-        let theirs = python.as_ref().and_then(|py| {
-            measured(
-                Command::new(py)
-                    .arg(&script)
-                    .arg(&model)
+    for model in &models {
+        let file = model.file_name().unwrap().to_string_lossy().to_string();
+        for &batch in &batches {
+            // The prompt ids both runners get, written by our case (this process
+            // never loads the model: a child's peak memory would count it).
+            let ids_file = std::env::temp_dir().join(format!("moulin-llm-bench-{batch}.json"));
+            let ours = measured(
+                Command::new(&exe)
+                    .args([
+                        "--case",
+                        &batch.to_string(),
+                        &prompt.to_string(),
+                        &new_tokens.to_string(),
+                    ])
                     .arg(&ids_file)
-                    .args([&new_tokens.to_string(), &threads.to_string()]),
-            )
-        });
-        for (name, r) in [("moulin", &ours), ("llama.cpp", &theirs)] {
-            if let Some((json, rss, _)) = r {
-                println!(
-                    "{name:<10} {batch:>6} {:>12.1} {:>12.1} {:>10.0}",
-                    json["pp_tps"].as_f64().unwrap_or(f64::NAN),
-                    json["gen_tps"].as_f64().unwrap_or(f64::NAN),
-                    rss
-                );
+                    .arg(model)
+                    .env("RAYON_NUM_THREADS", threads.to_string()),
+            );
+            let theirs = python.as_ref().and_then(|py| {
+                measured(
+                    Command::new(py)
+                        .arg(scripts.join("llama_cpp_bench.py"))
+                        .arg(model)
+                        .arg(&ids_file)
+                        .args([&new_tokens.to_string(), &threads.to_string()]),
+                )
+            });
+            for (name, r) in [("moulin", &ours), ("llama.cpp", &theirs)] {
+                if let Some((json, rss, _)) = r {
+                    println!(
+                        "{file:<34} {name:<10} {batch:>6} {:>12.1} {:>12.1} {:>10.0}",
+                        json["pp_tps"].as_f64().unwrap_or(f64::NAN),
+                        json["gen_tps"].as_f64().unwrap_or(f64::NAN),
+                        rss
+                    );
+                }
             }
+            results.push((file.clone(), batch, ours, theirs));
+            let _ = std::fs::remove_file(&ids_file);
         }
-        results.push((batch, ours, theirs));
-        let _ = std::fs::remove_file(&ids_file);
     }
     println!();
-    let gen_of = |r: &Option<(serde_json::Value, f64, f64)>| {
-        r.as_ref().and_then(|r| r.0["gen_tps"].as_f64())
-    };
-    let pp_of =
-        |r: &Option<(serde_json::Value, f64, f64)>| r.as_ref().and_then(|r| r.0["pp_tps"].as_f64());
-    for (batch, ours, theirs) in &results {
-        if let (Some(a), Some(b)) = (gen_of(ours), gen_of(theirs)) {
+    let gen_of = |r: &Measured| r.as_ref().and_then(|r| r.0["gen_tps"].as_f64());
+    let pp_of = |r: &Measured| r.as_ref().and_then(|r| r.0["pp_tps"].as_f64());
+    let mem_of = |r: &Measured| r.as_ref().map(|r| r.1);
+    for (file, batch, ours, theirs) in &results {
+        let ratio =
+            |f: &dyn Fn(&Measured) -> Option<f64>| f(ours).zip(f(theirs)).map(|(a, b)| a / b);
+        if let (Some(g), Some(p), Some(m)) = (ratio(&gen_of), ratio(&pp_of), ratio(&mem_of)) {
             println!(
-                "batch {batch}: moulin / llama.cpp generation = {:.2}",
-                a / b
+                "{file} batch {batch}: moulin / llama.cpp: generation {g:.2}, prompt {p:.2}, peak memory {m:.2}"
             );
         }
-        if let (Some(a), Some(b)) = (pp_of(ours), pp_of(theirs)) {
-            println!(
-                "batch {batch}: moulin / llama.cpp prompt processing = {:.2}",
-                a / b
-            );
-        }
-    }
-    let single = results.iter().find(|r| r.0 == 1).and_then(|r| gen_of(&r.1));
-    let sixteen = results
-        .iter()
-        .find(|r| r.0 == 16)
-        .and_then(|r| gen_of(&r.1));
-    if let (Some(one), Some(many)) = (single, sixteen) {
-        println!("moulin generation, batch 16 / batch 1 = {:.2}", many / one);
     }
 }

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::Mmap;
 use moulin_quant::{GgmlType, name_of_id};
@@ -89,7 +90,7 @@ impl TensorInfo {
 /// An opened GGUF file: metadata and tensor table parsed, data mapped.
 pub struct Gguf {
     path: PathBuf,
-    map: Mmap,
+    map: Arc<Mmap>,
     pub version: u32,
     pub metadata: BTreeMap<String, Value>,
     pub tensors: BTreeMap<String, TensorInfo>,
@@ -200,7 +201,7 @@ impl Gguf {
         }
         Ok(Gguf {
             path: path.to_path_buf(),
-            map,
+            map: Arc::new(map),
             version,
             metadata,
             tensors,
@@ -231,6 +232,17 @@ impl Gguf {
             &self.map[info.start..info.start + info.len],
             info.shape(),
         ))
+    }
+
+    /// The mapped file, for tensors used where they lie (see
+    /// [`TensorInfo::start`]).
+    pub fn shared_map(&self) -> Arc<Mmap> {
+        self.map.clone()
+    }
+
+    /// A tensor's table entry.
+    pub fn tensor_info(&self, name: &str) -> Result<&TensorInfo> {
+        self.info(name)
     }
 
     /// A tensor dequantized to f32, with its row-major shape.

@@ -161,7 +161,12 @@ impl WeightSource {
                 "shape {shape:?}, the configuration gives {expected:?}"
             )));
         }
-        let mut m = QuantMatrix::new(kind, shape[0], shape[1], bytes.to_vec()).map_err(fail)?;
+        // The blocks stay in the mapped file (counted once in resident memory,
+        // shared with the page cache); only Q and K, whose rows move, are copied.
+        let start = g.tensor_info(&name)?.start;
+        let map: moulin_quant::SharedBytes = g.shared_map();
+        let mut m =
+            QuantMatrix::shared(kind, shape[0], shape[1], map, start, bytes.len()).map_err(fail)?;
         let (heads, hd) = match weight {
             Weight::Q(_) => (config.num_heads, config.head_dim),
             Weight::K(_) => (config.num_kv_heads, config.head_dim),

@@ -21,4 +21,4 @@ mod unpack;
 pub use activations::{Activations, Scheme};
 pub use formats::{GgmlType, QK_K, dequantize, name_of_id};
 pub use kernels::Kernel;
-pub use matrix::{QuantMatrix, matmul, matmul_with};
+pub use matrix::{QuantMatrix, SharedBytes, matmul, matmul_with};

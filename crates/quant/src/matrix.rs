@@ -2,6 +2,8 @@
 //! computed on them: each weight row is unpacked once (in cache) per product
 //! and multiplied with every input row, on every core.
 
+use std::sync::Arc;
+
 use rayon::prelude::*;
 
 use crate::activations::{ActivationRow, Activations, Scheme};
@@ -9,13 +11,19 @@ use crate::formats::{GgmlType, dequantize};
 use crate::kernels::{Kernel, weight_rows};
 use crate::unpack::Unpacked;
 
+/// Bytes shared with their owner: a memory-mapped model file (the blocks are
+/// used where they lie, never copied) or a vector.
+pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
 /// `[rows, cols]` weights (one row per output, `cols` inputs) in ggml blocks.
 #[derive(Clone)]
 pub struct QuantMatrix {
     kind: GgmlType,
     rows: usize,
     cols: usize,
-    data: Vec<u8>,
+    source: SharedBytes,
+    start: usize,
+    len: usize,
 }
 
 impl std::fmt::Debug for QuantMatrix {
@@ -33,6 +41,29 @@ impl std::fmt::Debug for QuantMatrix {
 impl QuantMatrix {
     /// Rows of `cols` values of a quantized `kind`, each a whole number of blocks.
     pub fn new(kind: GgmlType, rows: usize, cols: usize, data: Vec<u8>) -> Result<Self, String> {
+        let len = data.len();
+        QuantMatrix::shared(kind, rows, cols, Arc::new(data), 0, len)
+    }
+
+    /// The blocks at `source[start..start + len]`, kept where they are.
+    pub fn shared(
+        kind: GgmlType,
+        rows: usize,
+        cols: usize,
+        source: SharedBytes,
+        start: usize,
+        len: usize,
+    ) -> Result<Self, String> {
+        if start
+            .checked_add(len)
+            .is_none_or(|end| end > (*source).as_ref().len())
+        {
+            return Err(format!(
+                "bytes {start}..{} are outside the {} bytes given",
+                start.saturating_add(len),
+                (*source).as_ref().len()
+            ));
+        }
         if !kind.is_quantized() {
             return Err(format!("{} is not a quantized type", kind.name()));
         }
@@ -40,10 +71,9 @@ impl QuantMatrix {
             return Err(format!("rows of {cols} values are not whole blocks of 32"));
         }
         let row_bytes = kind.bytes_for(cols)?;
-        if Some(data.len()) != row_bytes.checked_mul(rows) {
+        if Some(len) != row_bytes.checked_mul(rows) {
             return Err(format!(
-                "{} bytes for {rows} rows of {cols} {} values, which need {}",
-                data.len(),
+                "{len} bytes for {rows} rows of {cols} {} values, which need {}",
                 kind.name(),
                 row_bytes.saturating_mul(rows)
             ));
@@ -52,7 +82,9 @@ impl QuantMatrix {
             kind,
             rows,
             cols,
-            data,
+            source,
+            start,
+            len,
         })
     }
 
@@ -70,26 +102,33 @@ impl QuantMatrix {
 
     /// Bytes the blocks take.
     pub fn bytes(&self) -> usize {
-        self.data.len()
+        self.len
+    }
+
+    /// The blocks, row after row.
+    pub fn data(&self) -> &[u8] {
+        &(*self.source).as_ref()[self.start..self.start + self.len]
     }
 
     fn row_bytes(&self) -> usize {
-        self.data.len() / self.rows.max(1)
+        self.len / self.rows.max(1)
     }
 
     pub fn row(&self, r: usize) -> &[u8] {
         let n = self.row_bytes();
-        &self.data[r * n..(r + 1) * n]
+        &self.data()[r * n..(r + 1) * n]
     }
 
-    /// Reorder the rows: row `i` of the result is row `from(i)` of `self`.
+    /// Reorder the rows (into a copy of their own): row `i` of the result is
+    /// row `from(i)` of `self`.
     pub fn permute_rows(&mut self, from: impl Fn(usize) -> usize) {
         let n = self.row_bytes();
-        let mut out = vec![0u8; self.data.len()];
+        let mut out = vec![0u8; self.len];
         for (i, row) in out.chunks_exact_mut(n).enumerate() {
             row.copy_from_slice(self.row(from(i)));
         }
-        self.data = out;
+        self.source = Arc::new(out);
+        self.start = 0;
     }
 
     /// Row `r` as f32, bit-exact with ggml.
@@ -159,7 +198,7 @@ pub fn matmul_with(kernel: Kernel, x: &[f32], rows: usize, parts: &[&QuantMatrix
         |scratch, (part, r0, r1, acc)| {
             let p = parts[part];
             let n = p.row_bytes();
-            let weights = &p.data[r0 * n..r1 * n];
+            let weights = &p.data()[r0 * n..r1 * n];
             weight_rows(kernel, p.kind, weights, n, &input_rows[part], scratch, acc);
         },
     );
