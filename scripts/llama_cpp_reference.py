@@ -6,8 +6,9 @@ that CI needs no llama.cpp build:
 
 1. A tiny Llama model with random weights (seeded: the same bytes every run),
    written as F32 GGUF with the `gguf` package, then turned by llama.cpp's own
-   quantizer into every type and mix moulin reads: `fixtures/llm/tiny/*.gguf`
-   (a few hundred kB each, committed).
+   quantizer into every type and mix moulin reads; and tiny Qwen2 (Q, K, V
+   biases) and Qwen3 (per-head norms of Q and K) models, in Q4_K_M:
+   `fixtures/llm/tiny/*.gguf` (a few hundred kB each, committed).
 2. For each tiny file and for the registry SmolLM2 Q4_1 file: llama.cpp's
    logits after a fixed prompt and its greedy continuation (40 tokens,
    end-of-sequence ignored), with an f32 KV cache and no flash attention (as
@@ -45,9 +46,9 @@ def byte_tokens():
     return [chr(c) for _, c in sorted(zip(bs, cs))]
 
 
-def write_tiny(path):
+def write_tiny(path, arch="llama"):
     rng = np.random.default_rng(SEED)
-    w = gguf.GGUFWriter(path, "llama")
+    w = gguf.GGUFWriter(path, arch)
     w.add_name("moulin tiny random llama")
     w.add_block_count(LAYERS)
     w.add_context_length(256)
@@ -55,7 +56,7 @@ def write_tiny(path):
     w.add_feed_forward_length(FFN)
     w.add_head_count(HEADS)
     w.add_head_count_kv(KV_HEADS)
-    w.add_rope_freq_base(10000.0)
+    w.add_rope_freq_base(10000.0 if arch == "llama" else 1000000.0)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_file_type(0)
     tokens = byte_tokens() + ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -91,6 +92,12 @@ def write_tiny(path):
         w.add_tensor(f"blk.{i}.attn_k.weight", mat(KV_HEADS * hd, HIDDEN, 2.0))
         w.add_tensor(f"blk.{i}.attn_v.weight", mat(KV_HEADS * hd, HIDDEN))
         w.add_tensor(f"blk.{i}.attn_output.weight", mat(HIDDEN, HEADS * hd, 2.0))
+        if arch == "qwen2":
+            for name, rows in [("q", HEADS * hd), ("k", KV_HEADS * hd), ("v", KV_HEADS * hd)]:
+                w.add_tensor(f"blk.{i}.attn_{name}.bias", (0.5 * rng.standard_normal(rows)).astype(np.float32))
+        if arch == "qwen3":
+            for name in ["q", "k"]:
+                w.add_tensor(f"blk.{i}.attn_{name}_norm.weight", (1.0 + 0.3 * rng.standard_normal(hd)).astype(np.float32))
         w.add_tensor(f"blk.{i}.ffn_norm.weight", norm())
         w.add_tensor(f"blk.{i}.ffn_gate.weight", mat(FFN, HIDDEN))
         w.add_tensor(f"blk.{i}.ffn_up.weight", mat(FFN, HIDDEN))
@@ -143,6 +150,14 @@ def main():
         last, greedy = reference(path, tiny_prompt)
         cases[f"tiny/tiny-llama.{kind}.gguf"] = {"prompt": tiny_prompt, "logits": [round(v, 5) for v in last.tolist()], "greedy": greedy}
     os.remove(f32)
+    for arch in ["qwen2", "qwen3"]:
+        f32 = os.path.join(tiny_dir, f"tiny-{arch}.F32.gguf.tmp")
+        write_tiny(f32, arch)
+        path = os.path.join(tiny_dir, f"tiny-{arch}.Q4_K_M.gguf")
+        quantize(f32, path, "Q4_K_M")
+        os.remove(f32)
+        last, greedy = reference(path, tiny_prompt)
+        cases[f"tiny/tiny-{arch}.Q4_K_M.gguf"] = {"prompt": tiny_prompt, "logits": [round(v, 5) for v in last.tolist()], "greedy": greedy}
     # SmolLM2: the prompt of reference_logits.json (a ChatML question).
     with open(os.path.join(out_dir, "reference_logits.json")) as f:
         ids = json.load(f)["token_ids"]

@@ -259,17 +259,17 @@ fn corrupt_and_truncated_model_files_are_clear_errors() {
     assert!(err.contains("tensor count 1152921504606846976"), "{err}");
     assert!(err.contains("corrupt header"), "{err}");
 
-    let hf = dir.path().join("qwen");
+    let hf = dir.path().join("gemma");
     std::fs::create_dir(&hf).unwrap();
     std::fs::write(
         hf.join("config.json"),
-        r#"{"architectures": ["Qwen2ForCausalLM"], "vocab_size": 10, "hidden_size": 8,
+        r#"{"architectures": ["Gemma3ForCausalLM"], "vocab_size": 10, "hidden_size": 8,
             "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2}"#,
     )
     .unwrap();
     let err = load_error(&hf);
     assert!(
-        err.contains("unsupported architecture Qwen2ForCausalLM"),
+        err.contains("unsupported architecture Gemma3ForCausalLM"),
         "{err}"
     );
 }
@@ -281,7 +281,7 @@ fn hugging_face_folder_gives_the_gguf_logits() {
     // Both in f16: the folder's safetensors are floats.
     let llm = smollm_f16();
     let dir = tempfile::tempdir().unwrap();
-    write_hf_folder(llm, &model_path(), dir.path());
+    common::write_hf_folder(llm, &model_path(), dir.path());
     let hf = Llm::load(dir.path(), &LoadOptions::default()).unwrap();
     assert_eq!(hf.report.weight_bytes, llm.report.weight_bytes);
     assert_eq!(hf.report.parameters, llm.report.parameters);
@@ -297,116 +297,6 @@ fn hugging_face_folder_gives_the_gguf_logits() {
         .map(|(x, y)| (x - y).abs())
         .fold(0f32, f32::max);
     assert!(diff < 1e-3, "{diff}");
-}
-
-/// Write the GGUF model as a Hugging Face folder: config.json, one f32
-/// safetensors file with Hugging Face names (Q/K rows back in "rotate half"
-/// order), tokenizer.json and tokenizer_config.json.
-fn write_hf_folder(llm: &Llm, gguf_path: &Path, dir: &Path) {
-    use llm::gguf::{Gguf, Value};
-    use llm::weights::{Weight, WeightSource};
-    let gguf = Gguf::open(gguf_path).unwrap();
-    let c = llm::LlamaConfig::from_gguf(&gguf).unwrap();
-    let source = WeightSource::Gguf(gguf);
-    let (h, hd, f) = (c.hidden_size, c.head_dim, c.intermediate_size);
-    let mut weights: Vec<(String, Weight, Vec<usize>)> = vec![
-        (
-            "model.embed_tokens.weight".into(),
-            Weight::Embed,
-            vec![c.vocab_size, h],
-        ),
-        ("model.norm.weight".into(), Weight::FinalNorm, vec![h]),
-    ];
-    for i in 0..c.num_layers {
-        let p = format!("model.layers.{i}.");
-        weights.extend([
-            (
-                format!("{p}input_layernorm.weight"),
-                Weight::AttnNorm(i),
-                vec![h],
-            ),
-            (
-                format!("{p}self_attn.q_proj.weight"),
-                Weight::Q(i),
-                vec![c.num_heads * hd, h],
-            ),
-            (
-                format!("{p}self_attn.k_proj.weight"),
-                Weight::K(i),
-                vec![c.num_kv_heads * hd, h],
-            ),
-            (
-                format!("{p}self_attn.v_proj.weight"),
-                Weight::V(i),
-                vec![c.num_kv_heads * hd, h],
-            ),
-            (
-                format!("{p}self_attn.o_proj.weight"),
-                Weight::O(i),
-                vec![h, c.num_heads * hd],
-            ),
-            (
-                format!("{p}post_attention_layernorm.weight"),
-                Weight::MlpNorm(i),
-                vec![h],
-            ),
-            (
-                format!("{p}mlp.gate_proj.weight"),
-                Weight::Gate(i),
-                vec![f, h],
-            ),
-            (format!("{p}mlp.up_proj.weight"), Weight::Up(i), vec![f, h]),
-            (
-                format!("{p}mlp.down_proj.weight"),
-                Weight::Down(i),
-                vec![h, f],
-            ),
-        ]);
-    }
-    let tensors: Vec<(String, Vec<u8>, Vec<usize>)> = weights
-        .into_iter()
-        .map(|(name, w, shape)| {
-            let t = source.get(&c, w, &shape).unwrap();
-            let bytes = t.values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            (name, bytes, shape)
-        })
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
-        .iter()
-        .map(|(name, bytes, shape)| {
-            let view =
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
-                    .unwrap();
-            (name.clone(), view)
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
-    let config = serde_json::json!({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "vocab_size": c.vocab_size, "hidden_size": h, "intermediate_size": f,
-        "num_hidden_layers": c.num_layers, "num_attention_heads": c.num_heads,
-        "num_key_value_heads": c.num_kv_heads, "rope_theta": c.rope_theta,
-        "rms_norm_eps": c.rms_norm_eps, "max_position_embeddings": c.max_position_embeddings,
-        "tie_word_embeddings": c.tie_word_embeddings, "hidden_act": "silu",
-    });
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    llm.tokenizer.save(&dir.join("tokenizer.json")).unwrap();
-    let WeightSource::Gguf(gguf) = &source else {
-        unreachable!()
-    };
-    let template = gguf
-        .get("tokenizer.chat_template")
-        .and_then(Value::as_str)
-        .unwrap();
-    let tokenizer_config = serde_json::json!({
-        "chat_template": template, "bos_token": "<|im_start|>", "eos_token": "<|im_end|>",
-        "add_bos_token": false,
-    });
-    std::fs::write(
-        dir.join("tokenizer_config.json"),
-        tokenizer_config.to_string(),
-    )
-    .unwrap();
 }
 
 #[test]

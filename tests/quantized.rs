@@ -193,3 +193,33 @@ fn unsupported_and_inconsistent_files_name_the_tensor() {
         "{err}"
     );
 }
+
+/// Qwen2 and Qwen3 from Hugging Face folders (safetensors with the biases and
+/// per-head norms under their Hugging Face names, config.json saying the
+/// architecture) give the logits of the same weights read from GGUF.
+#[test]
+fn qwen_hugging_face_folders_give_the_gguf_logits() {
+    for name in ["tiny-qwen2.Q4_K_M.gguf", "tiny-qwen3.Q4_K_M.gguf"] {
+        let path = common::fixtures().join("llm/tiny").join(name);
+        let f32 = LoadOptions {
+            dtype: Some(llm::WeightDtype::F32),
+            ..LoadOptions::default()
+        };
+        let gguf = Llm::load(&path, &f32).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        common::write_hf_folder(&gguf, &path, dir.path());
+        let hf = Llm::load(dir.path(), &f32).unwrap();
+        assert_eq!(hf.report.parameters, gguf.report.parameters, "{name}");
+        let prompt: Vec<u32> = (0..20).map(|i| (i * 37 % 250) as u32).collect();
+        let a = gguf.logits_by_chunks(&prompt, prompt.len()).unwrap();
+        let b = hf.logits_by_chunks(&prompt, prompt.len()).unwrap();
+        let diff = a
+            .last()
+            .unwrap()
+            .iter()
+            .zip(b.last().unwrap())
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-3, "{name}: {diff}");
+    }
+}

@@ -7,10 +7,17 @@ use super::gguf::{Gguf, Value};
 use crate::error::{Error, Result};
 
 /// Architectures with the Llama layout (RMSNorm, RoPE, grouped-query attention,
-/// SwiGLU, no biases). Mistral's sliding window only matters beyond its window
-/// (4096 tokens), longer than the contexts moulin's jobs use.
-const HF_ARCHITECTURES: &[&str] = &["LlamaForCausalLM", "MistralForCausalLM"];
-const GGUF_ARCHITECTURES: &[&str] = &["llama", "mistral"];
+/// SwiGLU): Llama and Mistral (no biases), Qwen2 (biases on Q, K and V) and
+/// Qwen3 (an RMSNorm on each head of Q and K). Mistral's sliding window only
+/// matters beyond its window (4096 tokens), longer than the contexts moulin's
+/// jobs use; it is not applied (llama.cpp does not apply it either).
+const HF_ARCHITECTURES: &[&str] = &[
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+];
+const GGUF_ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaConfig {
@@ -27,6 +34,13 @@ pub struct LlamaConfig {
     pub rms_norm_eps: f64,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
+    /// Biases on the Q, K and V projections (Qwen2).
+    pub qkv_bias: bool,
+    /// An RMSNorm over each head of Q and K, before the rotary embedding (Qwen3).
+    pub qk_norm: bool,
+    /// The file stores Q and K rows permuted for llama.cpp's interleaved rotary
+    /// embedding (GGUF files of the `llama` family; Qwen's are not).
+    pub qk_rows_permuted: bool,
 }
 
 /// Llama 3.1's long-context frequency scaling (`rope_type = "llama3"`).
@@ -98,7 +112,9 @@ impl LlamaConfig {
                 HF_ARCHITECTURES.join(", ")
             )));
         }
-        if hf.attention_bias || hf.mlp_bias {
+        let qwen2 = arch == "Qwen2ForCausalLM";
+        let qwen3 = arch == "Qwen3ForCausalLM";
+        if hf.mlp_bias || (hf.attention_bias && !qwen3) {
             return Err(fail(format!(
                 "{arch} with biases in attention or MLP is not supported"
             )));
@@ -145,6 +161,9 @@ impl LlamaConfig {
             rms_norm_eps: hf.rms_norm_eps,
             max_position_embeddings: hf.max_position_embeddings,
             tie_word_embeddings: hf.tie_word_embeddings,
+            qkv_bias: qwen2 || (qwen3 && hf.attention_bias),
+            qk_norm: qwen3,
+            qk_rows_permuted: false,
         };
         config.check().map_err(fail)?;
         Ok(config)
@@ -216,6 +235,11 @@ impl LlamaConfig {
             rms_norm_eps: float("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
             max_position_embeddings: uint("context_length").unwrap_or(2048),
             tie_word_embeddings: !gguf.tensors.contains_key("output.weight"),
+            qkv_bias: gguf.tensors.contains_key("blk.0.attn_q.bias"),
+            qk_norm: gguf.tensors.contains_key("blk.0.attn_q_norm.weight"),
+            // llama.cpp's converter permutes Q and K for the architectures it
+            // runs with the interleaved ("normal") rotary embedding.
+            qk_rows_permuted: matches!(arch.as_str(), "llama" | "mistral"),
         };
         config.check().map_err(fail)?;
         Ok(config)
@@ -253,9 +277,18 @@ impl LlamaConfig {
         let o = self.num_heads * self.head_dim * self.hidden_size;
         let mlp = 3 * self.hidden_size * self.intermediate_size;
         let norms = 2 * self.hidden_size;
+        let bias = if self.qkv_bias {
+            (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
+        } else {
+            0
+        };
+        let qk_norm = if self.qk_norm { 2 * self.head_dim } else { 0 };
         let embed = self.vocab_size * self.hidden_size;
         let head = if self.tie_word_embeddings { 0 } else { embed };
-        self.num_layers * (q + kv + o + mlp + norms) + embed + head + self.hidden_size
+        self.num_layers * (q + kv + o + mlp + norms + bias + qk_norm)
+            + embed
+            + head
+            + self.hidden_size
     }
 
     /// The rotary inverse frequencies, one per pair of dimensions, with Llama 3
@@ -331,14 +364,25 @@ mod tests {
     }
 
     #[test]
+    fn qwen_configs_say_biases_and_head_norms() {
+        let qwen2 = SMOLLM2.replace("LlamaForCausalLM", "Qwen2ForCausalLM");
+        let c = LlamaConfig::from_hf_json("qwen2", &qwen2).unwrap();
+        assert!(c.qkv_bias && !c.qk_norm && !c.qk_rows_permuted);
+        let qwen3 = SMOLLM2.replace("LlamaForCausalLM", "Qwen3ForCausalLM");
+        let c = LlamaConfig::from_hf_json("qwen3", &qwen3).unwrap();
+        assert!(!c.qkv_bias && c.qk_norm);
+    }
+
+    #[test]
     fn other_architectures_are_refused_by_name() {
-        let qwen = SMOLLM2.replace("LlamaForCausalLM", "Qwen2ForCausalLM");
-        let err = LlamaConfig::from_hf_json("qwen", &qwen)
+        let gemma = SMOLLM2.replace("LlamaForCausalLM", "Gemma3ForCausalLM");
+        let err = LlamaConfig::from_hf_json("gemma", &gemma)
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("unsupported architecture Qwen2ForCausalLM"),
+            err.contains("unsupported architecture Gemma3ForCausalLM"),
             "{err}"
         );
+        assert!(err.contains("Qwen3ForCausalLM"), "{err}");
     }
 }

@@ -50,6 +50,10 @@ struct Layer {
     attn_norm: Tensor<1>,
     /// `[hidden, (heads + 2 * kv_heads) * head_dim]`.
     qkv: Linear,
+    /// Q, K and V biases, concatenated (Qwen2).
+    qkv_bias: Option<Tensor<1>>,
+    /// RMSNorm weights over each head of Q and of K, `[head_dim]` (Qwen3).
+    qk_norm: Option<(Tensor<1>, Tensor<1>)>,
     /// `[heads * head_dim, hidden]`.
     o: Linear,
     mlp_norm: Tensor<1>,
@@ -313,7 +317,29 @@ impl Llama {
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let f = c.intermediate_size;
+            let qkv_bias = if c.qkv_bias {
+                let mut values = get(Weight::QBias(i), &[q_out])?.values;
+                values.extend(get(Weight::KBias(i), &[kv_out])?.values);
+                values.extend(get(Weight::VBias(i), &[kv_out])?.values);
+                let n = values.len();
+                Some(vector(HostTensor {
+                    values,
+                    shape: vec![n],
+                }))
+            } else {
+                None
+            };
+            let qk_norm = if c.qk_norm {
+                Some((
+                    vector(get(Weight::QNorm(i), &[hd])?),
+                    vector(get(Weight::KNorm(i), &[hd])?),
+                ))
+            } else {
+                None
+            };
             layers.push(Layer {
+                qkv_bias,
+                qk_norm,
                 attn_norm: vector(get(Weight::AttnNorm(i), &[hidden])?),
                 qkv: linear(&[
                     (Weight::Q(i), [q_out, hidden]),
@@ -378,6 +404,10 @@ impl Llama {
                     + l.gate_up.bytes()
                     + l.down.bytes()
                     + 4 * (l.attn_norm.dims()[0] + l.mlp_norm.dims()[0])
+                    + l.qkv_bias.as_ref().map_or(0, |b| 4 * b.dims()[0])
+                    + l.qk_norm
+                        .as_ref()
+                        .map_or(0, |(q, k)| 4 * (q.dims()[0] + k.dims()[0]))
             })
             .sum();
         // A tied head on the CPU is the embedding table itself.
@@ -493,7 +523,10 @@ impl Llama {
         let mut x = self.embed(input.tokens)?; // [n, hidden]
         for (l, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(x.clone(), &layer.attn_norm, c.rms_norm_eps);
-            let qkv = layer.qkv.forward(h);
+            let mut qkv = layer.qkv.forward(h);
+            if let Some(bias) = &layer.qkv_bias {
+                qkv = qkv + bias.clone().unsqueeze::<2>();
+            }
             let q = qkv
                 .clone()
                 .slice([0..n, 0..heads * hd])
@@ -505,6 +538,15 @@ impl Llama {
             let v = qkv
                 .slice([0..n, (heads + kv_heads) * hd..(heads + 2 * kv_heads) * hd])
                 .reshape([b, s, kv_heads, hd]);
+            let (q, k) = match &layer.qk_norm {
+                Some((qn, kn)) => {
+                    let per_head = |x: Tensor<4>, nh: usize, w: &Tensor<1>| {
+                        rms_norm(x.reshape([n * nh, hd]), w, c.rms_norm_eps).reshape([b, s, nh, hd])
+                    };
+                    (per_head(q, heads, qn), per_head(k, kv_heads, kn))
+                }
+                None => (q, k),
+            };
             let q = rope(q, heads)
                 .swap_dims(1, 2)
                 .reshape([b, kv_heads, group * s, hd]);

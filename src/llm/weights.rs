@@ -27,6 +27,13 @@ pub enum Weight {
     V(usize),
     O(usize),
     MlpNorm(usize),
+    /// Qwen2's projection biases.
+    QBias(usize),
+    KBias(usize),
+    VBias(usize),
+    /// Qwen3's per-head norms of Q and K.
+    QNorm(usize),
+    KNorm(usize),
     Gate(usize),
     Up(usize),
     Down(usize),
@@ -44,6 +51,11 @@ impl Weight {
             Weight::V(i) => format!("model.layers.{i}.self_attn.v_proj.weight"),
             Weight::O(i) => format!("model.layers.{i}.self_attn.o_proj.weight"),
             Weight::MlpNorm(i) => format!("model.layers.{i}.post_attention_layernorm.weight"),
+            Weight::QBias(i) => format!("model.layers.{i}.self_attn.q_proj.bias"),
+            Weight::KBias(i) => format!("model.layers.{i}.self_attn.k_proj.bias"),
+            Weight::VBias(i) => format!("model.layers.{i}.self_attn.v_proj.bias"),
+            Weight::QNorm(i) => format!("model.layers.{i}.self_attn.q_norm.weight"),
+            Weight::KNorm(i) => format!("model.layers.{i}.self_attn.k_norm.weight"),
             Weight::Gate(i) => format!("model.layers.{i}.mlp.gate_proj.weight"),
             Weight::Up(i) => format!("model.layers.{i}.mlp.up_proj.weight"),
             Weight::Down(i) => format!("model.layers.{i}.mlp.down_proj.weight"),
@@ -61,6 +73,11 @@ impl Weight {
             Weight::V(i) => format!("blk.{i}.attn_v.weight"),
             Weight::O(i) => format!("blk.{i}.attn_output.weight"),
             Weight::MlpNorm(i) => format!("blk.{i}.ffn_norm.weight"),
+            Weight::QBias(i) => format!("blk.{i}.attn_q.bias"),
+            Weight::KBias(i) => format!("blk.{i}.attn_k.bias"),
+            Weight::VBias(i) => format!("blk.{i}.attn_v.bias"),
+            Weight::QNorm(i) => format!("blk.{i}.attn_q_norm.weight"),
+            Weight::KNorm(i) => format!("blk.{i}.attn_k_norm.weight"),
             Weight::Gate(i) => format!("blk.{i}.ffn_gate.weight"),
             Weight::Up(i) => format!("blk.{i}.ffn_up.weight"),
             Weight::Down(i) => format!("blk.{i}.ffn_down.weight"),
@@ -124,11 +141,14 @@ impl WeightSource {
             });
         }
         // llama.cpp stores Q and K rows permuted for its interleaved rotary
-        // embedding: put them back in the "rotate half" order the model uses.
-        if matches!(self, WeightSource::Gguf(_)) {
+        // embedding: put them back in the "rotate half" order the model uses
+        // (biases and per-head norms follow their rows).
+        if matches!(self, WeightSource::Gguf(_)) && config.qk_rows_permuted {
+            let (heads, kv, hd) = (config.num_heads, config.num_kv_heads, config.head_dim);
             match weight {
-                Weight::Q(_) => unpermute_rows(&mut tensor, config.num_heads, config.head_dim),
-                Weight::K(_) => unpermute_rows(&mut tensor, config.num_kv_heads, config.head_dim),
+                Weight::Q(_) | Weight::QBias(_) => unpermute_rows(&mut tensor, heads, hd),
+                Weight::K(_) | Weight::KBias(_) => unpermute_rows(&mut tensor, kv, hd),
+                Weight::QNorm(_) | Weight::KNorm(_) => unpermute_rows(&mut tensor, 1, hd),
                 _ => {}
             }
         }
@@ -168,8 +188,8 @@ impl WeightSource {
         let mut m =
             QuantMatrix::shared(kind, shape[0], shape[1], map, start, bytes.len()).map_err(fail)?;
         let (heads, hd) = match weight {
-            Weight::Q(_) => (config.num_heads, config.head_dim),
-            Weight::K(_) => (config.num_kv_heads, config.head_dim),
+            Weight::Q(_) if config.qk_rows_permuted => (config.num_heads, config.head_dim),
+            Weight::K(_) if config.qk_rows_permuted => (config.num_kv_heads, config.head_dim),
             _ => return Ok(Some(m)),
         };
         // Rows back in "rotate half" order, as `unpermute_rows` does for floats.
@@ -196,7 +216,8 @@ fn gguf_row(to: usize, heads: usize, head_dim: usize) -> usize {
 }
 
 fn unpermute_rows(t: &mut HostTensor, heads: usize, head_dim: usize) {
-    let cols = t.shape[1];
+    // Vectors (biases, norms) are one column.
+    let cols = t.shape.get(1).copied().unwrap_or(1);
     let half = head_dim / 2;
     let mut out = vec![0f32; t.values.len()];
     for h in 0..heads {

@@ -271,3 +271,155 @@ pub fn document_rows(
 pub fn read_report(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).expect("a report")).expect("JSON report")
 }
+
+/// Write the GGUF model as a Hugging Face folder: config.json, one f32
+/// safetensors file with Hugging Face names (Q/K rows back in "rotate half"
+/// order), tokenizer.json and tokenizer_config.json; biases, per-head norms
+/// and a separate head when the model has them.
+pub fn write_hf_folder(llm: &moulin::llm::Llm, gguf_path: &Path, dir: &Path) {
+    use moulin::llm::gguf::{Gguf, Value};
+    use moulin::llm::weights::{Weight, WeightSource};
+    let gguf = Gguf::open(gguf_path).unwrap();
+    let c = moulin::llm::LlamaConfig::from_gguf(&gguf).unwrap();
+    let source = WeightSource::Gguf(gguf);
+    let (h, hd, f) = (c.hidden_size, c.head_dim, c.intermediate_size);
+    let mut weights: Vec<(String, Weight, Vec<usize>)> = vec![
+        (
+            "model.embed_tokens.weight".into(),
+            Weight::Embed,
+            vec![c.vocab_size, h],
+        ),
+        ("model.norm.weight".into(), Weight::FinalNorm, vec![h]),
+    ];
+    if !c.tie_word_embeddings {
+        weights.push(("lm_head.weight".into(), Weight::Head, vec![c.vocab_size, h]));
+    }
+    for i in 0..c.num_layers {
+        let p = format!("model.layers.{i}.");
+        weights.extend([
+            (
+                format!("{p}input_layernorm.weight"),
+                Weight::AttnNorm(i),
+                vec![h],
+            ),
+            (
+                format!("{p}self_attn.q_proj.weight"),
+                Weight::Q(i),
+                vec![c.num_heads * hd, h],
+            ),
+            (
+                format!("{p}self_attn.k_proj.weight"),
+                Weight::K(i),
+                vec![c.num_kv_heads * hd, h],
+            ),
+            (
+                format!("{p}self_attn.v_proj.weight"),
+                Weight::V(i),
+                vec![c.num_kv_heads * hd, h],
+            ),
+            (
+                format!("{p}self_attn.o_proj.weight"),
+                Weight::O(i),
+                vec![h, c.num_heads * hd],
+            ),
+            (
+                format!("{p}post_attention_layernorm.weight"),
+                Weight::MlpNorm(i),
+                vec![h],
+            ),
+            (
+                format!("{p}mlp.gate_proj.weight"),
+                Weight::Gate(i),
+                vec![f, h],
+            ),
+            (format!("{p}mlp.up_proj.weight"), Weight::Up(i), vec![f, h]),
+            (
+                format!("{p}mlp.down_proj.weight"),
+                Weight::Down(i),
+                vec![h, f],
+            ),
+        ]);
+        if c.qkv_bias {
+            weights.extend([
+                (
+                    format!("{p}self_attn.q_proj.bias"),
+                    Weight::QBias(i),
+                    vec![c.num_heads * hd],
+                ),
+                (
+                    format!("{p}self_attn.k_proj.bias"),
+                    Weight::KBias(i),
+                    vec![c.num_kv_heads * hd],
+                ),
+                (
+                    format!("{p}self_attn.v_proj.bias"),
+                    Weight::VBias(i),
+                    vec![c.num_kv_heads * hd],
+                ),
+            ]);
+        }
+        if c.qk_norm {
+            weights.extend([
+                (
+                    format!("{p}self_attn.q_norm.weight"),
+                    Weight::QNorm(i),
+                    vec![hd],
+                ),
+                (
+                    format!("{p}self_attn.k_norm.weight"),
+                    Weight::KNorm(i),
+                    vec![hd],
+                ),
+            ]);
+        }
+    }
+    let tensors: Vec<(String, Vec<u8>, Vec<usize>)> = weights
+        .into_iter()
+        .map(|(name, w, shape)| {
+            let t = source.get(&c, w, &shape).unwrap();
+            let bytes = t.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (name, bytes, shape)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(name, bytes, shape)| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                    .unwrap();
+            (name.clone(), view)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+    let (arch, model_type) = match c.architecture.as_str() {
+        "qwen2" => ("Qwen2ForCausalLM", "qwen2"),
+        "qwen3" => ("Qwen3ForCausalLM", "qwen3"),
+        "mistral" => ("MistralForCausalLM", "mistral"),
+        _ => ("LlamaForCausalLM", "llama"),
+    };
+    let config = serde_json::json!({
+        "architectures": [arch], "model_type": model_type, "head_dim": hd,
+        "vocab_size": c.vocab_size, "hidden_size": h, "intermediate_size": f,
+        "num_hidden_layers": c.num_layers, "num_attention_heads": c.num_heads,
+        "num_key_value_heads": c.num_kv_heads, "rope_theta": c.rope_theta,
+        "rms_norm_eps": c.rms_norm_eps, "max_position_embeddings": c.max_position_embeddings,
+        "tie_word_embeddings": c.tie_word_embeddings, "hidden_act": "silu",
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    llm.tokenizer.save(&dir.join("tokenizer.json")).unwrap();
+    let WeightSource::Gguf(gguf) = &source else {
+        unreachable!()
+    };
+    let tokenizer_config = match gguf.get("tokenizer.chat_template").and_then(Value::as_str) {
+        Some(template) => serde_json::json!({
+            "chat_template": template, "bos_token": "<|im_start|>", "eos_token": "<|im_end|>",
+            "add_bos_token": false,
+        }),
+        None => serde_json::json!({"add_bos_token": false}),
+    };
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        tokenizer_config.to_string(),
+    )
+    .unwrap();
+}
