@@ -112,6 +112,93 @@ def write_tiny(path, arch="llama"):
     w.close()
 
 
+# Texts both tokenizers must cut the same way: accents, digits, punctuation,
+# spaces, a line break, characters outside the vocabulary (byte fallback).
+SPM_TEXTS = [
+    "Le présent arrêté fixe les conditions de l'aide.",
+    "  Deux espaces, puis 12 345,67 euros ; et « guillemets » !",
+    "Première ligne\nseconde ligne\tavec tabulation",
+    "Straße, 東京, émoji 🙂 et Œuvre",
+    "déclaration",
+    "",
+]
+
+
+def train_spm_vocab(text, merges_wanted=300):
+    """A SentencePiece-style BPE vocabulary learnt on `text` (words prefixed
+    with ▁, pieces scored by merge order), as llama.cpp's `llama` tokenizer
+    model stores it: <unk>, <s>, </s>, the 256 byte pieces, then the pieces."""
+    words = {}
+    for w in text.replace("\n", " ").split(" "):
+        if w:
+            words["▁" + w] = words.get("▁" + w, 0) + 1
+    split = {w: list(w) for w in words}
+    pieces = sorted({c for w in words for c in w})
+    merged = []
+    for _ in range(merges_wanted):
+        pairs = {}
+        for w, n in words.items():
+            s = split[w]
+            for a, b in zip(s, s[1:]):
+                pairs[(a, b)] = pairs.get((a, b), 0) + n
+        if not pairs:
+            break
+        (a, b), _ = max(pairs.items(), key=lambda kv: (kv[1], kv[0]))
+        merged.append(a + b)
+        for w in words:
+            s, out, i = split[w], [], 0
+            while i < len(s):
+                if i + 1 < len(s) and s[i] == a and s[i + 1] == b:
+                    out.append(a + b)
+                    i += 2
+                else:
+                    out.append(s[i])
+                    i += 1
+            split[w] = out
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    types = [2, 3, 3] + [6] * 256
+    scores = [0.0, 0.0, 0.0] + [0.0] * 256
+    seen = set(tokens)
+    # Single characters first (lowest scores), merged pieces by merge order.
+    for rank, piece in enumerate(merged):
+        if piece not in seen:
+            tokens.append(piece)
+            types.append(1)
+            scores.append(-float(rank))
+            seen.add(piece)
+    for c in pieces:
+        if c not in seen:
+            tokens.append(c)
+            types.append(1)
+            scores.append(-1000.0)
+            seen.add(c)
+    return tokens, scores, types
+
+
+def write_spm_vocab(path, corpus):
+    tokens, scores, types = train_spm_vocab(corpus)
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_block_count(1)
+    w.add_context_length(64)
+    w.add_embedding_length(64)
+    w.add_feed_forward_length(64)
+    w.add_head_count(1)
+    w.add_head_count_kv(1)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_unk_token_id(0)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_add_bos_token(False)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.close()
+
+
 def quantize(src, dst, kind):
     params = L.llama_model_quantize_default_params()
     params.ftype = getattr(L, f"LLAMA_FTYPE_MOSTLY_{kind}")
@@ -167,6 +254,15 @@ def main():
         "prompt": ids,
         "top_logits": [[int(i), round(float(last[i]), 5)] for i in top],
         "greedy": greedy,
+    }
+    # A SentencePiece vocabulary (no tensors: llama.cpp reads the vocabulary only).
+    corpus = open(os.path.join(out_dir, "..", "jobs", "note-conges-injection.md"), encoding="utf-8").read()
+    spm = os.path.join(tiny_dir, "spm-vocab.gguf")
+    write_spm_vocab(spm, corpus + " " + " ".join(SPM_TEXTS[:3]))
+    vocab = Llama(model_path=spm, vocab_only=True, verbose=False)
+    cases["tiny/spm-vocab.gguf"] = {
+        "texts": SPM_TEXTS,
+        "ids": [vocab.tokenize(t.encode(), add_bos=False, special=False) for t in SPM_TEXTS],
     }
     with open(os.path.join(out_dir, "llama_cpp_reference.json"), "w") as f:
         json.dump({"generator": f"llama-cpp-python {version('llama_cpp_python')}, gguf {version('gguf')}",

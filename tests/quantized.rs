@@ -223,3 +223,25 @@ fn qwen_hugging_face_folders_give_the_gguf_logits() {
         assert!(diff < 1e-3, "{name}: {diff}");
     }
 }
+
+/// A SentencePiece vocabulary in GGUF metadata (pieces and scores, no
+/// tokenizer.json): texts cut as llama.cpp cuts them, and decoded back.
+#[test]
+fn sentencepiece_vocabularies_tokenize_like_llama_cpp() {
+    let reference = reference();
+    let case = &reference["cases"]["tiny/spm-vocab.gguf"];
+    let gguf = llm::gguf::Gguf::open(&common::fixtures().join("llm/tiny/spm-vocab.gguf")).unwrap();
+    let tokenizer = llm::TextTokenizer::from_gguf(&gguf).unwrap();
+    let texts: Vec<String> = serde_json::from_value(case["texts"].clone()).unwrap();
+    let expected: Vec<Vec<u32>> = serde_json::from_value(case["ids"].clone()).unwrap();
+    assert!(texts.len() >= 5);
+    for (text, want) in texts.iter().zip(&expected) {
+        let got = tokenizer.encode_plain(text).unwrap();
+        assert_eq!(&got, want, "{text:?}");
+        assert_eq!(
+            &tokenizer.decode(&got).unwrap(),
+            text,
+            "round trip of {text:?}"
+        );
+    }
+}

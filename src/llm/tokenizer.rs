@@ -109,8 +109,9 @@ impl TextTokenizer {
     }
 
     /// From a GGUF file's `tokenizer.*` metadata (byte-level BPE, as Llama 3,
-    /// SmolLM2, Qwen and GPT-2 style models use), or from a `tokenizer.json`
-    /// beside the file.
+    /// SmolLM2, Qwen and GPT-2 style models use, or SentencePiece BPE with
+    /// byte fallback, as Llama 2 and Mistral 7B use), or from a
+    /// `tokenizer.json` beside the file.
     pub fn from_gguf(gguf: &Gguf) -> Result<Self> {
         let model = gguf.path().display().to_string();
         let fail = |reason: String| Error::Llm {
@@ -155,23 +156,41 @@ impl TextTokenizer {
             .get("tokenizer.ggml.model")
             .and_then(Value::as_str)
             .unwrap_or("(none)");
-        if kind != "gpt2" {
-            return Err(fail(format!(
-                "tokenizer model {kind:?} in GGUF metadata is not supported (byte-level BPE \"gpt2\" is); \
-                 put the model's tokenizer.json beside the file"
-            )));
-        }
-        let merges = strings("tokenizer.ggml.merges")?;
         let types: Vec<u64> = gguf
             .get("tokenizer.ggml.token_type")
             .and_then(Value::as_array)
             .map(|a| a.iter().map(|v| v.as_u64().unwrap_or(1)).collect())
             .unwrap_or_default();
-        let pre = gguf
-            .get("tokenizer.ggml.pre")
-            .and_then(Value::as_str)
-            .unwrap_or("default");
-        let json = gpt2_tokenizer_json(&tokens, &merges, &types, pre).map_err(fail)?;
+        let json = match kind {
+            "gpt2" => {
+                let merges = strings("tokenizer.ggml.merges")?;
+                let pre = gguf
+                    .get("tokenizer.ggml.pre")
+                    .and_then(Value::as_str)
+                    .unwrap_or("default");
+                gpt2_tokenizer_json(&tokens, &merges, &types, pre).map_err(fail)?
+            }
+            "llama" => {
+                let scores: Vec<f64> = gguf
+                    .get("tokenizer.ggml.scores")
+                    .and_then(Value::as_array)
+                    .ok_or_else(|| fail("tokenizer.ggml.scores is missing".into()))?
+                    .iter()
+                    .map(|v| v.as_f64().unwrap_or(0.0))
+                    .collect();
+                let space_prefix = !matches!(
+                    gguf.get("tokenizer.ggml.add_space_prefix"),
+                    Some(Value::Bool(false))
+                );
+                spm_tokenizer_json(&tokens, &scores, &types, space_prefix).map_err(fail)?
+            }
+            other => {
+                return Err(fail(format!(
+                    "tokenizer model {other:?} in GGUF metadata is not supported (byte-level BPE \"gpt2\" \
+                     and SentencePiece \"llama\" are); put the model's tokenizer.json beside the file"
+                )));
+            }
+        };
         let inner = json
             .to_string()
             .parse::<Tokenizer>()
@@ -333,6 +352,7 @@ fn gpt2_tokenizer_json(
     const GPT2_SPLIT: &str =
         r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
     const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
     let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
     let split = |pattern: &str| json!({"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": false});
     let pre_tokenizer = match pre {
@@ -343,6 +363,10 @@ fn gpt2_tokenizer_json(
         }
         "llama-bpe" | "llama3" | "smaug-bpe" | "dbrx" => {
             json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_SPLIT), byte_level(false)]})
+        }
+        // Llama 3's split with digits one by one.
+        "qwen2" | "deepseek-r1-qwen" => {
+            json!({"type": "Sequence", "pretokenizers": [split(QWEN2_SPLIT), byte_level(false)]})
         }
         "gpt-2" | "gpt2" | "default" => {
             json!({"type": "Sequence", "pretokenizers": [split(GPT2_SPLIT), byte_level(false)]})
@@ -385,6 +409,99 @@ fn gpt2_tokenizer_json(
             "end_of_word_suffix": null,
             "fuse_unk": false,
             "byte_fallback": false,
+            "ignore_merges": false,
+            "vocab": vocab,
+            "merges": merges,
+        }
+    }))
+}
+
+/// A `tokenizer.json` for a GGUF SentencePiece vocabulary (`tokenizer.ggml.model
+/// = "llama"`): BPE over the pieces with byte fallback (`<0xXX>` pieces), spaces
+/// as `▁`, a space put before the text when the model says so. GGUF keeps a
+/// score per piece, not merges: a merge is every split of a piece into two
+/// pieces of the vocabulary, ranked by the merged piece's score (higher first),
+/// which is the order llama.cpp's tokenizer merges pairs in.
+fn spm_tokenizer_json(
+    tokens: &[&str],
+    scores: &[f64],
+    types: &[u64],
+    space_prefix: bool,
+) -> std::result::Result<serde_json::Value, String> {
+    if scores.len() != tokens.len() {
+        return Err(format!(
+            "{} scores for {} tokens",
+            scores.len(),
+            tokens.len()
+        ));
+    }
+    let ids: std::collections::HashMap<&str, usize> =
+        tokens.iter().enumerate().map(|(i, t)| (*t, i)).collect();
+    let normal = |i: usize| matches!(types.get(i), None | Some(1));
+    let mut merges: Vec<(f64, usize, usize, &str, &str)> = Vec::new();
+    for (i, piece) in tokens.iter().enumerate().filter(|(i, _)| normal(*i)) {
+        for (cut, _) in piece.char_indices().skip(1) {
+            let (left, right) = piece.split_at(cut);
+            if let (Some(&l), Some(&r)) = (ids.get(left), ids.get(right))
+                && normal(l)
+                && normal(r)
+            {
+                merges.push((scores[i], l, r, left, right));
+            }
+        }
+    }
+    merges.sort_by(|a, b| b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2))));
+    let merges: Vec<serde_json::Value> = merges.iter().map(|m| json!([m.3, m.4])).collect();
+    let vocab: serde_json::Map<String, serde_json::Value> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.to_string(), json!(i)))
+        .collect();
+    let unk = tokens
+        .iter()
+        .enumerate()
+        .find(|(i, _)| types.get(*i) == Some(&2))
+        .map(|(_, t)| t.to_string());
+    let added: Vec<serde_json::Value> = tokens
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| matches!(types.get(*i), Some(2..=4)))
+        .map(|(i, t)| {
+            json!({"id": i, "content": t, "single_word": false, "lstrip": false,
+                   "rstrip": false, "normalized": false, "special": types[i] != 4})
+        })
+        .collect();
+    let replace = json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"});
+    let normalizer = if space_prefix {
+        json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u{2581}"}, replace]})
+    } else {
+        replace
+    };
+    let mut decoders = vec![
+        json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}),
+        json!({"type": "ByteFallback"}),
+        json!({"type": "Fuse"}),
+    ];
+    if space_prefix {
+        decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+    }
+    Ok(json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": normalizer,
+        "pre_tokenizer": null,
+        "post_processor": null,
+        "decoder": {"type": "Sequence", "decoders": decoders},
+        "model": {
+            "type": "BPE",
+            "dropout": null,
+            "unk_token": unk,
+            "continuing_subword_prefix": null,
+            "end_of_word_suffix": null,
+            "fuse_unk": true,
+            "byte_fallback": true,
             "ignore_merges": false,
             "vocab": vocab,
             "merges": merges,
