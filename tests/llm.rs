@@ -402,3 +402,49 @@ fn batch_file_resumes_after_a_kill() {
     );
     assert_eq!(resumed, parse(&clean));
 }
+
+/// Continuous batching: with 3 rows for 7 requests of different prompt and
+/// answer lengths, each request joins as a row frees up, and every answer is
+/// the one it gets alone (greedy).
+#[test]
+fn continuous_batching_gives_each_answer_it_gets_alone() {
+    let llm = smollm();
+    let questions = [
+        "What is the capital of France?",
+        "Name three colours.",
+        "Écris une phrase sur la mer.",
+        "2 + 2 = ?",
+        "Give me a long list of fruits, one per line.",
+        "Who wrote Les Misérables?",
+        "Dis bonjour.",
+    ];
+    let requests: Vec<Request> = questions
+        .iter()
+        .enumerate()
+        .map(|(i, q)| greedy(chat(llm, q), 4 + 7 * i))
+        .collect();
+    let mut finished = Vec::new();
+    let mut together = vec![None; requests.len()];
+    llm.generate_each(&requests, 3, |i, c| {
+        finished.push(i);
+        together[i] = Some(c.tokens);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(finished.len(), requests.len());
+    // Short answers finished before longer ones that started earlier.
+    assert_ne!(
+        finished,
+        (0..requests.len()).collect::<Vec<_>>(),
+        "{finished:?}"
+    );
+    for (i, r) in requests.iter().enumerate() {
+        let (alone, _) = llm.generate(std::slice::from_ref(r)).unwrap();
+        assert_eq!(
+            together[i].as_ref().unwrap(),
+            &alone[0].tokens,
+            "request {i} ({:?})",
+            questions[i]
+        );
+    }
+}

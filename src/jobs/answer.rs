@@ -377,54 +377,59 @@ impl Answerer<'_> {
 
         ready.sort_by_key(|(_, r)| r.request.prompt.len());
         let total = ready.len();
+        let requests: Vec<Request> = ready.iter().map(|(_, r)| r.request.clone()).collect();
+        // Continuous batching: `batch_size` answers decode together and each one
+        // is written as it ends, its row taken by the next question at once.
+        let t = Instant::now();
         let mut finished = 0;
-        for group in ready.chunks(self.generation.batch_size.max(1)) {
-            let requests: Vec<Request> = group.iter().map(|(_, r)| r.request.clone()).collect();
-            let t = Instant::now();
-            let generated = blocking(|| self.llm.generate(&requests));
-            let seconds = t.elapsed().as_secs_f64();
-            usage.seconds.generate += seconds;
-            usage.requests += requests.len();
-            let mut batch_lines = Vec::new();
-            match generated {
-                Ok((completions, _)) => {
-                    for ((i, r), c) in group.iter().zip(completions) {
-                        let mut line = r.line.clone();
-                        line.answer = c.text.trim().to_string();
-                        line.generated_tokens = c.tokens.len();
-                        line.finish = serde_json::to_value(c.finish)
-                            .ok()
-                            .and_then(|v| v.as_str().map(str::to_string));
-                        line.seconds = seconds;
-                        for n in cited(&line.answer) {
-                            match line.passages.iter().find(|p| p.n == n) {
-                                Some(p) => line.citations.push(p.clone()),
-                                None => line.invalid_citations.push(n),
-                            }
+        let mut answered = vec![false; ready.len()];
+        let generated = blocking(|| {
+            self.llm
+                .generate_each(&requests, self.generation.batch_size.max(1), |k, c| {
+                    let (i, r) = &ready[k];
+                    let mut line = r.line.clone();
+                    line.answer = c.text.trim().to_string();
+                    line.generated_tokens = c.tokens.len();
+                    line.finish = serde_json::to_value(c.finish)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string));
+                    line.seconds = c.seconds;
+                    for n in cited(&line.answer) {
+                        match line.passages.iter().find(|p| p.n == n) {
+                            Some(p) => line.citations.push(p.clone()),
+                            None => line.invalid_citations.push(n),
                         }
-                        usage.prompt_tokens += line.prompt_tokens;
-                        usage.generated_tokens += line.generated_tokens;
-                        usage.done += 1;
-                        lines[*i] = Some(line.clone());
-                        batch_lines.push(line);
                     }
-                }
-                Err(e) => {
-                    for (i, r) in group {
-                        let mut line = r.line.clone();
-                        line.status = "failed".into();
-                        line.reason = Some(format!("generation: {e}"));
-                        usage.failed += 1;
-                        lines[*i] = Some(line.clone());
-                        batch_lines.push(line);
+                    usage.prompt_tokens += line.prompt_tokens;
+                    usage.generated_tokens += line.generated_tokens;
+                    usage.done += 1;
+                    if let Some(out) = out.as_mut() {
+                        out.append(std::slice::from_ref(&line))?;
                     }
-                }
+                    lines[*i] = Some(line);
+                    answered[k] = true;
+                    finished += 1;
+                    progress(finished, total);
+                    Ok(())
+                })
+        });
+        usage.seconds.generate += t.elapsed().as_secs_f64();
+        usage.requests += requests.len();
+        if let Err(e) = generated {
+            // What was not answered fails with the reason; the answers already
+            // written stay.
+            let mut failed_lines = Vec::new();
+            for ((i, r), _) in ready.iter().zip(&answered).filter(|(_, a)| !**a) {
+                let mut line = r.line.clone();
+                line.status = "failed".into();
+                line.reason = Some(format!("generation: {e}"));
+                usage.failed += 1;
+                lines[*i] = Some(line.clone());
+                failed_lines.push(line);
             }
             if let Some(out) = out.as_mut() {
-                out.append(&batch_lines)?;
+                out.append(&failed_lines)?;
             }
-            finished += group.len();
-            progress(finished, total);
         }
         Ok((lines.into_iter().flatten().collect(), usage))
     }

@@ -53,7 +53,7 @@ pub struct ResultLine {
     pub prompt_tokens: usize,
     pub generated_tokens: usize,
     pub finish: String,
-    /// Wall time of the batch this prompt ran in.
+    /// From the moment its prompt entered the running batch to its last token.
     pub seconds: f64,
 }
 
@@ -132,44 +132,45 @@ pub fn run(
         }
     }
 
-    // Similar lengths together: less padding in each batch.
+    // Similar lengths together: less padding when prompts are prefilled together.
     pending.sort_by_key(|p| p.request.prompt.len());
     let total = pending.len();
     let mut out = open_for_append(output)?;
-    for group in pending.chunks(options.batch_size.max(1)) {
-        let requests: Vec<Request> = group.iter().map(|p| p.request.clone()).collect();
-        let batch_started = Instant::now();
-        let (completions, timings) = llm.generate(&requests)?;
-        let seconds = batch_started.elapsed().as_secs_f64();
-        let mut text = String::new();
-        for (p, c) in group.iter().zip(completions) {
-            let line = ResultLine {
-                id: p.id.clone(),
-                text: c.text,
-                prompt_tokens: c.prompt_tokens,
-                generated_tokens: c.tokens.len(),
-                finish: match c.finish {
-                    Finish::Stop => "stop".into(),
-                    Finish::Length => "length".into(),
-                },
-                seconds,
-            };
-            text.push_str(&serde_json::to_string(&line).expect("result serializes"));
-            text.push('\n');
-        }
-        // One write per batch, then flushed to disk: a kill loses at most the batch
-        // being written, and a partial line is repaired on the next run.
+    let requests: Vec<Request> = pending.iter().map(|p| p.request.clone()).collect();
+    // Continuous batching: `batch_size` sequences decode together and each
+    // finished one is written (and flushed to disk: a kill loses at most the
+    // line being written, repaired on the next run) while the next prompt
+    // takes its place.
+    let started_at = Instant::now();
+    let mut generated = 0usize;
+    llm.generate_each(&requests, options.batch_size.max(1), |i, c| {
+        let p = &pending[i];
+        generated += c.tokens.len();
+        let line = ResultLine {
+            id: p.id.clone(),
+            text: c.text,
+            prompt_tokens: c.prompt_tokens,
+            generated_tokens: c.tokens.len(),
+            finish: match c.finish {
+                Finish::Stop => "stop".into(),
+                Finish::Length => "length".into(),
+            },
+            seconds: c.seconds,
+        };
+        let mut text = serde_json::to_string(&line).expect("result serializes");
+        text.push('\n');
         out.write_all(text.as_bytes())
             .and_then(|_| out.sync_data())
             .map_err(|e| Error::io(output, e))?;
-        report.completed += group.len();
-        report.generated_tokens += timings.generated_tokens;
+        report.completed += 1;
         progress(
             report.completed,
             total,
-            timings.generated_tokens as f64 / seconds.max(1e-9),
+            generated as f64 / started_at.elapsed().as_secs_f64().max(1e-9),
         );
-    }
+        Ok(())
+    })?;
+    report.generated_tokens += generated;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }

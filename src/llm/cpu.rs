@@ -344,17 +344,20 @@ avx512_kernel!(
 /// `None` when this does not apply (another backend or dtype, no AVX-512, a
 /// head size not a multiple of 16). `q` is `[batch, kv_heads, group × s,
 /// head_dim]` (rows by group member, then token), `keys` and `values`
-/// `[batch, kv_heads, capacity, head_dim]`, the new tokens in slots
-/// `start..start + s`. Token `t` attends slot `j` when `j <= start + t`
-/// (causal) and `valid[b][j]`: masked slots are never computed, which halves
-/// a prompt pass's attention against the backend's full product. Rows are
-/// spread over the cores in small tasks.
+/// `[cache rows, kv_heads, capacity, head_dim]`; sequence `b` lives in cache
+/// row `rows[b]`, its new tokens in slots `starts[b]..starts[b] + s`. Token
+/// `t` attends slot `j` when `j <= starts[b] + t` (causal) and `valid[b][j]`:
+/// masked slots are never computed, which halves a prompt pass's attention
+/// against the backend's full product. Rows are spread over the cores in
+/// small tasks.
+#[allow(clippy::too_many_arguments)]
 pub fn cached_attention(
     q: &Tensor<4>,
     keys: &Tensor<4>,
     values: &Tensor<4>,
     valid: &[Vec<bool>],
-    start: usize,
+    cache_rows: &[usize],
+    starts: &[usize],
     s: usize,
     device: &Device,
 ) -> Option<Tensor<4>> {
@@ -362,16 +365,19 @@ pub fn cached_attention(
     {
         let [b, kvh, rows, hd] = q.dims();
         let [kb, kh, capacity, khd] = keys.dims();
-        let end = start + s;
+        let end = starts.iter().map(|st| st + s).max().unwrap_or(0);
         if !avx512()
             || s == 0
             || !rows.is_multiple_of(s)
-            || (kb, kh, khd) != (b, kvh, hd)
+            || (kh, khd) != (kvh, hd)
+            || cache_rows.len() != b
+            || starts.len() != b
+            || cache_rows.iter().any(|&r| r >= kb)
             || values.dims() != keys.dims()
             || !hd.is_multiple_of(16)
             || end > capacity
             || valid.len() < b
-            || valid.iter().take(b).any(|row| row.len() < end)
+            || valid.iter().zip(starts).any(|(row, st)| row.len() < st + s)
         {
             return None;
         }
@@ -396,9 +402,9 @@ pub fn cached_attention(
                     let row = chunk * TASK_ROWS + i;
                     let task = row / rows;
                     let t = (row % rows) % s;
-                    let seq = task / kvh;
-                    let base = task * capacity * hd;
-                    let limit = start + t + 1;
+                    let (seq, head) = (task / kvh, task % kvh);
+                    let base = (cache_rows[seq] * kvh + head) * capacity * hd;
+                    let limit = starts[seq] + t + 1;
                     let qrow = &q[row * hd..(row + 1) * hd];
                     let mut max = f32::NEG_INFINITY;
                     for (j, score) in scores[..limit].iter_mut().enumerate() {
@@ -442,7 +448,7 @@ pub fn cached_attention(
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (q, keys, values, valid, start, s, device);
+        let _ = (q, keys, values, valid, cache_rows, starts, s, device);
         None
     }
 }
@@ -534,7 +540,7 @@ mod tests {
         );
         match (
             avx512(),
-            cached_attention(&q, &k, &v, &valid, start, s, &device),
+            cached_attention(&q, &k, &v, &valid, &[0, 1], &[start, start], s, &device),
         ) {
             (true, Some(got)) => {
                 let (got, want) = (got.into_data(), want.into_data());

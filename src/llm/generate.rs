@@ -1,6 +1,8 @@
-//! Batched generation: prompts of different lengths decoded together, each
-//! sequence with its own sampling, stop tokens and stop strings, and leaving the
-//! batch as soon as it is done.
+//! Batched generation with continuous batching: each sequence has its own row
+//! of the KV cache, sampling, stop tokens and stop strings; it leaves the batch
+//! as soon as it is done and the next request waiting takes its row. The
+//! chosen tokens are read back every step (free on the CPU; on a GPU one
+//! synchronisation per step).
 
 use std::time::Instant;
 
@@ -90,6 +92,8 @@ pub struct Completion {
     pub tokens: Vec<u32>,
     pub prompt_tokens: usize,
     pub finish: Finish,
+    /// From the moment its prompt entered the batch to its last token.
+    pub seconds: f64,
 }
 
 /// Time spent, for tokens/s figures. The prompt pass gives each sequence its
@@ -105,23 +109,72 @@ pub struct Timings {
 struct Sequence {
     /// Index in the caller's requests.
     index: usize,
-    /// Padding slots before the prompt.
-    pad: usize,
+    started: Instant,
     tokens: Vec<u32>,
     rng: StdRng,
     done: Option<Finish>,
     text: String,
 }
 
+impl Sequence {
+    fn new(index: usize, request: &Request) -> Self {
+        Sequence {
+            index,
+            started: Instant::now(),
+            tokens: Vec::new(),
+            rng: StdRng::seed_from_u64(request.sampling.seed),
+            done: None,
+            text: String::new(),
+        }
+    }
+}
+
+/// A sequence decoding in a row of the KV cache.
+struct Live {
+    seq: Sequence,
+    row: usize,
+    /// Which slots of the row hold its tokens (padding of a prefill group does not).
+    valid: Vec<bool>,
+    /// Its position for the next token: prompt length + tokens fed back so far.
+    position: usize,
+    /// The token chosen last, fed at the next step.
+    next: u32,
+}
+
 impl Llm {
-    /// Complete every request, batched together. Outputs are in request order.
+    /// Complete every request, all decoding together (one KV cache row each).
+    /// Outputs are in request order.
     pub fn generate(&self, requests: &[Request]) -> Result<(Vec<Completion>, Timings)> {
+        let mut out: Vec<Option<Completion>> = (0..requests.len()).map(|_| None).collect();
+        let timings = self.generate_each(requests, requests.len(), |i, c| {
+            out[i] = Some(c);
+            Ok(())
+        })?;
+        let out = out
+            .into_iter()
+            .map(|c| c.expect("every request completes"))
+            .collect();
+        Ok((out, timings))
+    }
+
+    /// Continuous batching: at most `max_batch` sequences decode together; when
+    /// one finishes, the next request waiting takes its row of the KV cache at
+    /// once (its prompt is prefilled, then it decodes with the others), so a
+    /// batch never waits for its longest answer. Requests are taken in the
+    /// order given; `done(index, completion)` is called as each finishes.
+    pub fn generate_each(
+        &self,
+        requests: &[Request],
+        max_batch: usize,
+        mut done: impl FnMut(usize, Completion) -> Result<()>,
+    ) -> Result<Timings> {
         let fail = |reason: String| Error::Llm {
             model: self.name.clone(),
             reason,
         };
+        let mut timings = Timings::default();
         if requests.is_empty() {
-            return Ok((Vec::new(), Timings::default()));
+            return Ok(timings);
         }
         for r in requests {
             if r.prompt.is_empty() {
@@ -136,10 +189,10 @@ impl Llm {
                 return Err(fail(format!("token id {t} is outside the vocabulary")));
             }
         }
-        let device = self.model.device().clone();
+        // A row holds any one request's prompt and answer, and a prefill
+        // group's padding: its longest prompt plus the longest answer.
         let longest = requests.iter().map(|r| r.prompt.len()).max().unwrap_or(0);
         let most_new = requests.iter().map(|r| r.max_new_tokens).max().unwrap_or(0);
-        // The cache holds the longest prompt and the longest answer, no more.
         let capacity = longest + most_new;
         if capacity > self.context {
             return Err(fail(format!(
@@ -147,157 +200,173 @@ impl Llm {
                 self.context
             )));
         }
-        let mut cache = self.model.cache(requests.len(), capacity)?;
-        let mut seqs: Vec<Sequence> = requests
-            .iter()
-            .enumerate()
-            .map(|(index, r)| Sequence {
-                index,
-                pad: longest - r.prompt.len(),
-                tokens: Vec::new(),
-                rng: StdRng::seed_from_u64(r.sampling.seed),
-                done: (r.max_new_tokens == 0).then_some(Finish::Length),
-                text: String::new(),
-            })
-            .collect();
-        let mut finished: Vec<Option<Sequence>> = (0..requests.len()).map(|_| None).collect();
-        let valid_row = |pad: usize| -> Vec<bool> { (0..capacity).map(|j| j >= pad).collect() };
+        let rows = max_batch.clamp(1, requests.len());
+        let mut cache = self.model.cache(rows, capacity)?;
+        let mut free: Vec<usize> = (0..rows).rev().collect();
+        let mut waiting: std::collections::VecDeque<usize> = (0..requests.len()).collect();
+        let mut live: Vec<Live> = Vec::new();
+        let device = self.model.device().clone();
+        let vocab = self.model.config.vocab_size;
 
-        // Prefill: every prompt, left-padded (the pad token is never seen).
-        let mut ids = Vec::with_capacity(requests.len() * longest);
-        let mut positions = Vec::with_capacity(requests.len() * longest);
-        for (s, r) in seqs.iter().zip(requests) {
-            ids.extend(std::iter::repeat_n(0i64, s.pad));
-            ids.extend(r.prompt.iter().map(|&t| i64::from(t)));
-            positions.extend((0..longest).map(|j| j.saturating_sub(s.pad)));
-        }
-        let valid: Vec<Vec<bool>> = seqs.iter().map(|s| valid_row(s.pad)).collect();
-        let started = Instant::now();
-        let mut logits = self.model.forward(
-            StepInput {
-                tokens: int_tensor(ids, &device),
-                batch: seqs.len(),
-                seq: longest,
-                positions: &positions,
-                valid: &valid,
-            },
-            &mut cache,
-        )?;
-        let mut timings = Timings {
-            prompt_tokens: requests.iter().map(|r| r.prompt.len()).sum(),
-            ..Timings::default()
-        };
-
-        let greedy = requests.iter().all(|r| r.sampling.is_greedy());
-        // Greedy ids stay on the device and feed the next step directly; they are
-        // read back every `sync_every` steps (on the CPU that costs nothing, so
-        // every step), or sooner when a sequence may reach its token limit.
-        let sync_every = if self.report.device == super::DeviceKind::Cpu {
-            1
-        } else {
-            SYNC_EVERY_ON_GPU
-        };
-        let mut unread: Vec<Tensor<1, Int>> = Vec::new();
-        let mut first_step = true;
-        let mut decode_started = started;
         loop {
-            // The next token of every live sequence.
-            let next: Tensor<1, Int> = if greedy {
-                logits.argmax(1).reshape([seqs.len()])
-            } else {
-                let vocab = self.model.config.vocab_size;
-                let data = logits.into_data();
-                let values: Vec<f32> = data.iter::<f32>().collect();
-                let ids = seqs
-                    .iter_mut()
-                    .zip(values.chunks_exact(vocab))
-                    .map(|(s, row)| i64::from(sample(row, &requests[s.index].sampling, &mut s.rng)))
-                    .collect();
-                int_tensor(ids, &device)
-            };
-            unread.push(next.clone());
-            let headroom = seqs
-                .iter()
-                .map(|s| requests[s.index].max_new_tokens - s.tokens.len())
-                .min()
-                .unwrap_or(0);
-            let must_read = first_step
-                || !greedy
-                || unread.len() >= sync_every
-                || unread.len() >= headroom
-                || seqs.iter().any(|s| !requests[s.index].stop.is_empty());
-            let mut next = next;
-            if must_read {
-                let steps = unread.len();
-                let data = Tensor::cat(std::mem::take(&mut unread), 0).into_data();
-                let ids: Vec<u32> = data.iter::<i64>().map(|t| t as u32).collect();
-                if first_step {
-                    timings.prompt_seconds = started.elapsed().as_secs_f64();
-                    decode_started = Instant::now();
-                    first_step = false;
+            // Free rows take the next requests: their prompts are prefilled
+            // together, left-padded to the longest of them.
+            let mut joining: Vec<(usize, usize)> = Vec::new();
+            while !free.is_empty() {
+                let Some(index) = waiting.pop_front() else {
+                    break;
+                };
+                if requests[index].max_new_tokens == 0 {
+                    let seq = Sequence::new(index, &requests[index]);
+                    self.finish(seq, requests, &mut done, Finish::Length)?;
+                    continue;
                 }
-                for step in ids.chunks_exact(seqs.len()).take(steps) {
-                    for (s, &t) in seqs.iter_mut().zip(step) {
-                        self.accept(s, &requests[s.index], t, &mut timings)?;
-                    }
+                let row = free.pop().expect("a free row");
+                cache.reset(row);
+                joining.push((index, row));
+            }
+            if !joining.is_empty() {
+                let started = Instant::now();
+                let group_len = joining
+                    .iter()
+                    .map(|&(i, _)| requests[i].prompt.len())
+                    .max()
+                    .unwrap_or(0);
+                let mut ids = Vec::with_capacity(joining.len() * group_len);
+                let mut positions = Vec::with_capacity(joining.len() * group_len);
+                let mut valid = Vec::with_capacity(joining.len());
+                for &(i, _) in &joining {
+                    let prompt = &requests[i].prompt;
+                    let pad = group_len - prompt.len();
+                    ids.extend(std::iter::repeat_n(0i64, pad));
+                    ids.extend(prompt.iter().map(|&t| i64::from(t)));
+                    positions.extend((0..group_len).map(|j| j.saturating_sub(pad)));
+                    valid.push(
+                        (0..capacity)
+                            .map(|j| j >= pad && j < group_len)
+                            .collect::<Vec<_>>(),
+                    );
                 }
-                // Finished sequences leave the batch; the cache keeps the others.
-                let keep: Vec<usize> = (0..seqs.len())
-                    .filter(|&i| seqs[i].done.is_none())
-                    .collect();
-                if keep.len() < seqs.len() {
-                    if !keep.is_empty() {
-                        cache.retain(&keep, &device);
-                        let rows = int_tensor(keep.iter().map(|&i| i as i64).collect(), &device);
-                        next = next.select(0, rows);
-                    }
-                    let mut kept = Vec::with_capacity(keep.len());
-                    for (i, s) in seqs.into_iter().enumerate() {
-                        if keep.contains(&i) {
-                            kept.push(s);
-                        } else {
-                            let index = s.index;
-                            finished[index] = Some(s);
+                let row_ids: Vec<usize> = joining.iter().map(|&(_, r)| r).collect();
+                let logits = self.model.forward(
+                    StepInput {
+                        tokens: int_tensor(ids, &device),
+                        batch: joining.len(),
+                        seq: group_len,
+                        positions: &positions,
+                        rows: &row_ids,
+                        valid: &valid,
+                    },
+                    &mut cache,
+                )?;
+                let logits: Vec<f32> = logits.into_data().iter::<f32>().collect();
+                timings.prompt_tokens += joining
+                    .iter()
+                    .map(|&(i, _)| requests[i].prompt.len())
+                    .sum::<usize>();
+                for ((&(index, row), row_logits), valid) in
+                    joining.iter().zip(logits.chunks_exact(vocab)).zip(valid)
+                {
+                    let mut seq = Sequence::new(index, &requests[index]);
+                    let t = sample(row_logits, &requests[index].sampling, &mut seq.rng);
+                    self.accept(&mut seq, &requests[index], t, &mut timings)?;
+                    match seq.done {
+                        Some(finish) => {
+                            free.push(row);
+                            self.finish(seq, requests, &mut done, finish)?;
                         }
+                        None => live.push(Live {
+                            seq,
+                            row,
+                            valid,
+                            position: requests[index].prompt.len(),
+                            next: t,
+                        }),
                     }
-                    seqs = kept;
+                }
+                timings.prompt_seconds += started.elapsed().as_secs_f64();
+                // Rows freed at once (answers of one token) go to the next waiting.
+                if live.is_empty() || (!free.is_empty() && !waiting.is_empty()) {
+                    if live.is_empty() && waiting.is_empty() {
+                        break;
+                    }
+                    continue;
                 }
             }
-            if seqs.is_empty() {
+            if live.is_empty() {
                 break;
             }
-            let slot = cache.len();
-            let positions: Vec<usize> = seqs.iter().map(|s| slot - s.pad).collect();
-            let valid: Vec<Vec<bool>> = seqs.iter().map(|s| valid_row(s.pad)).collect();
-            logits = self.model.forward(
+
+            // One decoding step for every live sequence.
+            let started = Instant::now();
+            let ids: Vec<i64> = live.iter().map(|l| i64::from(l.next)).collect();
+            let positions: Vec<usize> = live.iter().map(|l| l.position).collect();
+            let row_ids: Vec<usize> = live.iter().map(|l| l.row).collect();
+            for l in &mut live {
+                let slot = cache.len_of(l.row);
+                l.valid[slot] = true;
+            }
+            let valid: Vec<Vec<bool>> = live.iter().map(|l| l.valid.clone()).collect();
+            let logits = self.model.forward(
                 StepInput {
-                    tokens: next,
-                    batch: seqs.len(),
+                    tokens: int_tensor(ids, &device),
+                    batch: live.len(),
                     seq: 1,
                     positions: &positions,
+                    rows: &row_ids,
                     valid: &valid,
                 },
                 &mut cache,
             )?;
+            let logits: Vec<f32> = logits.into_data().iter::<f32>().collect();
+            let mut still = Vec::with_capacity(live.len());
+            for (mut l, row_logits) in live.into_iter().zip(logits.chunks_exact(vocab)) {
+                let r = &requests[l.seq.index];
+                let t = sample(row_logits, &r.sampling, &mut l.seq.rng);
+                self.accept(&mut l.seq, r, t, &mut timings)?;
+                l.position += 1;
+                l.next = t;
+                match l.seq.done {
+                    Some(finish) => {
+                        free.push(l.row);
+                        self.finish(l.seq, requests, &mut done, finish)?;
+                    }
+                    None => still.push(l),
+                }
+            }
+            live = still;
+            timings.generate_seconds += started.elapsed().as_secs_f64();
+            if live.is_empty() && waiting.is_empty() {
+                break;
+            }
         }
-        timings.generate_seconds = decode_started.elapsed().as_secs_f64();
+        Ok(timings)
+    }
 
-        let mut out = Vec::with_capacity(requests.len());
-        for (r, s) in requests.iter().zip(finished) {
-            let s = s.expect("every sequence finishes");
-            let text = if r.stop.is_empty() {
-                self.tokenizer.decode(&s.tokens)?
-            } else {
-                s.text
-            };
-            out.push(Completion {
+    /// Hand a finished sequence to the caller.
+    fn finish(
+        &self,
+        s: Sequence,
+        requests: &[Request],
+        done: &mut impl FnMut(usize, Completion) -> Result<()>,
+        finish: Finish,
+    ) -> Result<()> {
+        let r = &requests[s.index];
+        let text = if r.stop.is_empty() {
+            self.tokenizer.decode(&s.tokens)?
+        } else {
+            s.text
+        };
+        done(
+            s.index,
+            Completion {
                 text,
                 tokens: s.tokens,
                 prompt_tokens: r.prompt.len(),
-                finish: s.done.unwrap_or(Finish::Length),
-            });
-        }
-        Ok((out, timings))
+                finish,
+                seconds: s.started.elapsed().as_secs_f64(),
+            },
+        )
     }
 }
 
@@ -327,9 +396,6 @@ impl Llm {
         Ok(())
     }
 }
-
-/// Steps decoded between two reads of the chosen ids on a GPU.
-const SYNC_EVERY_ON_GPU: usize = 8;
 
 fn int_tensor(values: Vec<i64>, device: &burn::tensor::Device) -> Tensor<1, Int> {
     let n = values.len();

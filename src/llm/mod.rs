@@ -256,6 +256,7 @@ impl Llm {
                     batch: 1,
                     seq: piece.len(),
                     positions: &positions,
+                    rows: &[0],
                     valid: &valid,
                 },
                 &mut cache,

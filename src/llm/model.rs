@@ -5,9 +5,10 @@
 //! Tensors are laid out for batched decoding: activations are `[batch * seq,
 //! hidden]` matrices, projection weights are stored `[in, out]` and fused (Q, K
 //! and V in one matrix, gate and up in another) so each layer runs four matrix
-//! products. Prompts of different lengths are left-padded to a common length:
-//! every sequence writes the same cache slot at each step, and a mask hides the
-//! padding from attention while positions count from each sequence's own start.
+//! products. Each sequence has a row of the KV cache with its own length, so
+//! sequences join and leave a running batch; prompts prefilled together are
+//! left-padded to a common length, a mask hiding the padding from attention
+//! while positions count from each sequence's own start.
 
 use burn::tensor::activation::silu;
 use burn::tensor::module::attention;
@@ -169,42 +170,35 @@ pub struct Llama {
     rotate: Tensor<2>,
 }
 
-/// Keys and values of every layer for a batch of sequences.
+/// Keys and values of every layer for up to `rows` sequences, each in a row of
+/// its own with its own length: a sequence can end and another take its row
+/// while the others go on (continuous batching), and nothing is re-padded.
 pub struct KvCache {
     keys: Vec<Option<Tensor<4>>>,
     values: Vec<Option<Tensor<4>>>,
-    batch: usize,
+    rows: usize,
     capacity: usize,
-    /// Slots filled so far (the same for every sequence: prompts are left-padded).
-    len: usize,
+    /// Slots filled in each row.
+    lens: Vec<usize>,
 }
 
 impl KvCache {
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
+    /// Slots filled in `row`.
+    pub fn len_of(&self, row: usize) -> usize {
+        self.lens[row]
     }
 
     pub fn capacity(&self) -> usize {
         self.capacity
     }
 
-    pub fn batch(&self) -> usize {
-        self.batch
+    pub fn rows(&self) -> usize {
+        self.rows
     }
 
-    /// Keep only the sequences at `rows` (finished ones are dropped so the
-    /// batch shrinks as it goes).
-    pub fn retain(&mut self, rows: &[usize], device: &Device) {
-        let index = int_tensor(rows.iter().map(|&r| r as i64).collect(), device);
-        for t in self.keys.iter_mut().chain(self.values.iter_mut()) {
-            let kept = t.take().expect("cache tensor").select(0, index.clone());
-            *t = Some(kept);
-        }
-        self.batch = rows.len();
+    /// Empty `row` for a new sequence (its old slots are simply overwritten).
+    pub fn reset(&mut self, row: usize) {
+        self.lens[row] = 0;
     }
 }
 
@@ -221,8 +215,11 @@ pub struct StepInput<'a> {
     pub seq: usize,
     /// Position of every token in its own sequence (`batch * seq`).
     pub positions: &'a [usize],
-    /// For every sequence, which cache slots (after this step, `len + seq` of
-    /// them) hold real tokens rather than padding.
+    /// The cache row of each sequence (distinct); its tokens go in the slots
+    /// after the row's current length.
+    pub rows: &'a [usize],
+    /// For every sequence, which slots of its row (after this step, its
+    /// length + `seq` of them) hold real tokens rather than padding.
     pub valid: &'a [Vec<bool>],
 }
 
@@ -432,8 +429,8 @@ impl Llama {
             .any(|l| matches!(l.qkv, Linear::Blocks(_)))
     }
 
-    /// An empty cache for `batch` sequences of up to `capacity` tokens.
-    pub fn cache(&self, batch: usize, capacity: usize) -> Result<KvCache> {
+    /// An empty cache for `rows` sequences of up to `capacity` tokens each.
+    pub fn cache(&self, rows: usize, capacity: usize) -> Result<KvCache> {
         let c = &self.config;
         if capacity > self.cos.dims()[0] {
             return Err(Error::Llm {
@@ -444,14 +441,14 @@ impl Llama {
                 ),
             });
         }
-        let shape = [batch, c.num_kv_heads, capacity, c.head_dim];
+        let shape = [rows, c.num_kv_heads, capacity, c.head_dim];
         let zeros = || Some(Tensor::<4>::zeros(shape, &self.device));
         Ok(KvCache {
             keys: (0..c.num_layers).map(|_| zeros()).collect(),
             values: (0..c.num_layers).map(|_| zeros()).collect(),
-            batch,
+            rows,
             capacity,
-            len: 0,
+            lens: vec![0; rows],
         })
     }
 
@@ -463,9 +460,11 @@ impl Llama {
         let n = b * s;
         let (heads, kv_heads, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let group = heads / kv_heads;
-        let start = cache.len;
-        let end = start + s;
-        if end > cache.capacity {
+        assert_eq!(input.rows.len(), b, "one cache row per sequence");
+        assert_eq!(input.positions.len(), n, "one position per token");
+        // Where each sequence's new slots start, in its own row.
+        let starts: Vec<usize> = input.rows.iter().map(|&r| cache.lens[r]).collect();
+        if let Some(end) = starts.iter().map(|st| st + s).find(|&e| e > cache.capacity) {
             return Err(Error::Llm {
                 model: c.architecture.clone(),
                 reason: format!(
@@ -474,8 +473,11 @@ impl Llama {
                 ),
             });
         }
-        assert_eq!(cache.batch, b, "cache batch");
-        assert_eq!(input.positions.len(), n, "one position per token");
+        // Every row of the cache in order, at one length: one write per layer.
+        let aligned = b == cache.rows
+            && input.rows.iter().enumerate().all(|(i, &r)| i == r)
+            && starts.iter().all(|&st| st == starts[0]);
+        let row_index = int_tensor(input.rows.iter().map(|&r| r as i64).collect(), &self.device);
 
         // Rotary tables for each token's own position, broadcast over heads.
         let pos = int_tensor(
@@ -502,7 +504,7 @@ impl Llama {
         let span = cache.capacity;
         let build_mask = || -> Tensor<4, Bool> {
             let mut mask = Vec::with_capacity(b * group * s * span);
-            for row in input.valid.iter().take(b) {
+            for (row, &start) in input.valid.iter().take(b).zip(&starts) {
                 for _ in 0..group {
                     for t in 0..s {
                         let limit = start + t;
@@ -553,22 +555,28 @@ impl Llama {
             let k = rope(k, kv_heads).swap_dims(1, 2);
             let v = v.swap_dims(1, 2);
 
-            let slots = [0..b, 0..kv_heads, start..end, 0..hd];
-            let keys = cache.keys[l]
-                .take()
-                .expect("cache")
-                .slice_assign(slots.clone(), k);
-            let values = cache.values[l]
-                .take()
-                .expect("cache")
-                .slice_assign(slots, v);
+            let mut keys = cache.keys[l].take().expect("cache");
+            let mut values = cache.values[l].take().expect("cache");
+            if aligned {
+                let slots = [0..b, 0..kv_heads, starts[0]..starts[0] + s, 0..hd];
+                keys = keys.slice_assign(slots.clone(), k);
+                values = values.slice_assign(slots, v);
+            } else {
+                for (e, (&r, &st)) in input.rows.iter().zip(&starts).enumerate() {
+                    let slots = [r..r + 1, 0..kv_heads, st..st + s, 0..hd];
+                    let new = [e..e + 1, 0..kv_heads, 0..s, 0..hd];
+                    keys = keys.slice_assign(slots.clone(), k.clone().slice(new.clone()));
+                    values = values.slice_assign(slots, v.clone().slice(new));
+                }
+            }
             let decoded = if self.cpu_kernel {
                 super::cpu::cached_attention(
                     &q,
                     &keys,
                     &values,
                     input.valid,
-                    start,
+                    input.rows,
+                    &starts,
                     s,
                     &self.device,
                 )
@@ -579,7 +587,16 @@ impl Llama {
                 Some(attn) => attn,
                 None => {
                     let mask = mask.get_or_insert_with(build_mask).clone();
-                    attention(q, keys.clone(), values.clone(), Some(mask), None, options)
+                    // The rows of this batch, in its order.
+                    let (k, v) = if aligned {
+                        (keys.clone(), values.clone())
+                    } else {
+                        (
+                            keys.clone().select(0, row_index.clone()),
+                            values.clone().select(0, row_index.clone()),
+                        )
+                    };
+                    attention(q, k, v, Some(mask), None, options)
                 }
             };
             cache.keys[l] = Some(keys);
@@ -598,7 +615,9 @@ impl Llama {
             let up = gu.slice([0..n, f..2 * f]);
             x = x + layer.down.forward(silu(gate) * up);
         }
-        cache.len = end;
+        for (&r, &st) in input.rows.iter().zip(&starts) {
+            cache.lens[r] = st + s;
+        }
 
         let last = x
             .reshape([b, s, c.hidden_size])
