@@ -20,7 +20,10 @@ fn model_path() -> PathBuf {
 }
 
 /// The model is loaded once for the tests of this file (its weights kept in
-/// their Q4_1 and Q8_0 blocks).
+/// their Q4_1 and Q8_0 blocks). Questions that expect "Paris" ask for a
+/// one-word answer: to the bare question, this 135M model's first token is a
+/// near tie that llama.cpp itself answers "L'Étoile, la Cité…" (see
+/// tests/quantized.rs for the comparison with llama.cpp).
 fn smollm() -> &'static Llm {
     static LLM: OnceLock<Llm> = OnceLock::new();
     LLM.get_or_init(|| {
@@ -55,7 +58,7 @@ fn chat(llm: &Llm, text: &str) -> Vec<u32> {
 #[test]
 fn greedy_answer_to_the_capital_of_france_names_paris() {
     let llm = smollm();
-    let prompt = chat(llm, "What is the capital of France?");
+    let prompt = chat(llm, "What is the capital of France? Answer in one word.");
     let (out, timings) = llm.generate(&[greedy(prompt, 32)]).unwrap();
     eprintln!("{:?} {timings:?}", out[0].text);
     assert!(out[0].text.contains("Paris"), "{:?}", out[0].text);
@@ -116,7 +119,7 @@ fn sampling_is_deterministic_for_a_seed() {
 #[test]
 fn stop_strings_and_max_new_tokens_end_a_sequence() {
     let llm = smollm();
-    let prompt = chat(llm, "What is the capital of France?");
+    let prompt = chat(llm, "What is the capital of France? Answer in one word.");
     let mut r = greedy(prompt.clone(), 32);
     r.stop = vec!["France".into()];
     let (out, _) = llm.generate(&[r, greedy(prompt, 3)]).unwrap();
@@ -303,7 +306,7 @@ fn hugging_face_folder_gives_the_gguf_logits() {
 fn generate_command_prints_the_answer() {
     let out = common::run(&[
         "generate",
-        "What is the capital of France?",
+        "What is the capital of France? Answer in one word.",
         "--max-new-tokens",
         "24",
     ]);

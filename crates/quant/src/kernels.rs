@@ -89,20 +89,13 @@ impl Kernel {
 trait Dot {
     /// Compiled with the F16C instructions.
     const F16C: bool;
-    /// `out[r] = Σ scale × q × input` over the row, without the mins.
+    /// `out[r] = Σ (scale × q − min) × input` over the row: the integer
+    /// products scaled per group, minus the weights' mins times the inputs'
+    /// group sums.
     ///
     /// # Safety
     /// The CPU must have the kernel's instructions; every input as long as `w`.
     unsafe fn dot(w: &Unpacked, a: &[ActivationRow<'_>], out: &mut [f32]);
-
-    /// `Σ_g min[g] × sum[g]`: the weights' mins against the inputs' group sums.
-    ///
-    /// # Safety
-    /// As `dot`; both slices of the same length.
-    #[inline(always)]
-    unsafe fn mins(min: &[f32], sum: &[f32]) -> f32 {
-        min.iter().zip(sum).map(|(m, s)| m * s).sum()
-    }
 }
 
 /// Call `$body` with `$t` bound to `kind`'s id as a constant, so that the
@@ -157,24 +150,46 @@ macro_rules! per_kind {
     };
 }
 
+/// Where a task's products go: input `i` times weight row `j` is written at
+/// `ptr[i * stride + j]`. Tasks get disjoint column ranges of one output.
+pub struct OutBlock {
+    pub ptr: *mut f32,
+    pub stride: usize,
+}
+
+// SAFETY: each task writes only its own columns (see `matmul_with`).
+unsafe impl Send for OutBlock {}
+
+impl OutBlock {
+    /// # Safety
+    /// `ptr[i * stride + j]` must be inside the output and written by no other task.
+    #[inline(always)]
+    unsafe fn write(&self, i: usize, j: usize, v: f32) {
+        // SAFETY: the caller's.
+        unsafe { *self.ptr.add(i * self.stride + j) = v };
+    }
+}
+
 /// For each weight row in `weights` (rows of `row_bytes`, type `kind`): unpack
-/// it into `scratch`, then its dot product with every input;
-/// `acc[j * inputs.len() + i]` is weight row `j` times input `i`.
+/// it into `scratch` (at least one row long, grown as needed), then its dot
+/// product with every input, written to `out`.
+///
+/// # Safety
+/// `out` must have `inputs.len()` rows of `stride` values, the columns
+/// `0..weights.len() / row_bytes` of them this call's alone.
 #[allow(clippy::too_many_arguments)]
-pub fn weight_rows(
+pub unsafe fn weight_rows(
     kernel: Kernel,
     kind: GgmlType,
     weights: &[u8],
     row_bytes: usize,
     inputs: &[ActivationRow<'_>],
-    scratch: &mut Unpacked,
-    acc: &mut [f32],
+    scratch: &mut Vec<Unpacked>,
+    acc: &OutBlock,
 ) {
-    let width = weights.len() / row_bytes;
-    assert_eq!(acc.len(), inputs.len() * width);
     for r in inputs {
-        assert!(r.q.len() == scratch.q.len() && r.lane_scale.len() == scratch.q.len() / LANE);
-        assert_eq!(kind.bytes_for(scratch.q.len()), Ok(row_bytes));
+        assert!(r.q.len() == scratch[0].q.len() && r.lane_scale.len() == scratch[0].q.len() / LANE);
+        assert_eq!(kind.bytes_for(scratch[0].q.len()), Ok(row_bytes));
     }
     match kernel {
         // SAFETY: `Kernel::detect` and `Kernel::supported` only offer kernels
@@ -204,23 +219,45 @@ unsafe fn rows_of<const T: u32, D: Dot>(
     weights: &[u8],
     row_bytes: usize,
     inputs: &[ActivationRow<'_>],
-    scratch: &mut Unpacked,
-    acc: &mut [f32],
+    scratch: &mut Vec<Unpacked>,
+    acc: &OutBlock,
 ) {
     let kind = GgmlType::from_supported_id(T);
-    let n = inputs.len();
+    let width = weights.len() / row_bytes;
+    let len = scratch[0].q.len();
     let mut dots = [0f32; MAX_ROWS];
-    for (j, row) in weights.chunks_exact(row_bytes).enumerate() {
-        unpack_row(kind, D::F16C, row, scratch);
-        for (c, chunk) in inputs.chunks(MAX_ROWS).enumerate() {
-            let dots = &mut dots[..chunk.len()];
-            // SAFETY: the caller's.
-            unsafe { D::dot(scratch, chunk, dots) };
-            for (i, (&d, a)) in dots.iter().zip(chunk).enumerate() {
-                // SAFETY: the caller's; group sums are as long as the mins.
-                let mins = unsafe { D::mins(&scratch.min, a.group_sum) };
-                acc[j * n + c * MAX_ROWS + i] = d - mins;
+    let mut one = |w: &Unpacked, j: usize, c: usize, chunk: &[ActivationRow<'_>]| {
+        let dots = &mut dots[..chunk.len()];
+        // SAFETY: the caller's.
+        unsafe { D::dot(w, chunk, dots) };
+        for (i, &d) in dots.iter().enumerate() {
+            // SAFETY: the caller's: row `c * MAX_ROWS + i` of the inputs,
+            // column `j` of this task's.
+            unsafe { acc.write(c * MAX_ROWS + i, j, d) };
+        }
+    };
+    if inputs.len() <= 2 * MAX_ROWS {
+        // Few inputs (decoding): each weight row unpacked, then used at once.
+        for (j, row) in weights.chunks_exact(row_bytes).enumerate() {
+            unpack_row(kind, D::F16C, row, &mut scratch[0]);
+            for (c, chunk) in inputs.chunks(MAX_ROWS).enumerate() {
+                one(&scratch[0], j, c, chunk);
             }
+        }
+        return;
+    }
+    // Many inputs (a prompt pass): every weight row of the task unpacked once,
+    // then a few inputs at a time against all of them, so that those inputs
+    // stay in the nearest cache while the unpacked rows are read again.
+    while scratch.len() < width {
+        scratch.push(Unpacked::with_len(len));
+    }
+    for (row, w) in weights.chunks_exact(row_bytes).zip(scratch.iter_mut()) {
+        unpack_row(kind, D::F16C, row, w);
+    }
+    for (c, chunk) in inputs.chunks(MAX_ROWS).enumerate() {
+        for (j, w) in scratch[..width].iter().enumerate() {
+            one(w, j, c, chunk);
         }
     }
 }
@@ -246,7 +283,8 @@ fn portable(w: &Unpacked, a: &[ActivationRow<'_>], out: &mut [f32]) {
                 .sum();
             acc += w.scale[g] * a.lane_scale[g * GROUP / LANE] * dot as f32;
         }
-        *out = acc;
+        let mins: f32 = w.min.iter().zip(a.group_sum).map(|(m, s)| m * s).sum();
+        *out = acc - mins;
     }
 }
 
@@ -254,7 +292,7 @@ fn portable(w: &Unpacked, a: &[ActivationRow<'_>], out: &mut [f32]) {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{ActivationRow, Dot, GgmlType, LANE, MAX_ROWS, Unpacked, rows_of};
+    use super::{ActivationRow, Dot, GgmlType, LANE, MAX_ROWS, OutBlock, Unpacked, rows_of};
 
     struct Vnni;
 
@@ -272,35 +310,6 @@ mod avx512 {
                 }
             }
         }
-
-        #[inline(always)]
-        unsafe fn mins(min: &[f32], sum: &[f32]) -> f32 {
-            // SAFETY: the caller's.
-            unsafe { mins(min, sum) }
-        }
-    }
-
-    #[target_feature(enable = "avx512f,avx512vl")]
-    fn mins(min: &[f32], sum: &[f32]) -> f32 {
-        let n = min.len().min(sum.len());
-        let mut acc = _mm512_setzero_ps();
-        let mut k = 0;
-        while k + 16 <= n {
-            // SAFETY: `k + 16 <= n`, inside both slices.
-            unsafe {
-                let (m, s) = (
-                    _mm512_loadu_ps(min.as_ptr().add(k)),
-                    _mm512_loadu_ps(sum.as_ptr().add(k)),
-                );
-                acc = _mm512_fmadd_ps(m, s, acc);
-            }
-            k += 16;
-        }
-        let mut total = _mm512_reduce_add_ps(acc);
-        for k in k..n {
-            total += min[k] * sum[k];
-        }
-        total
     }
 
     /// [`super::weight_rows`] compiled for AVX-512.
@@ -313,8 +322,8 @@ mod avx512 {
         weights: &[u8],
         row_bytes: usize,
         inputs: &[ActivationRow<'_>],
-        scratch: &mut Unpacked,
-        acc: &mut [f32],
+        scratch: &mut Vec<Unpacked>,
+        acc: &OutBlock,
     ) {
         // SAFETY: the caller's.
         per_kind!(kind, T => unsafe {
@@ -349,7 +358,26 @@ mod avx512 {
                 k += 64;
             }
         }
+        // Minus the weights' mins times the inputs' group sums, 16 groups at a time.
+        let groups = w.min.len();
+        let mut g = 0;
+        // SAFETY: groups `g..g + 16`, inside both.
+        unsafe {
+            while g + 16 <= groups {
+                let m = _mm512_loadu_ps(w.min.as_ptr().add(g));
+                for r in 0..R {
+                    let sum = _mm512_loadu_ps(a[r].group_sum.as_ptr().add(g));
+                    acc[r] = _mm512_fnmadd_ps(m, sum, acc[r]);
+                }
+                g += 16;
+            }
+        }
         let mut sums: [f32; R] = std::array::from_fn(|r| _mm512_reduce_add_ps(acc[r]));
+        for g in g..groups {
+            for r in 0..R {
+                sums[r] -= w.min[g] * a[r].group_sum[g];
+            }
+        }
         if k < n {
             // A last 32 values (rows are whole blocks of 32): two groups.
             // SAFETY: values `k..k + 32`, inside the rows.
@@ -385,7 +413,7 @@ mod avx512 {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{ActivationRow, Dot, GgmlType, LANE, MAX_ROWS, Unpacked, rows_of};
+    use super::{ActivationRow, Dot, GgmlType, LANE, MAX_ROWS, OutBlock, Unpacked, rows_of};
 
     struct Avx2;
 
@@ -403,35 +431,6 @@ mod avx2 {
                 }
             }
         }
-
-        #[inline(always)]
-        unsafe fn mins(min: &[f32], sum: &[f32]) -> f32 {
-            // SAFETY: the caller's.
-            unsafe { mins(min, sum) }
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    fn mins(min: &[f32], sum: &[f32]) -> f32 {
-        let n = min.len().min(sum.len());
-        let mut acc = _mm256_setzero_ps();
-        let mut k = 0;
-        while k + 8 <= n {
-            // SAFETY: `k + 8 <= n`, inside both slices.
-            unsafe {
-                let (m, s) = (
-                    _mm256_loadu_ps(min.as_ptr().add(k)),
-                    _mm256_loadu_ps(sum.as_ptr().add(k)),
-                );
-                acc = _mm256_fmadd_ps(m, s, acc);
-            }
-            k += 8;
-        }
-        let mut total = hsum8(acc);
-        for k in k..n {
-            total += min[k] * sum[k];
-        }
-        total
     }
 
     #[target_feature(enable = "avx2")]
@@ -452,8 +451,8 @@ mod avx2 {
         weights: &[u8],
         row_bytes: usize,
         inputs: &[ActivationRow<'_>],
-        scratch: &mut Unpacked,
-        acc: &mut [f32],
+        scratch: &mut Vec<Unpacked>,
+        acc: &OutBlock,
     ) {
         // SAFETY: the caller's.
         per_kind!(kind, T => unsafe {
@@ -491,8 +490,25 @@ mod avx2 {
                 k += 32;
             }
         }
+        // Minus the weights' mins times the inputs' group sums, 8 groups at a time.
+        let groups = w.min.len();
+        let mut g = 0;
+        // SAFETY: groups `g..g + 8`, inside both.
+        unsafe {
+            while g + 8 <= groups {
+                let m = _mm256_loadu_ps(w.min.as_ptr().add(g));
+                for (r, a) in a.iter().enumerate().take(R) {
+                    let sum = _mm256_loadu_ps(a.group_sum.as_ptr().add(g));
+                    acc[r] = _mm256_fnmadd_ps(m, sum, acc[r]);
+                }
+                g += 8;
+            }
+        }
         for r in 0..R {
             out[r] = hsum8(acc[r]);
+            for g in g..groups {
+                out[r] -= w.min[g] * a[r].group_sum[g];
+            }
         }
     }
 }

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use crate::activations::{ActivationRow, Activations, Scheme};
 use crate::formats::{GgmlType, dequantize};
-use crate::kernels::{Kernel, weight_rows};
+use crate::kernels::{Kernel, OutBlock, weight_rows};
 use crate::unpack::Unpacked;
 
 /// Bytes shared with their owner: a memory-mapped model file (the blocks are
@@ -137,6 +137,20 @@ impl QuantMatrix {
     }
 }
 
+/// The output's address, shared by the tasks that write disjoint parts of it.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+
+// SAFETY: tasks write disjoint columns (see `matmul_with`).
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Tasks per thread: enough to even out the work, few enough that a task's
 /// fixed cost stays small next to its products.
 const TASKS_PER_THREAD: usize = 4;
@@ -177,39 +191,51 @@ pub fn matmul_with(kernel: Kernel, x: &[f32], rows: usize, parts: &[&QuantMatrix
         })
         .collect();
     let total: usize = parts.iter().map(|p| p.rows).sum();
+    // Many inputs: tasks of at most 32 weight rows, unpacked together (see
+    // `weight_rows`), which keeps them in the second-level cache.
     let per_task = total
         .div_ceil(rayon::current_num_threads() * TASKS_PER_THREAD)
         .max(4);
-    // Tasks: (part, first row, last row), and for each the slice of the
-    // output, transposed (`[weight rows, rows]`) so that each is contiguous.
-    let mut out_t = vec![0f32; total * rows];
+    let per_task = if rows > 8 { per_task.min(32) } else { per_task };
+    // Tasks: (part, first row, last row, first output column). Each writes its
+    // own columns of every output row, straight into `out`.
+    let mut out = vec![0f32; rows * total];
     let mut tasks = Vec::new();
-    let mut rest: &mut [f32] = &mut out_t;
+    let mut col = 0;
     for (i, p) in parts.iter().enumerate() {
         for r0 in (0..p.rows).step_by(per_task) {
             let r1 = (r0 + per_task).min(p.rows);
-            let (slice, tail) = std::mem::take(&mut rest).split_at_mut((r1 - r0) * rows);
-            rest = tail;
-            tasks.push((i, r0, r1, slice));
+            tasks.push((i, r0, r1, col + r0));
         }
+        col += p.rows;
     }
+    let base = SendPtr(out.as_mut_ptr());
     tasks.into_par_iter().for_each_init(
-        || Unpacked::with_len(len),
-        |scratch, (part, r0, r1, acc)| {
+        || vec![Unpacked::with_len(len)],
+        |scratch, (part, r0, r1, col0)| {
             let p = parts[part];
             let n = p.row_bytes();
             let weights = &p.data()[r0 * n..r1 * n];
-            weight_rows(kernel, p.kind, weights, n, &input_rows[part], scratch, acc);
+            let block = OutBlock {
+                // SAFETY: `col0 < total`, inside the first output row.
+                ptr: unsafe { base.get().add(col0) },
+                stride: total,
+            };
+            // SAFETY: `out` has `rows` rows of `total`; this task alone writes
+            // columns `col0..col0 + r1 - r0` (tasks cover disjoint rows of
+            // disjoint parts).
+            unsafe {
+                weight_rows(
+                    kernel,
+                    p.kind,
+                    weights,
+                    n,
+                    &input_rows[part],
+                    scratch,
+                    &block,
+                )
+            };
         },
     );
-    if rows == 1 {
-        return out_t;
-    }
-    let mut out = vec![0f32; rows * total];
-    for (j, col) in out_t.chunks_exact(rows).enumerate() {
-        for (r, &v) in col.iter().enumerate() {
-            out[r * total + j] = v;
-        }
-    }
     out
 }

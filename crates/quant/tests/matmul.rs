@@ -52,11 +52,13 @@ fn quantized_kinds() -> impl Iterator<Item = GgmlType> {
 #[test]
 fn every_kernel_matches_f32_on_the_dequantized_weights() {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    // 6 input rows (a group of 4 and a group of 2); 288 columns end on half a
-    // 64-value step for the 32-value types; K-quants need multiples of 256.
-    for kind in quantized_kinds() {
+    // 6 input rows (a group of 4 and a group of 2; decoding's path) and 11
+    // (a prompt pass's path: weight rows unpacked together); 288 columns end
+    // on half a 64-value step for the 32-value types; K-quants need multiples
+    // of 256.
+    for (kind, rows) in quantized_kinds().flat_map(|k| [(k, 6), (k, 11)]) {
         let cols = if kind.block_size() == 256 { 512 } else { 288 };
-        let (rows, outs) = (6, 37);
+        let outs = 37;
         let w = random_matrix(kind, outs, cols, &mut rng);
         let x: Vec<f32> = (0..rows * cols).map(|_| rng.unit()).collect();
         let act = Activations::quantize(&x, rows, cols, Scheme::for_weights(kind));
