@@ -64,7 +64,8 @@ pub struct GenerateArgs {
     /// Send the prompt as it is, without the chat template.
     #[arg(long)]
     raw: bool,
-    /// Prompts decoded together (batch files), at least 1.
+    /// Sequences decoded together (batch files), at least 1: as one ends, the
+    /// next prompt takes its place (continuous batching).
     #[arg(long, default_value_t = 8, value_name = "N")]
     batch_size: usize,
     /// Print the answer as JSON with its token counts and timings.

@@ -93,7 +93,7 @@ pub struct ModelConfig {
     pub top_k: usize,
     pub top_p: f32,
     pub seed: u64,
-    /// Prompts decoded together.
+    /// Sequences decoded together; as one ends, the next takes its place.
     pub batch_size: usize,
 }
 
