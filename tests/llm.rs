@@ -290,15 +290,7 @@ fn hugging_face_folder_gives_the_gguf_logits() {
     assert_eq!(hf.report.parameters, llm.report.parameters);
     let ids = chat(llm, "What is the capital of France?");
     assert_eq!(chat(&hf, "What is the capital of France?"), ids);
-    let a = llm.logits_by_chunks(&ids, ids.len()).unwrap();
-    let b = hf.logits_by_chunks(&ids, ids.len()).unwrap();
-    let diff = a
-        .last()
-        .unwrap()
-        .iter()
-        .zip(b.last().unwrap())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
+    let diff = common::last_logits_diff(llm, &hf, &ids);
     assert!(diff < 1e-3, "{diff}");
 }
 

@@ -214,15 +214,7 @@ fn qwen_hugging_face_folders_give_the_gguf_logits() {
         let hf = Llm::load(dir.path(), &f32).unwrap();
         assert_eq!(hf.report.parameters, gguf.report.parameters, "{name}");
         let prompt: Vec<u32> = (0..20).map(|i| (i * 37 % 250) as u32).collect();
-        let a = gguf.logits_by_chunks(&prompt, prompt.len()).unwrap();
-        let b = hf.logits_by_chunks(&prompt, prompt.len()).unwrap();
-        let diff = a
-            .last()
-            .unwrap()
-            .iter()
-            .zip(b.last().unwrap())
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
+        let diff = common::last_logits_diff(&gguf, &hf, &prompt);
         assert!(diff < 1e-3, "{name}: {diff}");
     }
 }

@@ -205,7 +205,6 @@ impl Llm {
         let mut free: Vec<usize> = (0..rows).rev().collect();
         let mut waiting: std::collections::VecDeque<usize> = (0..requests.len()).collect();
         let mut live: Vec<Live> = Vec::new();
-        let device = self.model.device().clone();
         let vocab = self.model.config.vocab_size;
 
         loop {
@@ -248,18 +247,7 @@ impl Llm {
                     );
                 }
                 let row_ids: Vec<usize> = joining.iter().map(|&(_, r)| r).collect();
-                let logits = self.model.forward(
-                    StepInput {
-                        tokens: int_tensor(ids, &device),
-                        batch: joining.len(),
-                        seq: group_len,
-                        positions: &positions,
-                        rows: &row_ids,
-                        valid: &valid,
-                    },
-                    &mut cache,
-                )?;
-                let logits: Vec<f32> = logits.into_data().iter::<f32>().collect();
+                let logits = self.step(&mut cache, ids, group_len, &positions, &row_ids, &valid)?;
                 timings.prompt_tokens += joining
                     .iter()
                     .map(|&(i, _)| requests[i].prompt.len())
@@ -307,18 +295,7 @@ impl Llm {
                 l.valid[slot] = true;
             }
             let valid: Vec<Vec<bool>> = live.iter().map(|l| l.valid.clone()).collect();
-            let logits = self.model.forward(
-                StepInput {
-                    tokens: int_tensor(ids, &device),
-                    batch: live.len(),
-                    seq: 1,
-                    positions: &positions,
-                    rows: &row_ids,
-                    valid: &valid,
-                },
-                &mut cache,
-            )?;
-            let logits: Vec<f32> = logits.into_data().iter::<f32>().collect();
+            let logits = self.step(&mut cache, ids, 1, &positions, &row_ids, &valid)?;
             let mut still = Vec::with_capacity(live.len());
             for (mut l, row_logits) in live.into_iter().zip(logits.chunks_exact(vocab)) {
                 let r = &requests[l.seq.index];
@@ -341,6 +318,31 @@ impl Llm {
             }
         }
         Ok(timings)
+    }
+
+    /// One forward pass of `seq` tokens for each of `rows.len()` sequences;
+    /// the logits of each one's last token, row after row, on the host.
+    fn step(
+        &self,
+        cache: &mut super::model::KvCache,
+        ids: Vec<i64>,
+        seq: usize,
+        positions: &[usize],
+        rows: &[usize],
+        valid: &[Vec<bool>],
+    ) -> Result<Vec<f32>> {
+        let logits = self.model.forward(
+            StepInput {
+                tokens: int_tensor(ids, self.model.device()),
+                batch: rows.len(),
+                seq,
+                positions,
+                rows,
+                valid,
+            },
+            cache,
+        )?;
+        Ok(logits.into_data().iter::<f32>().collect())
     }
 
     /// Hand a finished sequence to the caller.

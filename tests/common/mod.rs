@@ -423,3 +423,15 @@ pub fn write_hf_folder(llm: &moulin::llm::Llm, gguf_path: &Path, dir: &Path) {
     )
     .unwrap();
 }
+
+/// The largest difference between the logits two models give after `ids`.
+pub fn last_logits_diff(a: &moulin::llm::Llm, b: &moulin::llm::Llm, ids: &[u32]) -> f32 {
+    let a = a.logits_by_chunks(ids, ids.len()).unwrap();
+    let b = b.logits_by_chunks(ids, ids.len()).unwrap();
+    a.last()
+        .unwrap()
+        .iter()
+        .zip(b.last().unwrap())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}

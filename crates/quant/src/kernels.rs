@@ -288,48 +288,61 @@ fn portable(w: &Unpacked, a: &[ActivationRow<'_>], out: &mut [f32]) {
     }
 }
 
+/// An instruction set's [`Dot`] (its `rows::<R>` for 1 to [`MAX_ROWS`] inputs)
+/// and its [`weight_rows`], compiled with its `target_feature`s.
+#[cfg(target_arch = "x86_64")]
+macro_rules! entry {
+    ($dot:ident, $features:literal, $safety:literal) => {
+        struct $dot;
+
+        impl Dot for $dot {
+            const F16C: bool = true;
+            #[inline(always)]
+            unsafe fn dot(w: &Unpacked, a: &[ActivationRow<'_>], out: &mut [f32]) {
+                // SAFETY: the caller's: the CPU has the instructions.
+                unsafe {
+                    match a.len() {
+                        1 => rows::<1>(w, a, out),
+                        2 => rows::<2>(w, a, out),
+                        3 => rows::<3>(w, a, out),
+                        _ => rows::<MAX_ROWS>(w, a, out),
+                    }
+                }
+            }
+        }
+
+        /// [`super::weight_rows`] compiled for this instruction set.
+        ///
+        /// # Safety
+        #[doc = $safety]
+        #[target_feature(enable = $features)]
+        pub unsafe fn weight_rows(
+            kind: GgmlType,
+            weights: &[u8],
+            row_bytes: usize,
+            inputs: &[ActivationRow<'_>],
+            scratch: &mut Vec<Unpacked>,
+            acc: &OutBlock,
+        ) {
+            // SAFETY: the caller's.
+            per_kind!(kind, T => unsafe {
+                rows_of::<T, $dot>(weights, row_bytes, inputs, scratch, acc)
+            })
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{ActivationRow, Dot, GgmlType, LANE, MAX_ROWS, OutBlock, Unpacked, rows_of};
 
-    struct Vnni;
-
-    impl Dot for Vnni {
-        const F16C: bool = true;
-        #[inline(always)]
-        unsafe fn dot(w: &Unpacked, a: &[ActivationRow<'_>], out: &mut [f32]) {
-            // SAFETY: the caller's: the CPU has the instructions.
-            unsafe {
-                match a.len() {
-                    1 => rows::<1>(w, a, out),
-                    2 => rows::<2>(w, a, out),
-                    3 => rows::<3>(w, a, out),
-                    _ => rows::<MAX_ROWS>(w, a, out),
-                }
-            }
-        }
-    }
-
-    /// [`super::weight_rows`] compiled for AVX-512.
-    ///
-    /// # Safety
-    /// The CPU must have AVX-512 F, BW, VL and VNNI, and F16C; lengths as checked there.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
-    pub unsafe fn weight_rows(
-        kind: GgmlType,
-        weights: &[u8],
-        row_bytes: usize,
-        inputs: &[ActivationRow<'_>],
-        scratch: &mut Vec<Unpacked>,
-        acc: &OutBlock,
-    ) {
-        // SAFETY: the caller's.
-        per_kind!(kind, T => unsafe {
-            rows_of::<T, Vnni>(weights, row_bytes, inputs, scratch, acc)
-        })
-    }
+    entry!(
+        Vnni,
+        "avx512f,avx512bw,avx512vl,avx512vnni,f16c",
+        "The CPU must have AVX-512 F, BW, VL and VNNI, and F16C; lengths as checked there."
+    );
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     fn rows<const R: usize>(w: &Unpacked, a: &[ActivationRow<'_>], out: &mut [f32]) {
@@ -420,23 +433,11 @@ mod avx2 {
 
     use super::{ActivationRow, Dot, GgmlType, LANE, MAX_ROWS, OutBlock, Unpacked, rows_of};
 
-    struct Avx2;
-
-    impl Dot for Avx2 {
-        const F16C: bool = true;
-        #[inline(always)]
-        unsafe fn dot(w: &Unpacked, a: &[ActivationRow<'_>], out: &mut [f32]) {
-            // SAFETY: the caller's: the CPU has the instructions.
-            unsafe {
-                match a.len() {
-                    1 => rows::<1>(w, a, out),
-                    2 => rows::<2>(w, a, out),
-                    3 => rows::<3>(w, a, out),
-                    _ => rows::<MAX_ROWS>(w, a, out),
-                }
-            }
-        }
-    }
+    entry!(
+        Avx2,
+        "avx2,fma,f16c",
+        "The CPU must have AVX2, FMA and F16C; lengths as checked there."
+    );
 
     #[target_feature(enable = "avx2")]
     fn hsum8(v: __m256) -> f32 {
@@ -444,25 +445,6 @@ mod avx2 {
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
         _mm_cvtss_f32(s)
-    }
-
-    /// [`super::weight_rows`] compiled for AVX2.
-    ///
-    /// # Safety
-    /// The CPU must have AVX2, FMA and F16C; lengths as checked there.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn weight_rows(
-        kind: GgmlType,
-        weights: &[u8],
-        row_bytes: usize,
-        inputs: &[ActivationRow<'_>],
-        scratch: &mut Vec<Unpacked>,
-        acc: &OutBlock,
-    ) {
-        // SAFETY: the caller's.
-        per_kind!(kind, T => unsafe {
-            rows_of::<T, Avx2>(weights, row_bytes, inputs, scratch, acc)
-        })
     }
 
     #[target_feature(enable = "avx2,fma")]
