@@ -320,30 +320,35 @@ impl Summarizer<'_> {
             for w in broken {
                 errors[w] = Some("a part does not fit the context once in its prompt".into());
             }
-            // Batches of the requests, in order, so each document's pieces stay in order.
-            for (chunk, owner) in requests
-                .chunks(self.generation.batch_size.max(1))
-                .zip(owners.chunks(self.generation.batch_size.max(1)))
-            {
-                let t = Instant::now();
-                let generated = blocking(|| self.llm.generate(chunk));
-                usage.seconds.generate += t.elapsed().as_secs_f64();
-                usage.requests += chunk.len();
-                match generated {
-                    Ok((completions, _)) => {
-                        for ((r, &w), c) in chunk.iter().zip(owner).zip(completions) {
-                            usage.prompt_tokens += r.prompt.len();
-                            usage.generated_tokens += c.tokens.len();
-                            works[w].line.prompt_tokens += r.prompt.len();
-                            works[w].line.generated_tokens += c.tokens.len();
-                            outputs[w].push(c.text.trim().to_string());
-                        }
+            // Continuous batching over every piece of this level; each text is
+            // kept at its request's place, so a document's pieces stay in order.
+            let mut texts: Vec<Option<String>> = vec![None; requests.len()];
+            let t = Instant::now();
+            let generated = blocking(|| {
+                self.llm
+                    .generate_each(&requests, self.generation.batch_size.max(1), |k, c| {
+                        let w = owners[k];
+                        let prompt = requests[k].prompt.len();
+                        usage.prompt_tokens += prompt;
+                        usage.generated_tokens += c.tokens.len();
+                        works[w].line.prompt_tokens += prompt;
+                        works[w].line.generated_tokens += c.tokens.len();
+                        texts[k] = Some(c.text.trim().to_string());
+                        Ok(())
+                    })
+            });
+            usage.seconds.generate += t.elapsed().as_secs_f64();
+            usage.requests += requests.len();
+            if let Err(e) = generated {
+                for (text, &w) in texts.iter().zip(&owners) {
+                    if text.is_none() {
+                        errors[w] = Some(format!("generation: {e}"));
                     }
-                    Err(e) => {
-                        for &w in owner {
-                            errors[w] = Some(format!("generation: {e}"));
-                        }
-                    }
+                }
+            }
+            for (text, &w) in texts.into_iter().zip(&owners) {
+                if let Some(text) = text {
+                    outputs[w].push(text);
                 }
             }
             let mut next = Vec::new();
