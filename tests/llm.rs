@@ -443,3 +443,38 @@ fn continuous_batching_gives_each_answer_it_gets_alone() {
         );
     }
 }
+
+/// Requests that each fit the context run together even when the longest
+/// prompt plus the longest answer would not: a request whose padding would
+/// overflow its row waits for the next prefill group.
+#[test]
+fn each_request_needs_only_its_own_room_in_the_context() {
+    let options = LoadOptions {
+        context: 128,
+        ..LoadOptions::default()
+    };
+    let llm = Llm::load(&model_path(), &options).unwrap();
+    let long: Vec<u32> = chat(
+        &llm,
+        "Résume ce texte : le présent arrêté fixe les conditions dans lesquelles les services instruisent les demandes de subvention.",
+    );
+    let short = chat(&llm, "Dis bonjour.");
+    let room = 128 - short.len();
+    // Together, the longest prompt and the longest answer overflow the context.
+    assert!(
+        long.len() + 4 <= 128 && long.len() + room > 128,
+        "{}",
+        long.len()
+    );
+    let mut short_answer = greedy(long, 4);
+    short_answer.ignore_eos = true;
+    let mut long_answer = greedy(short, room);
+    long_answer.ignore_eos = true;
+    let requests = [short_answer, long_answer];
+    let (together, _) = llm.generate(&requests).unwrap();
+    for (r, c) in requests.iter().zip(&together) {
+        assert_eq!(c.tokens.len(), r.max_new_tokens);
+        let (alone, _) = llm.generate(std::slice::from_ref(r)).unwrap();
+        assert_eq!(c.tokens, alone[0].tokens);
+    }
+}

@@ -189,17 +189,24 @@ impl Llm {
                 return Err(fail(format!("token id {t} is outside the vocabulary")));
             }
         }
-        // A row holds any one request's prompt and answer, and a prefill
-        // group's padding: its longest prompt plus the longest answer.
-        let longest = requests.iter().map(|r| r.prompt.len()).max().unwrap_or(0);
-        let most_new = requests.iter().map(|r| r.max_new_tokens).max().unwrap_or(0);
-        let capacity = longest + most_new;
-        if capacity > self.context {
+        // A row holds the longest prompt and answer of any one request; a
+        // prefill group only takes requests whose padding still fits (below).
+        if let Some(r) = requests
+            .iter()
+            .find(|r| r.prompt.len() + r.max_new_tokens > self.context)
+        {
             return Err(fail(format!(
-                "a prompt of {longest} tokens and {most_new} new tokens exceed the context of {} tokens",
+                "a prompt of {} tokens and {} new tokens exceed the context of {} tokens",
+                r.prompt.len(),
+                r.max_new_tokens,
                 self.context
             )));
         }
+        let capacity = requests
+            .iter()
+            .map(|r| r.prompt.len() + r.max_new_tokens)
+            .max()
+            .unwrap_or(0);
         let rows = max_batch.clamp(1, requests.len());
         let mut cache = self.model.cache(rows, capacity)?;
         let mut free: Vec<usize> = (0..rows).rev().collect();
@@ -210,16 +217,28 @@ impl Llm {
         loop {
             // Free rows take the next requests: their prompts are prefilled
             // together, left-padded to the longest of them.
+            // A request whose padding to the group's longest prompt would
+            // overflow a row waits for the next group.
             let mut joining: Vec<(usize, usize)> = Vec::new();
+            let (mut group_prompt, mut group_new) = (0, 0);
             while !free.is_empty() {
-                let Some(index) = waiting.pop_front() else {
+                let Some(&index) = waiting.front() else {
                     break;
                 };
-                if requests[index].max_new_tokens == 0 {
-                    let seq = Sequence::new(index, &requests[index]);
+                let r = &requests[index];
+                if r.max_new_tokens == 0 {
+                    waiting.pop_front();
+                    let seq = Sequence::new(index, r);
                     self.finish(seq, requests, &mut done, Finish::Length)?;
                     continue;
                 }
+                let prompt = group_prompt.max(r.prompt.len());
+                let new = group_new.max(r.max_new_tokens);
+                if !joining.is_empty() && prompt + new > capacity {
+                    break;
+                }
+                (group_prompt, group_new) = (prompt, new);
+                waiting.pop_front();
                 let row = free.pop().expect("a free row");
                 cache.reset(row);
                 joining.push((index, row));

@@ -10,11 +10,11 @@
 //! left-padded to a common length, a mask hiding the padding from attention
 //! while positions count from each sequence's own start.
 
+use std::sync::Arc;
+
 use burn::tensor::activation::silu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use std::sync::Arc;
-
 use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
 use moulin_quant::QuantMatrix;
 use rayon::prelude::*;
@@ -79,8 +79,9 @@ enum Linear {
         cpu_kernel: bool,
     },
     /// Weights kept in their file's quantized blocks (CPU only), parts stacked
-    /// along the outputs; the inputs are quantized per block of 32 and the
-    /// products are integer dot products ([`moulin_quant::matmul`]).
+    /// along the outputs; the inputs are quantized to 8 bits per block as
+    /// llama.cpp quantizes them and the products are integer dot products
+    /// ([`moulin_quant::matmul`]).
     Blocks(Vec<Arc<QuantMatrix>>),
 }
 

@@ -168,7 +168,8 @@ impl WeightSource {
             return Ok(None);
         };
         let name = weight.gguf_name();
-        let (kind, bytes, shape) = g.tensor_bytes(&name)?;
+        let info = g.tensor_info(&name)?;
+        let (kind, shape) = (info.kind, info.shape());
         if !kind.is_quantized() {
             return Ok(None);
         }
@@ -183,10 +184,9 @@ impl WeightSource {
         }
         // The blocks stay in the mapped file (counted once in resident memory,
         // shared with the page cache); only Q and K, whose rows move, are copied.
-        let start = g.tensor_info(&name)?.start;
         let map: moulin_quant::SharedBytes = g.shared_map();
-        let mut m =
-            QuantMatrix::shared(kind, shape[0], shape[1], map, start, bytes.len()).map_err(fail)?;
+        let mut m = QuantMatrix::shared(kind, shape[0], shape[1], map, info.start, info.len)
+            .map_err(fail)?;
         let (heads, hd) = match weight {
             Weight::Q(_) if config.qk_rows_permuted => (config.num_heads, config.head_dim),
             Weight::K(_) if config.qk_rows_permuted => (config.num_kv_heads, config.head_dim),

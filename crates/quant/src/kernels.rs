@@ -157,9 +157,6 @@ pub struct OutBlock {
     pub stride: usize,
 }
 
-// SAFETY: each task writes only its own columns (see `matmul_with`).
-unsafe impl Send for OutBlock {}
-
 impl OutBlock {
     /// # Safety
     /// `ptr[i * stride + j]` must be inside the output and written by no other task.
