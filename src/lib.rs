@@ -7,7 +7,8 @@
 //! stages over many inputs and reports on every one of them. [`llm`] runs
 //! Llama-family language models locally on burn for generation jobs. [`jobs`]
 //! runs it in batch over a collection (summaries, answers with citations), and
-//! [`eval`] scores retrieval and answers on evaluation sets.
+//! [`eval`] scores retrieval and answers on evaluation sets. [`shard`] splits a
+//! run over many workers, whose staged writes one commit makes visible.
 
 pub mod chunk;
 pub mod config;
@@ -21,6 +22,7 @@ pub mod llm;
 pub mod paths;
 pub mod pipeline;
 pub mod progress;
+pub mod shard;
 pub mod store;
 
 pub use document::{Chunk, Document, Format, Location, Section};

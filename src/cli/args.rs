@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use moulin::pipeline::config::Overrides;
+use moulin::shard::{Shard, ShardChoice};
 use moulin::store::DEFAULT_DB;
 
 /// `--db`: the database, for commands that read or write one.
@@ -55,6 +56,41 @@ pub struct Pipeline {
     /// Say what would be added, updated, re-chunked and deleted, without writing anything.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+/// `--shard` and `--run-id`: one shard of a run over many workers.
+#[derive(Args, Debug, Clone)]
+pub struct Sharding {
+    /// Run shard I of N (from 0) of a run over many workers: the inputs whose id hashes to I, staged for `moulin commit`. `auto`: from a Slurm job array or a Kubernetes Indexed Job.
+    #[arg(long, value_name = "I/N|auto")]
+    pub shard: Option<ShardChoice>,
+    /// The id the shards of one run share (a Slurm array's job id by default).
+    #[arg(long, value_name = "ID", env = "MOULIN_RUN_ID")]
+    pub run_id: Option<String>,
+}
+
+impl Sharding {
+    /// The shard and run id, when sharded; an error says what is missing.
+    pub fn resolve(&self, pipelines: usize) -> anyhow::Result<Option<(Shard, String)>> {
+        let Some(choice) = self.shard else {
+            return Ok(None);
+        };
+        if pipelines != 1 {
+            anyhow::bail!("--shard runs one pipeline file, not {pipelines}");
+        }
+        let shard = choice
+            .resolve()
+            .map_err(|e| anyhow::anyhow!("--shard: {e}"))?;
+        let run_id = self
+            .run_id
+            .clone()
+            .or_else(|| Shard::run_id_from_env(|k| std::env::var(k).ok()))
+            .ok_or_else(|| {
+                anyhow::anyhow!("--shard needs the run's id, the same for every shard: --run-id ID or MOULIN_RUN_ID")
+            })?;
+        moulin::pipeline::check_run_id(&run_id).map_err(|e| anyhow::anyhow!("--run-id: {e}"))?;
+        Ok(Some((shard, run_id)))
+    }
 }
 
 /// `--wait [SECONDS]` for commands that write a collection.

@@ -13,6 +13,7 @@ use moulin::pipeline::report::{RunReport, Status};
 use moulin::pipeline::sources::Listing;
 use moulin::pipeline::{Isolation, Pipeline, RunOptions};
 use moulin::progress::Reporter;
+use moulin::shard::Shard;
 use moulin::store::DEFAULT_DB;
 
 use super::{args, paths, progress, style};
@@ -33,6 +34,8 @@ pub struct RunArgs {
     files: Vec<PathBuf>,
     #[command(flatten)]
     pipeline: args::Pipeline,
+    #[command(flatten)]
+    sharding: args::Sharding,
 }
 
 /// One pipeline, checked and listed, ready to run.
@@ -47,6 +50,8 @@ struct Mode {
     quiet: bool,
     dry_run: bool,
     options: RunOptions,
+    /// One shard of a run over many workers: its shard and the run's id.
+    shard: Option<(Shard, String)>,
 }
 
 impl Mode {
@@ -57,6 +62,7 @@ impl Mode {
             options: RunOptions {
                 wait: args.wait.duration(),
             },
+            shard: None,
         }
     }
 }
@@ -136,7 +142,9 @@ pub async fn run(args: RunArgs, quiet: bool) -> Result<u8> {
         }
         .into());
     }
-    Ok(execute(jobs, &Mode::new(&args.pipeline, quiet)).await)
+    let mut mode = Mode::new(&args.pipeline, quiet);
+    mode.shard = args.sharding.resolve(jobs.len())?;
+    Ok(execute(jobs, &mode).await)
 }
 
 /// Check everything a pipeline needs before it runs, and list its inputs.
@@ -194,6 +202,16 @@ async fn run_one(job: Job, exe: &std::path::Path, mode: &Mode) -> Result<u8> {
         Some(b) => b,
         None => &progress::Plain,
     };
+    if let Some((shard, run_id)) = &mode.shard {
+        let report = pipeline
+            .run_shard(job.listing, *shard, run_id, reporter)
+            .await?;
+        let code = finish(&report, job.report.as_deref())?;
+        eprintln!(
+            "shard {shard} of run {run_id} staged; once every shard has, make the run visible with: moulin commit {run_id} FILE"
+        );
+        return Ok(code);
+    }
     let report = pipeline.run(job.listing, &mode.options, reporter).await?;
     finish(&report, job.report.as_deref())
 }

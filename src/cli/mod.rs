@@ -9,6 +9,7 @@
 
 mod args;
 mod collections;
+mod commit;
 mod docs;
 mod eval;
 mod extract;
@@ -77,6 +78,11 @@ enum Command {
         ("Several pipelines, one report each in reports/", "moulin run pipelines/demo.toml pipelines/example-full.toml --report reports"),
     ]))]
     Run(ingest::RunArgs),
+    /// Make a run over many workers visible at once, when every shard has finished.
+    #[command(after_long_help = examples(&[
+        ("Four shards of one run, then its commit", "moulin run pipelines/demo.toml --shard 0/4 --run-id nightly-1\n  …  (shards 1/4, 2/4, 3/4, anywhere)\n  moulin commit nightly-1 pipelines/demo.toml"),
+    ]))]
+    Commit(commit::CommitArgs),
     /// Chunk and embed a collection again from its stored documents, in place or into a new one.
     #[command(after_long_help = examples(&[
         ("Chunks of 800 characters, in place (a new version)", "moulin reindex -c demo --chunk-size 800"),
@@ -231,6 +237,7 @@ async fn run(command: Command, quiet: bool) -> Result<u8> {
     match command {
         Command::Ingest(args) => ingest::ingest(args, quiet).await,
         Command::Run(args) => ingest::run(args, quiet).await,
+        Command::Commit(args) => commit::command(args, quiet).await,
         Command::Reindex(args) => reindex::command(args, quiet).await,
         Command::Search(args) => search::command(args).await,
         Command::Eval(args) => eval::command(args, quiet).await,

@@ -49,6 +49,12 @@ pub struct CollectionConfig {
     /// Delete the documents of earlier runs whose source is no longer listed.
     #[serde(default)]
     pub prune: bool,
+    /// Object storage settings for a database on `s3://…` (and other stores), as
+    /// Lance names them: `aws_endpoint`, `aws_region`, `allow_http`,
+    /// `aws_virtual_hosted_style_request`… The environment's `AWS_*` variables
+    /// apply too; credentials are only read from there, never from this file.
+    #[serde(default, skip_serializing_if = "crate::store::Storage::is_empty")]
+    pub storage: crate::store::Storage,
 }
 
 fn default_db() -> String {
@@ -246,6 +252,9 @@ impl CollectionConfig {
         if let Err(m) = crate::store::check_db(&self.db, crate::store::Access::Write) {
             out.push(("db".into(), m));
         }
+        if let Err(m) = crate::store::check_storage(&self.storage) {
+            out.push(("storage".into(), m));
+        }
         out
     }
 }
@@ -355,6 +364,7 @@ impl PipelineConfig {
                     name: collection.to_string(),
                     db: db.to_string(),
                     prune: false,
+                    storage: Default::default(),
                 },
                 sources,
                 extract: ExtractOptions::default(),

@@ -17,6 +17,7 @@
 pub mod config;
 pub mod read;
 pub mod report;
+mod sharded;
 pub mod sources;
 
 use std::collections::{HashMap, HashSet};
@@ -40,6 +41,7 @@ use crate::store::{
 pub use config::PipelineConfig;
 pub use read::{Isolation, extract_input};
 use report::{Change, InputReport, RunReport, Seconds, Status};
+pub use sharded::{CommitOutcome, check_run_id};
 use sources::{Listed, Listing};
 
 /// Inputs per window: bounded so that memory stays flat on large corpora.
@@ -179,6 +181,30 @@ struct Context<'a> {
     reuse: HashSet<String>,
     client: reqwest::Client,
     run_id: String,
+    output: Output,
+}
+
+/// Where a run's writes go.
+enum Output {
+    /// Into the collection, committed window by window (one process holds the lock).
+    Direct,
+    /// Staged for the run's one commit: a shard of a run over many workers.
+    Staged {
+        writes: Box<tokio::sync::Mutex<crate::store::staging::StagedWrites>>,
+        shard: crate::shard::Shard,
+    },
+}
+
+impl Output {
+    /// Of these documents, those this run is in charge of: all, or its shard's.
+    fn owned(&self, ids: Vec<String>) -> Vec<String> {
+        match self {
+            Output::Direct => ids,
+            Output::Staged { shard, .. } => {
+                ids.into_iter().filter(|id| shard.contains(id)).collect()
+            }
+        }
+    }
 }
 
 impl Context<'_> {
@@ -214,6 +240,7 @@ impl Pipeline {
             config: cfg.recorded(),
             versions_before: Default::default(),
             versions_after: Default::default(),
+            shards: None,
             totals: Default::default(),
             seconds: Seconds::default(),
             warnings,
@@ -233,7 +260,8 @@ impl Pipeline {
         let started = Instant::now();
         let cfg = &self.config;
         // One writer at a time, from before anything is created.
-        let store = Store::connect(&cfg.collection.db, Access::Write).await?;
+        let store =
+            Store::connect_with(&cfg.collection.db, Access::Write, &cfg.collection.storage).await?;
         let name = &cfg.collection.name;
         let lock = store.lock(name, &report.run_id, options.wait)?;
         if let Some(holder) = lock.as_ref().and_then(|l| l.took_over.as_ref()) {
@@ -241,26 +269,7 @@ impl Pipeline {
                 "took over the lock left by {holder}, which stopped before the end of its run"
             ));
         }
-        // The model's identity from its files; the model itself loads when needed.
-        let EmbedderConfig::Onnx(onnx) = &cfg.embedder;
-        let (model_hash, passage_prefix) = onnx.identity()?;
-        let fingerprints = Fingerprints {
-            chunking: Fingerprints::chunking(&cfg.chunker),
-            embedding: onnx.fingerprint(&model_hash, &passage_prefix),
-        };
-        let (collection, stages) = match store
-            .open_existing_for_writing(name, &onnx.model, &model_hash)
-            .await?
-        {
-            Some(c) => (c, tokio::sync::OnceCell::new()),
-            None => {
-                // A new collection records the model's dimension: load it now.
-                reporter.note("loading the embedding model");
-                let stages = Stages::load(cfg).await?;
-                let c = store.open_for_writing(name, stages.embedder.info()).await?;
-                (c, tokio::sync::OnceCell::new_with(Some(stages)))
-            }
-        };
+        let (collection, stages, fingerprints) = self.open_collection(&store, reporter).await?;
         report.versions_before = collection.versions().await?;
         let mut run = RunRecord::start(kind, &report.versions_before, &report.config);
         run.run_id = report.run_id.clone();
@@ -275,6 +284,43 @@ impl Pipeline {
             _lock: lock,
             started,
         })
+    }
+
+    /// Open the collection to write (or create it, loading the model for its
+    /// dimension), with what its documents are compared with.
+    async fn open_collection(
+        &self,
+        store: &Store,
+        reporter: &dyn Reporter,
+    ) -> Result<(Collection, tokio::sync::OnceCell<Stages>, Fingerprints)> {
+        let cfg = &self.config;
+        let name = &cfg.collection.name;
+        // The model's identity from its files; the model itself loads when needed.
+        let EmbedderConfig::Onnx(onnx) = &cfg.embedder;
+        let (model_hash, passage_prefix) = onnx.identity()?;
+        let fingerprints = Fingerprints {
+            chunking: Fingerprints::chunking(&cfg.chunker),
+            embedding: onnx.fingerprint(&model_hash, &passage_prefix),
+        };
+        Ok(
+            match store
+                .open_existing_for_writing(name, &onnx.model, &model_hash)
+                .await?
+            {
+                Some(c) => (c, tokio::sync::OnceCell::new(), fingerprints),
+                None => {
+                    // A new collection records the model's dimension: load it now.
+                    reporter.note("loading the embedding model");
+                    let stages = Stages::load(cfg).await?;
+                    let c = store.open_for_writing(name, stages.embedder.info()).await?;
+                    (
+                        c,
+                        tokio::sync::OnceCell::new_with(Some(stages)),
+                        fingerprints,
+                    )
+                }
+            },
+        )
     }
 
     /// Record how the run ended; when it went through, bring indexes up to date,
@@ -299,13 +345,27 @@ impl Pipeline {
             || collection.info.model_info(),
             |s| s.embedder.info().clone(),
         ));
+        self.record_run(collection, run, report, session.started, reporter)
+            .await
+    }
+
+    /// A run's writes are in: indexes brought up to date, the run recorded as
+    /// complete with its report, its versions tagged, old ones pruned.
+    async fn record_run(
+        &self,
+        collection: &Collection,
+        run: &mut RunRecord,
+        report: &mut RunReport,
+        started: Instant,
+        reporter: &dyn Reporter,
+    ) -> Result<()> {
         let t = Instant::now();
         reporter.note("updating the indexes");
         let upkeep = &self.config.upkeep;
         collection.refresh(upkeep).await?;
         report.versions_after = collection.versions().await?;
         report.seconds.index = t.elapsed().as_secs_f64();
-        report.seconds.total = session.started.elapsed().as_secs_f64();
+        report.seconds.total = started.elapsed().as_secs_f64();
         report.tally();
         run.complete(&report.versions_after);
         let t = &report.totals;
@@ -347,6 +407,7 @@ impl Pipeline {
             states,
             client: extract::fetch::client(&self.config.extract)?,
             run_id: session.run.run_id.clone(),
+            output: Output::Direct,
         };
         let outcome = self.write(&ctx, &listing, &mut report, reporter).await;
         drop(ctx);
@@ -386,6 +447,7 @@ impl Pipeline {
             states,
             client: extract::fetch::client(&self.config.extract)?,
             run_id: session.run.run_id.clone(),
+            output: Output::Direct,
         };
         let outcome = async {
             let mut ids: Vec<&DocumentState> = stored.values().collect();
@@ -524,9 +586,15 @@ impl Pipeline {
 
         if self.config.collection.prune {
             let gone = gone(listing, &ctx.states);
-            let gone: Vec<&str> = gone.iter().map(String::as_str).collect();
-            ctx.collection.delete_documents(&gone).await?;
+            let gone = ctx.output.owned(gone);
             report.totals.pruned = gone.len();
+            match &ctx.output {
+                Output::Direct => {
+                    let gone: Vec<&str> = gone.iter().map(String::as_str).collect();
+                    ctx.collection.delete_documents(&gone).await?;
+                }
+                Output::Staged { writes, .. } => writes.lock().await.delete(gone),
+            }
         }
         Ok(())
     }
@@ -581,13 +649,28 @@ impl Pipeline {
                 vectors,
             })
             .collect();
-        ctx.collection.swap_chunks(&embedded, &ctx.run_id).await?;
         let rows: Vec<DocumentRow> = ready
             .iter()
             .zip(&chunks)
             .map(|(r, cs)| document_row(ctx, r, cs.len()))
             .collect();
-        ctx.collection.put_documents(&rows).await?;
+        match &ctx.output {
+            Output::Direct => {
+                ctx.collection.swap_chunks(&embedded, &ctx.run_id).await?;
+                ctx.collection.put_documents(&rows).await?;
+            }
+            Output::Staged { writes, .. } => {
+                let stored = ready
+                    .iter()
+                    .filter(|r| ctx.states.contains_key(&r.doc.id))
+                    .map(|r| r.doc.id.clone());
+                writes
+                    .lock()
+                    .await
+                    .write(&embedded, &rows, &ctx.run_id, stored)
+                    .await?;
+            }
+        }
         report.seconds.write += t.elapsed().as_secs_f64();
         for (r, cs) in ready.into_iter().zip(&chunks) {
             let input = InputReport {
@@ -650,7 +733,7 @@ impl Pipeline {
         let states = if crate::store::check_db(db, Access::Read).is_err() {
             HashMap::new()
         } else {
-            let store = Store::connect(db, Access::Read).await?;
+            let store = Store::connect_with(db, Access::Read, &cfg.collection.storage).await?;
             match store.open(&cfg.collection.name).await {
                 Ok(c) => c.document_states().await?,
                 Err(Error::CollectionNotFound { .. }) => HashMap::new(),
@@ -700,7 +783,7 @@ impl Pipeline {
             Vec::new()
         };
         if !gone.is_empty() {
-            let store = Store::connect(db, Access::Read).await?;
+            let store = Store::connect_with(db, Access::Read, &cfg.collection.storage).await?;
             let collection = store.open(&cfg.collection.name).await?;
             let ids: Vec<&str> = gone.iter().map(String::as_str).collect();
             out.delete = collection

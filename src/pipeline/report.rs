@@ -117,6 +117,10 @@ pub struct RunReport {
     /// The versions of the chunks and documents tables before and after the run.
     pub versions_before: crate::store::Versions,
     pub versions_after: crate::store::Versions,
+    /// For a run over many workers: the shards whose work this report holds
+    /// (`2/8` for one shard; all of them once committed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<String>,
     pub totals: Totals,
     pub seconds: Seconds,
     /// Problems that did not stop the run (a source that lists nothing).
@@ -134,6 +138,41 @@ impl RunReport {
         } else {
             0
         }
+    }
+
+    /// The report of a run over many workers, from its shards' reports (by
+    /// shard): their inputs and warnings, their stage times added up (worker
+    /// seconds), the earliest start.
+    pub fn merge(shards: Vec<RunReport>) -> Option<RunReport> {
+        let count = shards.len();
+        let mut iter = shards.into_iter();
+        let mut out = iter.next()?;
+        for r in iter {
+            if r.started_at < out.started_at {
+                out.started_at = r.started_at;
+            }
+            if out.model.is_none() {
+                out.model = r.model;
+            }
+            out.totals.pruned += r.totals.pruned;
+            out.totals.embedded += r.totals.embedded;
+            let (a, b) = (&mut out.seconds, &r.seconds);
+            a.model_load += b.model_load;
+            a.extract += b.extract;
+            a.chunk += b.chunk;
+            a.embed += b.embed;
+            a.write += b.write;
+            a.total = a.total.max(b.total);
+            for w in r.warnings {
+                if !out.warnings.contains(&w) {
+                    out.warnings.push(w);
+                }
+            }
+            out.inputs.extend(r.inputs);
+        }
+        out.shards = Some(format!("{count} of {count}"));
+        out.tally();
+        Some(out)
     }
 
     pub fn tally(&mut self) {

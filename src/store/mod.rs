@@ -15,6 +15,7 @@ mod rows;
 pub mod runs;
 pub mod schema;
 pub mod search;
+pub mod staging;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -124,6 +125,38 @@ fn without_locations(text: &str) -> String {
 pub struct Store {
     db: lancedb::Connection,
     uri: String,
+    /// Object store settings given to LanceDB besides the environment's.
+    storage: Storage,
+}
+
+/// Object store settings (`aws_endpoint`, `aws_region`, `allow_http`…), as Lance
+/// names them; credentials come from the environment (`AWS_ACCESS_KEY_ID`…).
+pub type Storage = std::collections::BTreeMap<String, String>;
+
+/// Storage settings that would put a secret in a pipeline file (and so in the
+/// runs' records): refused, with the environment variable to use instead.
+pub fn check_storage(storage: &Storage) -> std::result::Result<(), String> {
+    for key in storage.keys() {
+        let k = key.to_ascii_lowercase();
+        if [
+            "secret",
+            "token",
+            "password",
+            "access_key",
+            "account_key",
+            "sas",
+            "credential",
+        ]
+        .iter()
+        .any(|s| k.contains(s))
+        {
+            return Err(format!(
+                "{key} is a credential: give it in the environment (AWS_ACCESS_KEY_ID, \
+                 AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN…), never in a pipeline file"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `{db}/_moulin/{name}`: where a collection's bookkeeping tables live.
@@ -132,31 +165,43 @@ fn sidecar_uri(db: &str, name: &str) -> String {
 }
 
 /// A LanceDB connection to `uri`, as a folder when it is one.
-async fn connect_uri(uri: &str) -> std::result::Result<lancedb::Connection, lancedb::Error> {
+async fn connect_uri(
+    uri: &str,
+    storage: &Storage,
+) -> std::result::Result<lancedb::Connection, lancedb::Error> {
     // LanceDB takes any URI starting with "db" for its cloud: a folder named
     // `db` or `dbs/prod` is given as `./db`.
     let target = match local_folder(uri) {
         Some(folder) if folder.is_relative() && !uri.starts_with('.') => format!("./{uri}"),
         _ => uri.to_string(),
     };
-    lancedb::connect(&target).execute().await
+    lancedb::connect(&target)
+        .storage_options(storage.iter().map(|(k, v)| (k.clone(), v.clone())))
+        .execute()
+        .await
 }
 
 impl Store {
     /// Connect to a database, after checking that it can be used as `access` says:
     /// a read never creates a folder, and a file is never taken for a database.
     pub async fn connect(uri: &str, access: Access) -> Result<Store> {
+        Store::connect_with(uri, access, &Storage::new()).await
+    }
+
+    /// [`Store::connect`], with object store settings besides the environment's.
+    pub async fn connect_with(uri: &str, access: Access, storage: &Storage) -> Result<Store> {
         check_db(uri, access).map_err(|reason| Error::Store {
             uri: uri.to_string(),
             reason,
         })?;
-        let db = connect_uri(uri).await.map_err(|e| Error::Store {
+        let db = connect_uri(uri, storage).await.map_err(|e| Error::Store {
             uri: uri.to_string(),
             reason: describe(&e),
         })?;
         Ok(Store {
             db,
             uri: uri.to_string(),
+            storage: storage.clone(),
         })
     }
 
@@ -355,7 +400,9 @@ impl Store {
             // Reading never creates: a missing folder is a collection not finished.
             let exists = local_folder(&sidecar).is_none_or(Path::is_dir);
             if exists {
-                let db = connect_uri(&sidecar).await.map_err(self.store_err())?;
+                let db = connect_uri(&sidecar, &self.storage)
+                    .await
+                    .map_err(self.store_err())?;
                 let open = |table: &'static str| {
                     let db = db.clone();
                     async move { db.open_table(table).execute().await }
@@ -407,7 +454,7 @@ impl Store {
             return Ok(c);
         }
         // The bookkeeping tables first: a collection whose chunks table exists is complete.
-        let sidecar = connect_uri(&sidecar_uri(&self.uri, name))
+        let sidecar = connect_uri(&sidecar_uri(&self.uri, name), &self.storage)
             .await
             .map_err(self.store_err())?;
         let create = |table: &'static str, schema: arrow_schema::SchemaRef| {
@@ -455,7 +502,9 @@ impl Store {
             }
             Some(_) => {}
             None => {
-                let db = connect_uri(&sidecar).await.map_err(self.store_err())?;
+                let db = connect_uri(&sidecar, &self.storage)
+                    .await
+                    .map_err(self.store_err())?;
                 db.drop_all_tables(&[]).await.map_err(self.store_err())?;
             }
         }

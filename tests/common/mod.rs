@@ -33,9 +33,15 @@ pub fn run(args: &[&str]) -> Output {
 /// Run moulin in `dir` with a fixed environment: no colors, no settings inherited
 /// from the environment of whoever runs the tests.
 pub fn run_in(dir: &Path, args: &[&str]) -> Output {
+    run_env(dir, args, &[])
+}
+
+/// [`run_in`] with these environment variables set.
+pub fn run_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let out = moulin()
         .current_dir(dir)
         .args(args)
+        .envs(env.iter().copied())
         .env("NO_COLOR", "1")
         .env_remove("MOULIN_DB")
         .env_remove("MOULIN_PASSWORD")

@@ -1,0 +1,509 @@
+//! Runs over many workers, through the real binary on real LanceDB (on a local
+//! folder and on a real S3-protocol server, moto's, started here on 127.0.0.1),
+//! with the real model: N shards plus one commit give the collection one
+//! process gives, row for row; commits are single and idempotent; a missing
+//! shard is named; a shard rerun replaces its earlier work.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{run_env, write_fiches};
+use moulin::store::{Access, Storage, Store};
+
+fn code(out: &Output) -> Option<i32> {
+    out.status.code()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn pipeline(dir: &Path, file: &str, db: &str, storage: &str) {
+    fs::write(
+        dir.join(file),
+        format!(
+            "[collection]\nname = \"c\"\ndb = \"{db}\"\nprune = true\n{storage}\n[[sources]]\ntype = \"files\"\nname = \"fiches\"\npath = \"src\"\n"
+        ),
+    )
+    .unwrap();
+}
+
+/// The rows of a collection, with what depends on the run (its id, times)
+/// left out: chunk id → (every other column as JSON, vector); document id →
+/// its row as JSON.
+type Rows = (
+    BTreeMap<String, (serde_json::Value, Vec<f32>)>,
+    BTreeMap<String, serde_json::Value>,
+);
+
+fn rows(db: &str, storage: &Storage) -> Rows {
+    use arrow_array::{Array, FixedSizeListArray, Float32Array, StringArray};
+    use futures::TryStreamExt;
+    use lancedb::query::ExecutableQuery;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store = Store::connect_with(db, Access::Read, storage)
+            .await
+            .unwrap();
+        let c = store.open("c").await.unwrap();
+        let batches: Vec<arrow_array::RecordBatch> = c
+            .table
+            .query()
+            .execute()
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        let mut chunks = BTreeMap::new();
+        for b in &batches {
+            let ids = b
+                .column_by_name("chunk_id")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap()
+                .clone();
+            let vectors = b
+                .column_by_name("vector")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<FixedSizeListArray>()
+                .unwrap()
+                .clone();
+            let keep: Vec<usize> = b
+                .schema()
+                .fields()
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| !matches!(f.name().as_str(), "vector" | "run_id" | "ingested_at"))
+                .map(|(i, _)| i)
+                .collect();
+            let rest = b.project(&keep).unwrap();
+            let mut writer = arrow_json::ArrayWriter::new(Vec::new());
+            writer.write(&rest).unwrap();
+            writer.finish().unwrap();
+            let json: Vec<serde_json::Value> =
+                serde_json::from_slice(&writer.into_inner()).unwrap();
+            for (i, row) in json.into_iter().enumerate() {
+                let v = vectors.value(i);
+                let v = v.as_any().downcast_ref::<Float32Array>().unwrap();
+                let previous = chunks.insert(ids.value(i).to_string(), (row, v.values().to_vec()));
+                assert!(previous.is_none(), "chunk {} is there twice", ids.value(i));
+            }
+        }
+        let ids: Vec<String> = c.document_states().await.unwrap().into_keys().collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let mut documents = BTreeMap::new();
+        for mut d in c.load_documents(&ids).await.unwrap() {
+            d.first_run.clear();
+            d.last_run.clear();
+            d.updated_at.clear();
+            d.uri.clear();
+            documents.insert(d.document_id.clone(), serde_json::to_value(&d).unwrap());
+        }
+        assert_eq!(documents.len(), ids.len(), "a document row is there twice");
+        (chunks, documents)
+    })
+}
+
+/// Two collections hold the same rows: same ids, texts, provenance and
+/// document rows, vectors within float tolerance (batches differ between runs).
+fn assert_same(a: &Rows, b: &Rows, what: &str) {
+    assert_eq!(
+        a.0.keys().collect::<Vec<_>>(),
+        b.0.keys().collect::<Vec<_>>(),
+        "{what}: chunk ids"
+    );
+    for (id, (row, vector)) in &a.0 {
+        let (other, other_vector) = &b.0[id];
+        assert_eq!(row, other, "{what}: chunk {id}");
+        let diff = vector
+            .iter()
+            .zip(other_vector)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(diff < 1e-4, "{what}: chunk {id}'s vector differs by {diff}");
+    }
+    assert_eq!(a.1, b.1, "{what}: documents");
+}
+
+/// Run the shards of one run at the same time, as workers would.
+fn run_shards(dir: &Path, file: &str, run_id: &str, shards: &[u32], n: u32, env: &[(&str, &str)]) {
+    let children: Vec<(u32, Child)> = shards
+        .iter()
+        .map(|&i| {
+            let child = common::moulin()
+                .current_dir(dir)
+                .args([
+                    "run",
+                    file,
+                    "--quiet",
+                    "--shard",
+                    &format!("{i}/{n}"),
+                    "--run-id",
+                    run_id,
+                ])
+                .env("NO_COLOR", "1")
+                .env_remove("MOULIN_DB")
+                .envs(env.iter().copied())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            (i, child)
+        })
+        .collect();
+    for (i, child) in children {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(code(&out), Some(0), "shard {i}/{n}: {}", stderr(&out));
+    }
+}
+
+fn commit(dir: &Path, run_id: &str, file: &str, env: &[(&str, &str)]) -> Output {
+    run_env(
+        dir,
+        &["commit", run_id, file, "--quiet", "--report", "commit.json"],
+        env,
+    )
+}
+
+/// Change the corpus: one document edited, one removed, one added.
+fn change_corpus(dir: &Path) {
+    let src = dir.join("src");
+    let edited = src.join("fiche-001.md");
+    let text = fs::read_to_string(&edited).unwrap();
+    fs::write(&edited, format!("{text}\nUn paragraphe ajouté depuis.\n")).unwrap();
+    fs::remove_file(src.join("fiche-002.md")).unwrap();
+    let extra = write_fiches(&dir.join("extra"), 11, 500);
+    fs::copy(&extra[10], src.join("fiche-010.md")).unwrap();
+}
+
+/// One process, then N shards plus a commit, on the same corpus and its
+/// change: the same collection, for N = 1, 2 and 4.
+fn shards_equal_one_run(
+    dir: &Path,
+    db: impl Fn(&str) -> String,
+    storage: &str,
+    env: &[(&str, &str)],
+    access: &Storage,
+    counts: &[u32],
+) {
+    write_fiches(&dir.join("src"), 10, 2500);
+    pipeline(dir, "one.toml", &db("one"), storage);
+    for n in counts {
+        pipeline(dir, &format!("n{n}.toml"), &db(&format!("n{n}")), storage);
+    }
+    for round in ["first", "after a change"] {
+        if round != "first" {
+            change_corpus(dir);
+        }
+        let out = run_env(dir, &["run", "one.toml", "--quiet"], env);
+        assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+        let one = rows(&db("one"), access);
+        assert!(one.0.len() > 15, "{} chunks", one.0.len());
+        for &n in counts {
+            let file = format!("n{n}.toml");
+            let run_id = format!("r{n}-{}", round.len());
+            run_shards(dir, &file, &run_id, &(0..n).collect::<Vec<_>>(), n, env);
+            // Nothing is visible before the commit.
+            let before = rows(&db(&format!("n{n}")), access);
+            if round == "first" {
+                assert!(before.0.is_empty(), "N={n}: rows visible before the commit");
+            }
+            let out = commit(dir, &run_id, &file, env);
+            assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+            let report = common::read_report(&dir.join("commit.json"));
+            assert_eq!(report["run_id"], run_id.as_str());
+            assert_eq!(report["totals"]["inputs"], 10, "{}", report["totals"]);
+            assert_same(
+                &one,
+                &rows(&db(&format!("n{n}")), access),
+                &format!("N={n}, {round}"),
+            );
+            // Committing again changes nothing.
+            let out = commit(dir, &run_id, &file, env);
+            assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+            assert!(
+                stderr(&out).contains("already committed"),
+                "{}",
+                stderr(&out)
+            );
+            assert_same(
+                &one,
+                &rows(&db(&format!("n{n}")), access),
+                &format!("N={n}, {round}, twice"),
+            );
+        }
+    }
+}
+
+#[test]
+fn shards_plus_a_commit_equal_one_run_on_a_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let db = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    shards_equal_one_run(dir, db, "", &[], &Storage::new(), &[1, 2, 4]);
+}
+
+#[test]
+fn a_missing_shard_is_named_and_a_rerun_shard_replaces_its_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_fiches(&dir.join("src"), 9, 400);
+    pipeline(dir, "one.toml", "one", "");
+    pipeline(dir, "p.toml", "db", "");
+    let out = run_env(dir, &["run", "one.toml", "--quiet"], &[]);
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+
+    run_shards(dir, "p.toml", "nightly", &[0, 2], 3, &[]);
+    let out = commit(dir, "nightly", "p.toml", &[]);
+    assert_eq!(code(&out), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("1 of 3 shards") && err.contains("--shard 1/3"),
+        "{err}"
+    );
+    assert!(
+        rows(&dir.join("db").to_string_lossy(), &Storage::new())
+            .0
+            .is_empty()
+    );
+
+    // Shard 0 again (its first files are never referenced), then the missing one.
+    run_shards(dir, "p.toml", "nightly", &[0], 3, &[]);
+    run_shards(dir, "p.toml", "nightly", &[1], 3, &[]);
+    let out = commit(dir, "nightly", "p.toml", &[]);
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    let one = rows(&dir.join("one").to_string_lossy(), &Storage::new());
+    let sharded = rows(&dir.join("db").to_string_lossy(), &Storage::new());
+    assert_same(&one, &sharded, "after a shard rerun");
+
+    // A shard of another count for the same run is refused at the commit.
+    let out = run_env(
+        dir,
+        &[
+            "run", "p.toml", "--quiet", "--shard", "0/2", "--run-id", "nightly",
+        ],
+        &[],
+    );
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    let out = commit(dir, "nightly", "p.toml", &[]);
+    // The run is already recorded: nothing changes.
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    assert_same(
+        &one,
+        &rows(&dir.join("db").to_string_lossy(), &Storage::new()),
+        "after a stray shard",
+    );
+
+    // Bad shard options are said before any work.
+    let out = run_env(
+        dir,
+        &["run", "p.toml", "--shard", "3/3", "--run-id", "x"],
+        &[],
+    );
+    assert_eq!(code(&out), Some(2));
+    assert!(
+        stderr(&out).contains("numbered from 0 to 2"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run_env(dir, &["run", "p.toml", "--shard", "0/3"], &[]);
+    assert_eq!(code(&out), Some(2));
+    assert!(stderr(&out).contains("--run-id"), "{}", stderr(&out));
+}
+
+/// moto's S3 server on a free port of 127.0.0.1, stopped when dropped.
+struct S3Server {
+    child: Child,
+    endpoint: String,
+}
+
+/// The Python environment with the test tools (moto), made by scripts/test.sh.
+fn test_tools() -> PathBuf {
+    let dir = std::env::var_os("MOULIN_TEST_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").expect("HOME");
+            Path::new(&home).join(".cache/moulin/test-tools")
+        });
+    assert!(
+        dir.join("bin/moto_server").exists(),
+        "{} has no moto_server: run the tests with scripts/test.sh, which installs it",
+        dir.display()
+    );
+    dir
+}
+
+impl S3Server {
+    fn start() -> S3Server {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let tools = test_tools();
+        let child = Command::new(tools.join("bin/moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server starts");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "moto_server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let server = S3Server { child, endpoint };
+        let out = Command::new(tools.join("bin/python"))
+            .args([
+                "-c",
+                "import sys, boto3; boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test').create_bucket(Bucket='moulin')",
+                &server.endpoint,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        server
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The secret the S3 tests use: it must not reach the collection or a report.
+const SECRET: &str = "s3cr3t-never-stored";
+
+#[test]
+fn shards_plus_a_commit_equal_one_run_on_object_storage() {
+    let server = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // Endpoint and region in the pipeline file; credentials in the environment only.
+    let storage = format!(
+        "\n[collection.storage]\naws_endpoint = \"{}\"\naws_region = \"us-east-1\"\nallow_http = \"true\"\n",
+        server.endpoint
+    );
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", SECRET),
+    ];
+    let access: Storage = [
+        ("aws_endpoint", server.endpoint.as_str()),
+        ("aws_region", "us-east-1"),
+        ("allow_http", "true"),
+        ("aws_access_key_id", "test"),
+        ("aws_secret_access_key", SECRET),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    shards_equal_one_run(
+        dir,
+        |name| format!("s3://moulin/{name}"),
+        &storage,
+        &env,
+        &access,
+        &[1, 2, 4],
+    );
+
+    // Search and the history work there, with the environment's settings.
+    let s3env = [
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", SECRET),
+        ("AWS_ENDPOINT", server.endpoint.as_str()),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ALLOW_HTTP", "true"),
+    ];
+    let out = run_env(
+        dir,
+        &[
+            "search",
+            "-c",
+            "c",
+            "--db",
+            "s3://moulin/n2",
+            "période d'essai",
+            "--json",
+        ],
+        &s3env,
+    );
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    assert!(!out.stdout.is_empty());
+    let out = run_env(
+        dir,
+        &[
+            "collections",
+            "runs",
+            "-c",
+            "c",
+            "--db",
+            "s3://moulin/n2",
+            "--json",
+        ],
+        &s3env,
+    );
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    let runs = String::from_utf8_lossy(&out.stdout);
+    assert!(runs.contains("r2-5") && runs.contains("r2-14"), "{runs}");
+
+    // A secret in the pipeline file is refused before any work.
+    fs::write(
+        dir.join("leak.toml"),
+        format!("[collection]\nname = \"c\"\ndb = \"s3://moulin/leak\"\n\n[collection.storage]\naws_secret_access_key = \"{SECRET}\"\n\n[[sources]]\ntype = \"files\"\npath = \"src\"\n"),
+    )
+    .unwrap();
+    let out = run_env(dir, &["validate", "leak.toml"], &env);
+    assert_ne!(code(&out), Some(0));
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(
+        said.contains("aws_secret_access_key is a credential"),
+        "{said}"
+    );
+
+    // The secret is nowhere in the bucket: download everything and look.
+    let out = Command::new(test_tools().join("bin/python"))
+        .args([
+            "-c",
+            "import sys, boto3\ns3 = boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='x')\nn = 0\nfor page in s3.get_paginator('list_objects_v2').paginate(Bucket='moulin'):\n    for o in page.get('Contents', []):\n        n += 1\n        if sys.argv[2].encode() in s3.get_object(Bucket='moulin', Key=o['Key'])['Body'].read():\n            print('LEAK', o['Key'])\nprint(n, 'objects')",
+            &server.endpoint,
+            SECRET,
+        ])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!listing.contains("LEAK"), "{listing}");
+    assert!(
+        listing.contains("objects") && !listing.starts_with("0 "),
+        "{listing}"
+    );
+    assert!(
+        !fs::read_to_string(dir.join("commit.json"))
+            .unwrap()
+            .contains(SECRET)
+    );
+}
