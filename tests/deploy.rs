@@ -303,3 +303,113 @@ fi
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("slurm-4242"));
 }
+
+/// A Ray cluster on 127.0.0.1 (a head node with 2 CPUs), stopped when dropped.
+struct RayCluster {
+    ray: PathBuf,
+    address: String,
+    temp: tempfile::TempDir,
+}
+
+impl RayCluster {
+    fn start() -> RayCluster {
+        let ray = python().with_file_name("ray");
+        assert!(
+            ray.exists(),
+            "{} is missing: scripts/test.sh installs ray",
+            ray.display()
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        // Ray's session folder path must stay short (it holds Unix sockets).
+        let temp = tempfile::Builder::new()
+            .prefix("ray")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let out = Command::new(&ray)
+            .args([
+                "start",
+                "--head",
+                "--node-ip-address",
+                "127.0.0.1",
+                "--port",
+            ])
+            .arg(port.to_string())
+            .args([
+                "--num-cpus",
+                "2",
+                "--include-dashboard",
+                "false",
+                "--disable-usage-stats",
+            ])
+            .arg(format!("--temp-dir={}", temp.path().display()))
+            .env("RAY_USAGE_STATS_ENABLED", "0")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ray start: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        RayCluster {
+            ray,
+            address: format!("127.0.0.1:{port}"),
+            temp,
+        }
+    }
+}
+
+impl Drop for RayCluster {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.ray).args(["stop", "--force"]).output();
+        let _ = &self.temp;
+    }
+}
+
+#[test]
+fn the_ray_driver_runs_shards_as_tasks_on_a_local_cluster_then_commits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let file = pipeline(dir);
+    let cluster = RayCluster::start();
+    let out = Command::new(python())
+        .arg(repo().join("scripts/moulin_ray.py"))
+        .arg(&file)
+        .args([
+            "--shards",
+            "3",
+            "--address",
+            &cluster.address,
+            "--run-id",
+            "ray-test",
+        ])
+        .args(["--cpus", "0.5", "--moulin", env!("CARGO_BIN_EXE_moulin")])
+        .arg("--cwd")
+        .arg(dir)
+        .env("NO_COLOR", "1")
+        .env("RAY_USAGE_STATS_ENABLED", "0")
+        .env_remove("MOULIN_DB")
+        .env_remove("MOULIN_RUN_ID")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}");
+    assert!(out.status.success(), "{stderr}");
+    for i in 0..3 {
+        assert!(stderr.contains(&format!("shard {i}/3: ")), "{stderr}");
+    }
+    assert_eq!(document_rows(&dir.join("db"), "c").len(), 6);
+    let out = common::run_in(
+        dir,
+        &["collections", "runs", "-c", "c", "--db", "db", "--json"],
+    );
+    let runs: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(runs.as_array().unwrap().len(), 1, "{runs}");
+    assert_eq!(runs[0]["run_id"], "ray-test");
+    assert_eq!(runs[0]["status"], "complete");
+    assert_eq!(runs[0]["added"], 6);
+}

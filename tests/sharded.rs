@@ -507,3 +507,360 @@ fn shards_plus_a_commit_equal_one_run_on_object_storage() {
             .contains(SECRET)
     );
 }
+
+/// xorshift64 moments, from a seed printed so that a failure can be replayed.
+fn moments() -> impl FnMut() -> u64 {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("kill moments from seed {seed}");
+    let mut state = seed;
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    }
+}
+
+fn spawn(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Child {
+    common::moulin()
+        .current_dir(dir)
+        .args(args)
+        .arg("--quiet")
+        .env("NO_COLOR", "1")
+        .env_remove("MOULIN_DB")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Run `args` and SIGKILL it after `at`, unless it ended first; whether it was killed.
+fn kill_at(dir: &Path, args: &[&str], at: Duration) -> bool {
+    let mut child = spawn(dir, args, &[]);
+    let started = Instant::now();
+    while started.elapsed() < at {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    true
+}
+
+#[test]
+fn shards_and_commits_killed_at_random_moments_rerun_to_one_clean_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_fiches(&dir.join("src"), 12, 2500);
+    let db = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    pipeline(dir, "one.toml", &db("one"), "");
+    pipeline(dir, "p.toml", &db("db"), "");
+    let started = Instant::now();
+    let out = run_env(dir, &["run", "one.toml", "--quiet"], &[]);
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    let length = started.elapsed();
+    let one = rows(&db("one"), &Storage::new());
+    let mut next = moments();
+
+    for round in 0..2 {
+        if round == 1 {
+            change_corpus(dir);
+            let out = run_env(dir, &["run", "one.toml", "--quiet"], &[]);
+            assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+        }
+        let one = if round == 0 {
+            one.clone()
+        } else {
+            rows(&db("one"), &Storage::new())
+        };
+        let run_id = format!("k{round}");
+        let before = (round == 1).then(|| rows(&db("db"), &Storage::new()));
+        // Each shard killed at a random moment of its run, a few times, then run to the end.
+        for i in 0..2 {
+            let shard = format!("{i}/2");
+            let args = [
+                "run",
+                "p.toml",
+                "--shard",
+                shard.as_str(),
+                "--run-id",
+                run_id.as_str(),
+            ];
+            for _ in 0..3 {
+                let at = Duration::from_millis(next() % length.as_millis().max(1) as u64);
+                let killed = kill_at(dir, &args, at);
+                eprintln!("shard {shard} killed at {at:?}: {killed}");
+                // A killed shard changes nothing readers see.
+                if let Some(before) = &before {
+                    assert_same(
+                        before,
+                        &rows(&db("db"), &Storage::new()),
+                        "after a killed shard",
+                    );
+                }
+            }
+            let out = run_env(dir, &[&args[..], &["--quiet"]].concat(), &[]);
+            assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+        }
+        // A shard run twice: its second manifest replaces the first.
+        let out = run_env(
+            dir,
+            &[
+                "run", "p.toml", "--shard", "1/2", "--run-id", &run_id, "--quiet",
+            ],
+            &[],
+        );
+        assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+        // The commit killed at random moments: each time, readers see the run
+        // entirely or not at all (checked on the chunks, which readers search).
+        let commit_args = ["commit", run_id.as_str(), "p.toml"];
+        for k in 0..6 {
+            let at = Duration::from_millis(next() % 3000);
+            let killed = kill_at(dir, &commit_args, at);
+            let now = rows(&db("db"), &Storage::new());
+            let whole = now.0.keys().eq(one.0.keys());
+            let none = before
+                .as_ref()
+                .map_or(now.0.is_empty(), |b| now.0.keys().eq(b.0.keys()));
+            assert!(
+                whole || none,
+                "commit killed at {at:?} (kill {k}, killed: {killed}): a half-applied run"
+            );
+        }
+        // Two commits racing, then the result.
+        let racing: Vec<Child> = (0..2).map(|_| spawn(dir, &commit_args, &[])).collect();
+        for mut c in racing {
+            assert!(c.wait().unwrap().success());
+        }
+        assert_same(
+            &one,
+            &rows(&db("db"), &Storage::new()),
+            &format!("round {round}"),
+        );
+        let out = run_env(
+            dir,
+            &[
+                "collections",
+                "runs",
+                "-c",
+                "c",
+                "--db",
+                &db("db"),
+                "--json",
+            ],
+            &[],
+        );
+        let runs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let complete = runs
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["run_id"] == run_id.as_str() && r["status"] == "complete")
+            .count();
+        assert_eq!(complete, 1, "{runs}");
+    }
+}
+
+/// A TCP proxy on 127.0.0.1 in front of `target` that can be "restarted":
+/// every connection cut and new ones refused for a while, as when the object
+/// store restarts.
+struct Proxy {
+    port: u16,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    epoch: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Proxy {
+    fn start(target: u16) -> Proxy {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let down = Arc::new(AtomicBool::new(false));
+        let epoch = Arc::new(AtomicU64::new(0));
+        let (d, e) = (down.clone(), epoch.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if d.load(Ordering::SeqCst) {
+                    // Refused: closed at once, before a byte is read.
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let mine = e.load(Ordering::SeqCst);
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let e = e.clone();
+                    std::thread::spawn(move || {
+                        use std::io::{Read, Write};
+                        from.set_read_timeout(Some(Duration::from_millis(50)))
+                            .unwrap();
+                        let mut buf = [0u8; 65536];
+                        loop {
+                            if e.load(Ordering::SeqCst) != mine {
+                                let _ = from.shutdown(std::net::Shutdown::Both);
+                                let _ = to.shutdown(std::net::Shutdown::Both);
+                                return;
+                            }
+                            match from.read(&mut buf) {
+                                Ok(0) => {
+                                    let _ = to.shutdown(std::net::Shutdown::Write);
+                                    return;
+                                }
+                                Ok(n) => {
+                                    if to.write_all(&buf[..n]).is_err() {
+                                        return;
+                                    }
+                                }
+                                Err(e)
+                                    if matches!(
+                                        e.kind(),
+                                        std::io::ErrorKind::WouldBlock
+                                            | std::io::ErrorKind::TimedOut
+                                    ) => {}
+                                Err(_) => return,
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Proxy { port, down, epoch }
+    }
+
+    /// Cut every connection and refuse new ones for `pause`.
+    fn restart(&self, pause: Duration) {
+        use std::sync::atomic::Ordering;
+        self.down.store(true, Ordering::SeqCst);
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(pause);
+        self.down.store(false, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn an_object_store_restarting_mid_run_loses_nothing() {
+    let server = S3Server::start();
+    let target: u16 = server.endpoint.rsplit(':').next().unwrap().parse().unwrap();
+    let proxy = Proxy::start(target);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_fiches(&dir.join("src"), 12, 2500);
+    let endpoint = format!("http://127.0.0.1:{}", proxy.port);
+    let storage = format!(
+        "\n[collection.storage]\naws_endpoint = \"{endpoint}\"\naws_region = \"us-east-1\"\nallow_http = \"true\"\n"
+    );
+    pipeline(dir, "one.toml", "s3://moulin/one", &storage);
+    pipeline(dir, "p.toml", "s3://moulin/db", &storage);
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", SECRET),
+    ];
+    let access: Storage = [
+        ("aws_endpoint", endpoint.as_str()),
+        ("aws_region", "us-east-1"),
+        ("allow_http", "true"),
+        ("aws_access_key_id", "test"),
+        ("aws_secret_access_key", SECRET),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let out = run_env(dir, &["run", "one.toml", "--quiet"], &env);
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+
+    // Each shard, then the commit, with the store going away under them: each
+    // either goes through (the client retries) or fails; what failed is rerun.
+    let mut next = moments();
+    let mut attempt = |args: &[&str]| -> bool {
+        let mut child = spawn(dir, args, &env);
+        std::thread::sleep(Duration::from_millis(next() % 4000));
+        proxy.restart(Duration::from_millis(1500));
+        child.wait().unwrap().success()
+    };
+    for round in ["first", "after a change"] {
+        let run_id = format!("outage-{}", round.len());
+        if round != "first" {
+            change_corpus(dir);
+            let out = run_env(dir, &["run", "one.toml", "--quiet"], &env);
+            assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+        }
+        let one = rows("s3://moulin/one", &access);
+        for i in 0..2 {
+            let shard = format!("{i}/2");
+            let args = [
+                "run",
+                "p.toml",
+                "--shard",
+                shard.as_str(),
+                "--run-id",
+                run_id.as_str(),
+            ];
+            let went_through = attempt(&args);
+            eprintln!("{round}: shard {shard} through a restart: {went_through}");
+            if !went_through {
+                let out = run_env(dir, &args, &env);
+                assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+            }
+        }
+        let args = ["commit", run_id.as_str(), "p.toml"];
+        if round == "first" {
+            // Two commits racing on object storage, where no lock file serves:
+            // Lance's conditional writes and the run's key keep it single.
+            let racing: Vec<Child> = (0..2).map(|_| spawn(dir, &args, &env)).collect();
+            for mut c in racing {
+                assert!(c.wait().unwrap().success());
+            }
+        } else {
+            let went_through = attempt(&args);
+            eprintln!("{round}: the commit through a restart: {went_through}");
+            let out = run_env(dir, &args, &env);
+            assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+        }
+        assert_same(&one, &rows("s3://moulin/db", &access), round);
+        let out = run_env(
+            dir,
+            &[
+                "collections",
+                "runs",
+                "-c",
+                "c",
+                "--db",
+                "s3://moulin/db",
+                "--json",
+            ],
+            &s3_env(&endpoint),
+        );
+        let runs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let recorded = runs
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["run_id"] == run_id.as_str())
+            .count();
+        assert_eq!(recorded, 1, "{runs}");
+    }
+}
+
+/// The environment that points moulin at the S3 server.
+fn s3_env(endpoint: &str) -> [(&str, &str); 5] {
+    [
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", SECRET),
+        ("AWS_ENDPOINT", endpoint),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ALLOW_HTTP", "true"),
+    ]
+}

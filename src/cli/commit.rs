@@ -46,8 +46,13 @@ pub async fn command(args: CommitArgs, quiet: bool) -> Result<u8> {
         Some(b) => b,
         None => &progress::Plain,
     };
+    // A commit is short, and another commit of the same run may hold the lock:
+    // wait for it (10 minutes unless --wait says otherwise).
     let options = RunOptions {
-        wait: args.wait.duration(),
+        wait: args
+            .wait
+            .duration()
+            .or(Some(std::time::Duration::from_secs(600))),
     };
     let outcome = pipeline.commit(&args.run_id, &options, reporter).await?;
     match outcome.report {

@@ -462,7 +462,7 @@ mod tests {
         let got = problems(&text);
         let expected = [
             "p.toml:3:1: collection.name: \"mes documents\" is not a valid collection name: use ASCII letters, digits, '_', '-' and '.'",
-            "p.toml:4:1: collection.colour: unknown key (known keys: name, db, prune)",
+            "p.toml:4:1: collection.colour: unknown key (known keys: name, db, prune, storage)",
             "p.toml:5:1: collection.prnue: unknown key; did you mean `prune`?",
             "p.toml:7:1: sources[0].path: missing: this key is required",
             "p.toml:9:1: sources[0].pth: unknown key; did you mean `path`?",

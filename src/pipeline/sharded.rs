@@ -161,7 +161,7 @@ impl Pipeline {
             })
             .collect::<Result<Vec<_>>>()?;
         let mut report = RunReport::merge(reports).expect("a staged run has shards");
-        let base = manifests[0].base.clone();
+        let base = crate::store::staging::run_base(&manifests);
         report.versions_before = base.clone();
         reporter.note("committing the run");
         let committed = collection.commit_staged(run_id, &manifests).await?;

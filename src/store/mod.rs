@@ -515,6 +515,12 @@ impl Store {
     }
 }
 
+/// Why upkeep stopped: preempted by another writer's commit (try again), or not.
+enum RefreshError {
+    Preempted(lancedb::Error),
+    Other(Error),
+}
+
 pub struct Collection {
     pub name: String,
     /// The chunks, searched.
@@ -800,12 +806,16 @@ impl Collection {
             return Ok(());
         };
         let tag = run_tag(&run.run_id);
-        let mut tags = self.table.tags().await.map_err(self.err())?;
-        tags.create(&tag, after.chunks).await.map_err(self.err())?;
-        let mut tags = self.documents()?.table.tags().await.map_err(self.err())?;
-        tags.create(&tag, after.documents)
-            .await
-            .map_err(self.err())?;
+        // Idempotent: a second commit of the same run moves the tag, if anything.
+        for (table, version) in [
+            (&self.table, after.chunks),
+            (&self.documents()?.table, after.documents),
+        ] {
+            let mut tags = table.tags().await.map_err(self.err())?;
+            if tags.create(&tag, version).await.is_err() {
+                tags.update(&tag, version).await.map_err(self.err())?;
+            }
+        }
         Ok(())
     }
 
@@ -831,15 +841,49 @@ impl Collection {
     }
 
     /// After a run's writes: indexes brought up to date (built once, then
-    /// refreshed with the new rows), and small files merged.
+    /// refreshed with the new rows), and small files merged. Another writer's
+    /// upkeep at the same moment (two commits of one run) preempts one of them:
+    /// it starts again from the latest versions.
     pub async fn refresh(&self, policy: &Upkeep) -> Result<()> {
-        let rows = self.table.count_rows(None).await.map_err(self.err())?;
+        let mut attempt = 0;
+        loop {
+            match self.refresh_once(policy).await {
+                Err(RefreshError::Preempted(e)) if attempt < 5 => {
+                    attempt += 1;
+                    tracing::info!(
+                        "index upkeep preempted by another writer ({}); again",
+                        describe(&e)
+                    );
+                    for table in [
+                        &self.table,
+                        &self.documents()?.table,
+                        &self.runs_table()?.table,
+                    ] {
+                        table.checkout_latest().await.map_err(self.err())?;
+                    }
+                }
+                Err(RefreshError::Preempted(e)) => return Err(self.err()(e)),
+                Err(RefreshError::Other(e)) => return Err(e),
+                Ok(()) => return Ok(()),
+            }
+        }
+    }
+
+    async fn refresh_once(&self, policy: &Upkeep) -> std::result::Result<(), RefreshError> {
+        let fail = |e: lancedb::Error| match &e {
+            lancedb::Error::Lance {
+                source:
+                    lance::Error::RetryableCommitConflict { .. } | lance::Error::CommitConflict { .. },
+            } => RefreshError::Preempted(e),
+            _ => RefreshError::Other(self.err()(e)),
+        };
+        let rows = self.table.count_rows(None).await.map_err(&fail)?;
         if rows > 0 {
             let existing: HashSet<String> = self
                 .table
                 .list_indices()
                 .await
-                .map_err(self.err())?
+                .map_err(&fail)?
                 .into_iter()
                 .flat_map(|i| i.columns)
                 .collect();
@@ -849,15 +893,18 @@ impl Collection {
                         .create_index(&[column], Index::BTree(BTreeIndexBuilder::default()))
                         .execute()
                         .await
-                        .map_err(self.err())?;
+                        .map_err(&fail)?;
                 }
             }
             if !existing.contains("text") {
                 self.table
-                    .create_index(&["text"], Index::FTS(french_fts()?))
+                    .create_index(
+                        &["text"],
+                        Index::FTS(french_fts().map_err(RefreshError::Other)?),
+                    )
                     .execute()
                     .await
-                    .map_err(self.err())?;
+                    .map_err(&fail)?;
             }
             if !existing.contains("vector") && rows >= policy.vector_index_min_chunks.max(256) {
                 let partitions = ((rows as f64).sqrt() as u32).clamp(1, 4096);
@@ -872,13 +919,13 @@ impl Collection {
                     )
                     .execute()
                     .await
-                    .map_err(self.err())?;
+                    .map_err(&fail)?;
             }
         }
         let tables = [
             &self.table,
-            &self.documents()?.table,
-            &self.runs_table()?.table,
+            &self.documents().map_err(RefreshError::Other)?.table,
+            &self.runs_table().map_err(RefreshError::Other)?.table,
         ];
         for table in tables {
             table
@@ -887,11 +934,11 @@ impl Collection {
                     remap_options: None,
                 })
                 .await
-                .map_err(self.err())?;
+                .map_err(&fail)?;
             table
                 .optimize(OptimizeAction::Index(Default::default()))
                 .await
-                .map_err(self.err())?;
+                .map_err(&fail)?;
         }
         Ok(())
     }

@@ -52,8 +52,13 @@ pub struct ShardManifest {
     pub shard: u32,
     pub shards: u32,
     pub collection: String,
-    /// The versions the shard read: every shard of a run must have read the same.
+    /// The versions the shard read: every shard of a run must have read the same
+    /// (or empty tables: shards that create a collection may each commit its
+    /// creation).
     pub base: Versions,
+    /// Whether the tables were empty at `base`.
+    #[serde(default)]
+    pub base_empty: bool,
     pub finished_at: String,
     pub moulin_version: String,
     /// Data files of new chunks and of new document rows, not yet in any version.
@@ -136,6 +141,7 @@ pub struct StagedWrites {
     collection: String,
     dimension: usize,
     base: Versions,
+    base_empty: bool,
     chunks: StagedTable,
     documents: StagedTable,
     staging: (Arc<lance::io::ObjectStore>, ObjectPath),
@@ -188,14 +194,25 @@ impl Collection {
     /// Start the staged writes of `shard` of run `run_id`, against the current versions.
     pub async fn stage(&self, run_id: &str, shard: Shard) -> Result<StagedWrites> {
         let _ = shard;
-        let base = self.versions().await?;
         let chunks = dataset(&self.name, &self.table).await?;
         let docs = dataset(&self.name, &self.documents()?.table).await?;
+        let base = Versions {
+            chunks: chunks.version().version,
+            documents: docs.version().version,
+        };
+        let rows = |d: &Arc<Dataset>| {
+            d.manifest
+                .fragments
+                .iter()
+                .any(|f| f.physical_rows != Some(0))
+        };
+        let base_empty = !rows(&chunks) && !rows(&docs);
         let staging = staging_dir(&self.name, &docs, run_id).await?;
         Ok(StagedWrites {
             collection: self.name.clone(),
             dimension: self.info.dimension,
             base,
+            base_empty,
             chunks: StagedTable::new(chunks),
             documents: StagedTable::new(docs),
             staging,
@@ -252,6 +269,7 @@ impl StagedWrites {
             shards: shard.count,
             collection: self.collection.clone(),
             base: self.base.clone(),
+            base_empty: self.base_empty,
             finished_at: super::runs::now(),
             moulin_version: env!("CARGO_PKG_VERSION").to_string(),
             chunk_fragments: self.chunks.fragments,
@@ -359,7 +377,10 @@ impl Collection {
             .iter()
             .map(|m| (m.base.chunks, m.base.documents))
             .collect();
-        if bases.len() > 1 {
+        // Shards that found no collection each create it: their versions may
+        // differ by empty commits, and what they staged holds either way.
+        let all_empty = manifests.iter().all(|m| m.base_empty);
+        if bases.len() > 1 && !all_empty {
             let newest = *bases.last().expect("not empty");
             let stale = manifests
                 .iter()
@@ -384,13 +405,13 @@ impl Collection {
         run_id: &str,
         manifests: &[ShardManifest],
     ) -> Result<Committed> {
-        let base = manifests
-            .first()
-            .map(|m| m.base.clone())
-            .ok_or_else(|| Error::Collection {
+        if manifests.is_empty() {
+            return Err(Error::Collection {
                 collection: self.name.clone(),
                 reason: format!("run {run_id} has no shard to commit"),
-            })?;
+            });
+        }
+        let base = run_base(manifests);
         let remove: BTreeSet<&str> = manifests
             .iter()
             .flat_map(|m| m.replaced.iter().chain(&m.deleted))
@@ -435,6 +456,19 @@ impl Collection {
             (TableCommit::Already, TableCommit::Already) => Committed::Already,
             _ => Committed::Now(self.versions().await?),
         })
+    }
+}
+
+/// The versions a run's commit reads: those its shards read (the latest of
+/// each table, when they found it empty, see [`Collection::staged_run`]).
+pub fn run_base(manifests: &[ShardManifest]) -> Versions {
+    Versions {
+        chunks: manifests.iter().map(|m| m.base.chunks).max().unwrap_or(0),
+        documents: manifests
+            .iter()
+            .map(|m| m.base.documents)
+            .max()
+            .unwrap_or(0),
     }
 }
 
