@@ -415,3 +415,83 @@ fn an_instruction_inside_a_passage_does_not_change_the_answer() {
         "{text}"
     );
 }
+
+#[test]
+fn answer_and_summary_jobs_shard_and_merge_into_one_process_results() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    collection(dir);
+    // Summaries of four short notes (one request each), to keep the test short.
+    common::write_fiches(&dir.join("notes"), 4, 500);
+    let out = run_in(dir, &["ingest", "notes", "-c", "notes", "--db", "db"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // Greedy decoding, one request at a time: the same results in any process.
+    for kind in ["answer", "summarize"] {
+        let source = if kind == "answer" {
+            "collection = \"demo\"\nquestions = \"questions.jsonl\"\n"
+        } else {
+            "collection = \"notes\"\n"
+        };
+        let retrieval = if kind == "answer" {
+            "\n[retrieval]\ntop_k = 2\n"
+        } else {
+            ""
+        };
+        for name in ["one", "sharded"] {
+            fs::write(
+                dir.join(format!("{kind}-{name}.toml")),
+                format!(
+                    "kind = \"{kind}\"\ndb = \"db\"\n{source}output = \"{kind}-{name}.jsonl\"\n\n\
+                     [model]\nmax_new_tokens = 16\nbatch_size = 1\ntemperature = 0.0\n{retrieval}"
+                ),
+            )
+            .unwrap();
+        }
+        let out = run_in(dir, &["job", "run", &format!("{kind}-one.toml")]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let one = lines(&dir.join(format!("{kind}-one.jsonl")));
+        let file = format!("{kind}-sharded.toml");
+        // Merging before every shard ran is refused, naming the shard.
+        let out = run_in(dir, &["job", "run", &file, "--shard", "0/2"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let out = run_in(dir, &["job", "merge", &file, "--shards", "2"]);
+        assert_ne!(out.status.code(), Some(0));
+        assert!(stderr(&out).contains("--shard 1/2"), "{}", stderr(&out));
+        // Shard 1 twice: resumable, nothing generated the second time.
+        for _ in 0..2 {
+            let out = run_in(dir, &["job", "run", &file, "--shard", "1/2"]);
+            assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        }
+        let out = run_in(dir, &["job", "merge", &file, "--shards", "2"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let merged = lines(&dir.join(format!("{kind}-sharded.jsonl")));
+        let part =
+            |i: u32| lines(&dir.join(format!("{kind}-sharded.shard-0000{i}-of-00002.jsonl")));
+        assert!(
+            !part(0).is_empty() && !part(1).is_empty(),
+            "both shards had items"
+        );
+        assert_eq!(
+            part(0).len() + part(1).len(),
+            merged.len(),
+            "each item in one shard"
+        );
+        let strip = |rows: Vec<Value>| -> std::collections::BTreeMap<String, Value> {
+            rows.into_iter()
+                .map(|mut r| {
+                    let o = r.as_object_mut().unwrap();
+                    for k in ["seconds", "prompt_tokens", "generated_tokens"] {
+                        o.remove(k);
+                    }
+                    (o["id"].as_str().unwrap().to_string(), r)
+                })
+                .collect()
+        };
+        assert_eq!(
+            merged.len(),
+            one.len(),
+            "{kind}: one line per item, no duplicates"
+        );
+        assert_eq!(strip(merged), strip(one), "{kind}: the same results");
+    }
+}

@@ -31,6 +31,21 @@ enum JobCommand {
         ("Summarize the demo collection, with a report", "moulin job run jobs/demo-summaries.toml --report summaries.json"),
     ]))]
     Run(RunArgs),
+    /// Merge the results of a job's shards into its output file, once every shard has run.
+    #[command(after_long_help = super::examples(&[
+        ("Two shards of a job, anywhere, then their results in one file", "moulin job run jobs/demo-answers.toml --shard 0/2\n  moulin job run jobs/demo-answers.toml --shard 1/2\n  moulin job merge jobs/demo-answers.toml --shards 2"),
+    ]))]
+    Merge(MergeArgs),
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    /// The job file (TOML) the shards ran.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    /// How many shards the job was run as.
+    #[arg(long, value_name = "N")]
+    shards: u32,
 }
 
 #[derive(Args)]
@@ -41,6 +56,11 @@ struct RunArgs {
     /// Write the job's report (JSON) here, over the file's `report`.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
+    /// Run shard I of N (from 0): the items whose id hashes to I, into the output
+    /// file's shard file (`answers.shard-00001-of-00004.jsonl`), resumable;
+    /// `moulin job merge` joins them. `auto`: from a Slurm array or a Kubernetes Indexed Job.
+    #[arg(long, value_name = "I/N|auto")]
+    shard: Option<moulin::shard::ShardChoice>,
 }
 
 /// The language model options of `ask` and `summarize`.
@@ -149,6 +169,7 @@ pub struct SummarizeArgs {
 pub async fn command(args: JobArgs, quiet: bool) -> Result<u8> {
     match args.command {
         JobCommand::Run(args) => run(args, quiet).await,
+        JobCommand::Merge(args) => merge(args).await,
     }
 }
 
@@ -232,7 +253,25 @@ async fn run(args: RunArgs, quiet: bool) -> Result<u8> {
         report_path.as_deref(),
         &args.file.display().to_string(),
     )?;
-    let output = PathBuf::from(&config.output);
+    let shard = match args.shard {
+        Some(choice) => {
+            if config.kind == Kind::Evaluate {
+                anyhow::bail!(
+                    "--shard: an evaluation scores the whole set at once; shard an answer job and evaluate its merged answers"
+                );
+            }
+            Some(
+                choice
+                    .resolve()
+                    .map_err(|e| anyhow::anyhow!("--shard: {e}"))?,
+            )
+        }
+        None => None,
+    };
+    let output = match shard {
+        Some(shard) => moulin::jobs::output::shard_path(Path::new(&config.output), shard),
+        None => PathBuf::from(&config.output),
+    };
     let mut unreadable = Vec::new();
     let failed = match config.kind {
         Kind::Answer => {
@@ -249,6 +288,9 @@ async fn run(args: RunArgs, quiet: bool) -> Result<u8> {
                     Err(m) => unreadable.push(format!("{path}: {m}")),
                 }
             }
+            if let Some(shard) = shard {
+                questions.retain(|q| shard.contains(&q.id));
+            }
             let (_, report) = jobs::run_answers(
                 &config,
                 &questions,
@@ -261,7 +303,8 @@ async fn run(args: RunArgs, quiet: bool) -> Result<u8> {
         }
         Kind::Summarize => {
             let (_, report) =
-                jobs::run_summaries(&config, Some(&output), progress(quiet, "documents")).await?;
+                jobs::run_summaries(&config, shard, Some(&output), progress(quiet, "documents"))
+                    .await?;
             finish(&report, report_path.as_deref())?;
             report.usage.failed
         }
@@ -296,7 +339,36 @@ async fn run(args: RunArgs, quiet: bool) -> Result<u8> {
     for m in &unreadable {
         style::error_line(m);
     }
+    if let Some(shard) = shard {
+        eprintln!(
+            "shard {shard}: results in {}; once every shard has run: moulin job merge {} --shards {}",
+            output.display(),
+            args.file.display(),
+            shard.count
+        );
+    }
     Ok(u8::from(failed > 0 || !unreadable.is_empty()))
+}
+
+async fn merge(args: MergeArgs) -> Result<u8> {
+    let loaded = jobs::config::load(&args.file)?;
+    let output = PathBuf::from(&loaded.config.output);
+    let merged = moulin::jobs::output::merge_shards(&output, args.shards)?;
+    eprintln!(
+        "{} results from {} shards in {}{}",
+        merged.lines,
+        args.shards,
+        output.display(),
+        if merged.failed > 0 {
+            format!(
+                "; {} failed: run their shards again, then merge again",
+                merged.failed
+            )
+        } else {
+            String::new()
+        }
+    );
+    Ok(u8::from(merged.failed > 0))
 }
 
 pub async fn ask(args: AskArgs, quiet: bool) -> Result<u8> {
@@ -429,7 +501,7 @@ pub async fn summarize(args: SummarizeArgs, quiet: bool) -> Result<u8> {
     )?;
     let output = PathBuf::from(&config.output);
     let (lines, report) =
-        jobs::run_summaries(&config, Some(&output), progress(quiet, "documents")).await?;
+        jobs::run_summaries(&config, None, Some(&output), progress(quiet, "documents")).await?;
     finish(&report, args.report.as_deref())?;
     for line in lines.iter().filter(|l| l.status != "ok") {
         style::error_line(&format!(

@@ -187,9 +187,11 @@ pub async fn run_answers(
     Ok((lines, report))
 }
 
-/// Summarize a collection's documents: the summaries, in source order, and the report.
+/// Summarize a collection's documents (those of one shard, for a job over many
+/// workers): the summaries, in source order, and the report.
 pub async fn run_summaries(
     config: &JobConfig,
+    shard: Option<crate::shard::Shard>,
     output: Option<&Path>,
     progress: impl FnMut(usize, usize),
 ) -> Result<(Vec<SummaryLine>, JobReport)> {
@@ -205,7 +207,13 @@ pub async fn run_summaries(
         generation: &config.model,
     };
     let (lines, mut usage) = summarizer
-        .run(&collection, config.source.as_deref(), output, progress)
+        .run(
+            &collection,
+            config.source.as_deref(),
+            shard,
+            output,
+            progress,
+        )
         .await?;
     usage.seconds.load = model.seconds;
     usage.finish(meter.stop());

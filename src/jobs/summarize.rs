@@ -145,11 +145,13 @@ impl Summarizer<'_> {
             .collect()
     }
 
-    /// Summarize the documents of `collection` whose source matches `source`.
+    /// Summarize the documents of `collection` whose source matches `source`
+    /// (and whose id falls in `shard`, when given).
     pub async fn run(
         &self,
         collection: &Collection,
         source: Option<&str>,
+        shard: Option<crate::shard::Shard>,
         output_path: Option<&Path>,
         mut progress: impl FnMut(usize, usize),
     ) -> Result<(Vec<SummaryLine>, Usage)> {
@@ -158,6 +160,7 @@ impl Summarizer<'_> {
             .await?
             .into_values()
             .filter(|s| source.is_none_or(|p| source_matches(p, &s.source)))
+            .filter(|s| shard.is_none_or(|shard| shard.contains(&s.document_id)))
             .collect();
         states.sort_by(|a, b| a.source.cmp(&b.source));
         let mut usage = Usage {
