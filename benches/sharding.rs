@@ -14,7 +14,8 @@
 //!
 //! Run: `source scripts/setup.sh && cargo bench --profile dev --bench sharding`
 //! `SHARDING_ROWS="10000 100000 1000000"` and `SHARDING_SHARDS="1 8 64"` choose
-//! the grid; `BENCH_PARTS=commit,throughput` the parts.
+//! the grid, `SHARDING_REFRESH=0` leaves out the index refresh;
+//! `BENCH_PARTS=commit,throughput` the parts.
 
 use std::path::Path;
 use std::time::Instant;
@@ -133,6 +134,8 @@ async fn stage(
 fn commit_cost() {
     let rows = list("SHARDING_ROWS", "10000 100000 1000000");
     let shards = list("SHARDING_SHARDS", "1 8 64");
+    // SHARDING_REFRESH=0 leaves out the index refresh (minutes at a million chunks).
+    let refresh = std::env::var("SHARDING_REFRESH").map_or(true, |v| v != "0");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     println!("## Commit cost (synthetic chunks, {DIM} dimensions, {PER_DOC} per document)\n");
     println!(
@@ -178,7 +181,9 @@ fn commit_cost() {
                     docs.len() * PER_DOC
                 );
                 let t = Instant::now();
-                c.refresh(&Default::default()).await.unwrap();
+                if refresh {
+                    c.refresh(&Default::default()).await.unwrap();
+                }
                 (stage_s, commit_s, rerun_s, t.elapsed().as_secs_f64())
             });
             let (files, bytes) = folder_stats(&db);
