@@ -86,7 +86,7 @@ async fn stage(
     for i in 0..n {
         let shard = Shard::new(i, n).unwrap();
         let t = Instant::now();
-        let mut staged = c.stage(run, shard).await.unwrap();
+        let mut staged = c.stage(run).await.unwrap();
         let mine: Vec<usize> = docs
             .iter()
             .copied()

@@ -407,16 +407,7 @@ fn shards_plus_a_commit_equal_one_run_on_object_storage() {
         ("AWS_ACCESS_KEY_ID", "test"),
         ("AWS_SECRET_ACCESS_KEY", SECRET),
     ];
-    let access: Storage = [
-        ("aws_endpoint", server.endpoint.as_str()),
-        ("aws_region", "us-east-1"),
-        ("allow_http", "true"),
-        ("aws_access_key_id", "test"),
-        ("aws_secret_access_key", SECRET),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    let access = s3_access(&server.endpoint);
     shards_equal_one_run(
         dir,
         |name| format!("s3://moulin/{name}"),
@@ -427,13 +418,7 @@ fn shards_plus_a_commit_equal_one_run_on_object_storage() {
     );
 
     // Search and the history work there, with the environment's settings.
-    let s3env = [
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", SECRET),
-        ("AWS_ENDPOINT", server.endpoint.as_str()),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_ALLOW_HTTP", "true"),
-    ];
+    let s3env = s3_env(&server.endpoint);
     let out = run_env(
         dir,
         &[
@@ -465,6 +450,80 @@ fn shards_plus_a_commit_equal_one_run_on_object_storage() {
     assert_eq!(code(&out), Some(0), "{}", stderr(&out));
     let runs = String::from_utf8_lossy(&out.stdout);
     assert!(runs.contains("r2-5") && runs.contains("r2-14"), "{runs}");
+
+    // Rollback there: back to the first run's collection, then forward again.
+    let first = rows("s3://moulin/n2", &access);
+    let out = run_env(
+        dir,
+        &[
+            "collections",
+            "rollback",
+            "-c",
+            "c",
+            "--db",
+            "s3://moulin/n2",
+            "r2-5",
+        ],
+        &s3env,
+    );
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    let back = rows("s3://moulin/n2", &access);
+    let sources: Vec<&str> = back
+        .1
+        .values()
+        .map(|d| d["source"].as_str().unwrap())
+        .collect();
+    assert!(
+        sources.contains(&"fiches/fiche-002.md"),
+        "the document the second run deleted is back: {sources:?}"
+    );
+    assert!(
+        !sources.contains(&"fiches/fiche-010.md"),
+        "the document the second run added is gone: {sources:?}"
+    );
+    let out = run_env(
+        dir,
+        &[
+            "collections",
+            "rollback",
+            "-c",
+            "c",
+            "--db",
+            "s3://moulin/n2",
+            "r2-14",
+        ],
+        &s3env,
+    );
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    assert_same(
+        &first,
+        &rows("s3://moulin/n2", &access),
+        "rolled back and forward on S3",
+    );
+
+    // A job there: one document summarized from the collection on S3.
+    let out = run_env(
+        dir,
+        &[
+            "summarize",
+            "-c",
+            "c",
+            "--db",
+            "s3://moulin/n2",
+            "--source",
+            "fiches/fiche-000.md",
+            "--max-new-tokens",
+            "8",
+            "--output",
+            "s.jsonl",
+            "--quiet",
+        ],
+        &s3env,
+    );
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    let summaries = fs::read_to_string(dir.join("s.jsonl")).unwrap();
+    assert_eq!(summaries.lines().count(), 1, "{summaries}");
+    assert!(summaries.contains("\"status\":\"ok\""), "{summaries}");
 
     // A secret in the pipeline file is refused before any work.
     fs::write(
@@ -768,16 +827,7 @@ fn an_object_store_restarting_mid_run_loses_nothing() {
         ("AWS_ACCESS_KEY_ID", "test"),
         ("AWS_SECRET_ACCESS_KEY", SECRET),
     ];
-    let access: Storage = [
-        ("aws_endpoint", endpoint.as_str()),
-        ("aws_region", "us-east-1"),
-        ("allow_http", "true"),
-        ("aws_access_key_id", "test"),
-        ("aws_secret_access_key", SECRET),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    let access = s3_access(&endpoint);
     let out = run_env(dir, &["run", "one.toml", "--quiet"], &env);
     assert_eq!(code(&out), Some(0), "{}", stderr(&out));
 
@@ -852,6 +902,20 @@ fn an_object_store_restarting_mid_run_loses_nothing() {
             .count();
         assert_eq!(recorded, 1, "{runs}");
     }
+}
+
+/// The settings with which the tests read the S3 server's collections.
+fn s3_access(endpoint: &str) -> Storage {
+    [
+        ("aws_endpoint", endpoint),
+        ("aws_region", "us-east-1"),
+        ("allow_http", "true"),
+        ("aws_access_key_id", "test"),
+        ("aws_secret_access_key", SECRET),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
 }
 
 /// The environment that points moulin at the S3 server.

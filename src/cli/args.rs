@@ -65,7 +65,7 @@ pub struct Sharding {
     #[arg(long, value_name = "I/N|auto")]
     pub shard: Option<ShardChoice>,
     /// The id the shards of one run share (a Slurm array's job id by default).
-    #[arg(long, value_name = "ID", env = "MOULIN_RUN_ID")]
+    #[arg(long, value_name = "ID", env = "MOULIN_RUN_ID", hide_env_values = true)]
     pub run_id: Option<String>,
 }
 

@@ -79,7 +79,7 @@ impl Pipeline {
             },
         };
         let (collection, stages, fingerprints) = opened;
-        let staged = collection.stage(run_id, shard).await?;
+        let staged = collection.stage(run_id).await?;
         report.versions_before = staged.base().clone();
         report.versions_after = staged.base().clone();
         let states = collection.document_states().await?;

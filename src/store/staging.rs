@@ -191,9 +191,8 @@ async fn staging_dir(
 }
 
 impl Collection {
-    /// Start the staged writes of `shard` of run `run_id`, against the current versions.
-    pub async fn stage(&self, run_id: &str, shard: Shard) -> Result<StagedWrites> {
-        let _ = shard;
+    /// Start the staged writes of a shard of run `run_id`, against the current versions.
+    pub async fn stage(&self, run_id: &str) -> Result<StagedWrites> {
         let chunks = dataset(&self.name, &self.table).await?;
         let docs = dataset(&self.name, &self.documents()?.table).await?;
         let base = Versions {
