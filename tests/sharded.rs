@@ -279,6 +279,26 @@ fn a_missing_shard_is_named_and_a_rerun_shard_replaces_its_work() {
     // Shard 0 again (its first files are never referenced), then the missing one.
     run_shards(dir, "p.toml", "nightly", &[0], 3, &[]);
     run_shards(dir, "p.toml", "nightly", &[1], 3, &[]);
+    // A staged file gone (as Lance's cleanup removes week-old unreferenced
+    // files): the commit refuses to reference it and names the shard.
+    let manifest: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(dir.join("db/_moulin/c/staging/nightly/shard-00001-of-00003.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let file = manifest["chunk_fragments"][0]["files"][0]["path"]
+        .as_str()
+        .unwrap();
+    fs::remove_file(dir.join("db/c.lance/data").join(file)).unwrap();
+    let out = commit(dir, "nightly", "p.toml", &[]);
+    assert_eq!(code(&out), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--shard 1/3"), "{}", stderr(&out));
+    assert!(
+        rows(&dir.join("db").to_string_lossy(), &Storage::new())
+            .0
+            .is_empty()
+    );
+    run_shards(dir, "p.toml", "nightly", &[1], 3, &[]);
     let out = commit(dir, "nightly", "p.toml", &[]);
     assert_eq!(code(&out), Some(0), "{}", stderr(&out));
     let one = rows(&dir.join("one").to_string_lossy(), &Storage::new());

@@ -411,6 +411,46 @@ impl Collection {
             });
         }
         let base = run_base(manifests);
+        // Lance's cleanup removes unreferenced files a week old: a run committed
+        // that late may have lost some. Never commit a reference to a missing file.
+        let chunks_ds = dataset(&self.name, &self.table).await?;
+        let docs_ds = dataset(&self.name, &self.documents()?.table).await?;
+        let mut lost = Vec::new();
+        for m in manifests {
+            for (ds, fragments) in [
+                (&chunks_ds, &m.chunk_fragments),
+                (&docs_ds, &m.document_fragments),
+            ] {
+                let store = ds.object_store(None).await.map_err(lance_err(&self.name))?;
+                let data = ds.data_dir();
+                let mut missing = false;
+                for file in fragments.iter().flat_map(|f| &f.files) {
+                    let path = data.clone().join(file.path.as_str());
+                    if !store.exists(&path).await.map_err(lance_err(&self.name))? {
+                        missing = true;
+                        break;
+                    }
+                }
+                if missing {
+                    lost.push(m.shard().to_string());
+                    break;
+                }
+            }
+        }
+        if !lost.is_empty()
+            && committed_version(&self.name, &chunks_ds, base.chunks, run_id)
+                .await?
+                .is_none()
+        {
+            return Err(Error::Collection {
+                collection: self.name.clone(),
+                reason: format!(
+                    "data files staged by shards {} of run {run_id} are gone (Lance's cleanup removes unreferenced files after 7 days): run them again with --shard {} --run-id {run_id}",
+                    lost.join(", "),
+                    lost.join(", ")
+                ),
+            });
+        }
         let remove: BTreeSet<&str> = manifests
             .iter()
             .flat_map(|m| m.replaced.iter().chain(&m.deleted))
