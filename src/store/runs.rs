@@ -142,8 +142,19 @@ pub fn new_run_id() -> String {
 pub fn schema() -> SchemaRef {
     let s = |n: &str, null: bool| Field::new(n, DataType::Utf8, null);
     let u = |n: &str, null: bool| Field::new(n, DataType::UInt64, null);
+    // The run id is the table's key: Lance then refuses to rebase one
+    // merge-insert over another that inserted the same id (two commits of one
+    // sharded run racing on object storage), and the loser's retry updates the
+    // row instead of adding a second one.
+    let key = s("run_id", false).with_metadata(
+        [(
+            "lance-schema:unenforced-primary-key".to_string(),
+            "true".to_string(),
+        )]
+        .into(),
+    );
     Arc::new(Schema::new(vec![
-        s("run_id", false),
+        key,
         s("kind", false),
         s("status", false),
         s("started_at", false),
@@ -208,8 +219,106 @@ impl Runs {
             .try_collect()
             .await
             .map_err(self.err())?;
-        let mut runs: Vec<RunRecord> = rows::from_batches(TABLE, &batches)?;
-        runs.sort_by(|a, b| a.run_id.cmp(&b.run_id));
-        Ok(runs)
+        let runs: Vec<RunRecord> = rows::from_batches(TABLE, &batches)?;
+        Ok(one_per_run(runs))
+    }
+}
+
+/// The runs sorted by id, one record each. Tables written before the run id
+/// was declared their key can hold a run twice (two racing commits of one
+/// sharded run both inserted it): the furthest along of its records stands.
+fn one_per_run(mut runs: Vec<RunRecord>) -> Vec<RunRecord> {
+    let rank = |r: &RunRecord| match r.status {
+        RunStatus::Running => 0,
+        RunStatus::Failed => 1,
+        RunStatus::Complete => 2,
+    };
+    runs.sort_by(|a, b| {
+        a.run_id
+            .cmp(&b.run_id)
+            .then_with(|| rank(a).cmp(&rank(b)))
+            .then_with(|| a.finished_at.cmp(&b.finished_at))
+    });
+    let mut out: Vec<RunRecord> = Vec::with_capacity(runs.len());
+    for run in runs {
+        match out.last_mut() {
+            Some(last) if last.run_id == run.run_id => *last = run,
+            _ => out.push(run),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, status: RunStatus) -> RunRecord {
+        let mut run = RunRecord::start(
+            RunKind::Ingest,
+            &Versions::default(),
+            &serde_json::json!({}),
+        );
+        run.run_id = id.into();
+        if status == RunStatus::Complete {
+            run.complete(&Versions {
+                chunks: 2,
+                documents: 2,
+            });
+        }
+        run
+    }
+
+    #[test]
+    fn a_run_recorded_twice_is_listed_once_furthest_along() {
+        let runs = vec![
+            record("b", RunStatus::Complete),
+            record("a", RunStatus::Running),
+            record("b", RunStatus::Running),
+            record("a", RunStatus::Running),
+        ];
+        let listed = one_per_run(runs);
+        let ids: Vec<_> = listed.iter().map(|r| r.run_id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(listed[1].status, RunStatus::Complete);
+    }
+
+    /// Real LanceDB on disk: puts of one run racing each other leave one row.
+    #[test]
+    fn racing_puts_of_one_run_leave_one_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let db = lancedb::connect(dir.path().to_str().unwrap())
+                .execute()
+                .await
+                .unwrap();
+            let table = db
+                .create_empty_table(TABLE, schema())
+                .execute()
+                .await
+                .unwrap();
+            let runs = Arc::new(Runs { table });
+            let mut tasks = Vec::new();
+            for i in 0..6 {
+                let runs = runs.clone();
+                tasks.push(tokio::spawn(async move {
+                    let status = if i % 2 == 0 {
+                        RunStatus::Running
+                    } else {
+                        RunStatus::Complete
+                    };
+                    runs.put(&record("racing", status)).await
+                }));
+            }
+            for task in tasks {
+                task.await.unwrap().unwrap();
+            }
+            assert_eq!(runs.table.count_rows(None).await.unwrap(), 1);
+        });
     }
 }
