@@ -340,6 +340,67 @@ fn a_missing_shard_is_named_and_a_rerun_shard_replaces_its_work() {
     assert!(stderr(&out).contains("--run-id"), "{}", stderr(&out));
 }
 
+/// The upkeep removes a committed run's manifests an hour after its commit and
+/// an abandoned run's after a week without writes; a run whose shards are still
+/// writing keeps them.
+#[test]
+fn staging_folders_expire_by_the_retention_policy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_fiches(&dir.join("src"), 6, 300);
+    pipeline(dir, "p.toml", "db", "");
+    let staging = dir.join("db/_moulin/c/staging");
+
+    // A run abandoned after one of its two shards, eight days ago.
+    run_shards(dir, "p.toml", "old", &[0], 2, &[]);
+    let aged = Command::new("find")
+        .arg(staging.join("old"))
+        .args(["-exec", "touch", "-d", "8 days ago", "{}", "+"])
+        .status()
+        .unwrap();
+    assert!(aged.success());
+    // A run committed now: its commit's upkeep removes the abandoned run only.
+    run_shards(dir, "p.toml", "done", &[0, 1], 2, &[]);
+    let out = commit(dir, "done", "p.toml", &[]);
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    assert!(!staging.join("old").exists());
+    assert!(staging.join("done").exists());
+    // A run in flight (one shard finished, the other not yet).
+    run_shards(dir, "p.toml", "fresh", &[0], 2, &[]);
+
+    let expire = |later: chrono::TimeDelta| -> Vec<String> {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let db = dir.join("db");
+            let store = Store::connect_with(db.to_str().unwrap(), Access::Read, &Storage::new())
+                .await
+                .unwrap();
+            let c = store.open("c").await.unwrap();
+            let runs = c.run_summaries().await.unwrap();
+            c.expire_staging(&runs, chrono::Utc::now() + later)
+                .await
+                .unwrap()
+        })
+    };
+    assert!(expire(chrono::TimeDelta::minutes(30)).is_empty());
+    assert_eq!(expire(chrono::TimeDelta::hours(2)), ["done"]);
+    assert!(staging.join("fresh").exists());
+
+    // The abandoned run cannot be committed any more and says so; the one in
+    // flight commits once its last shard is in.
+    let out = commit(dir, "old", "p.toml", &[]);
+    assert_eq!(code(&out), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no shard of run old"),
+        "{}",
+        stderr(&out)
+    );
+    run_shards(dir, "p.toml", "fresh", &[1], 2, &[]);
+    let out = commit(dir, "fresh", "p.toml", &[]);
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    assert_eq!(expire(chrono::TimeDelta::days(8)), ["fresh"]);
+}
+
 /// moto's S3 server on a free port of 127.0.0.1, stopped when dropped.
 struct S3Server {
     child: Child,

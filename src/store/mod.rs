@@ -944,7 +944,9 @@ impl Collection {
     }
 
     /// Versions pruned by the upkeep policy: those older than `keep_days`, except
-    /// the ones the last `keep_runs` runs left (they stay tagged for rollback).
+    /// the ones the last `keep_runs` runs left (they stay tagged for rollback);
+    /// then the staging folders of sharded runs that expired
+    /// ([`Collection::expire_staging`]).
     pub async fn prune_versions(&self, policy: &Upkeep) -> Result<()> {
         let tables = [
             &self.table,
@@ -978,6 +980,7 @@ impl Collection {
                 .await
                 .map_err(self.err())?;
         }
+        self.expire_staging(&runs, chrono::Utc::now()).await?;
         Ok(())
     }
 

@@ -19,6 +19,11 @@
 //! racing) cannot apply it twice — the transaction also carries a key filter
 //! with the run id, which Lance's conflict check refuses to rebase over another
 //! update.
+//!
+//! Manifests are removed by the upkeep ([`Collection::expire_staging`]): a
+//! committed run's an hour after its commit (a commit racing it still reads
+//! them), an abandoned run's once nothing under its staging folder is newer
+//! than Lance's unverified-file threshold (its data files go at the same age).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -176,6 +181,15 @@ async fn staging_dir(
     documents: &Dataset,
     run_id: &str,
 ) -> Result<(Arc<lance::io::ObjectStore>, ObjectPath)> {
+    let (store, root) = staging_root(collection, documents).await?;
+    Ok((store, root.join(run_id)))
+}
+
+/// `{db}/_moulin/{name}/staging`, where every run's folder lives.
+async fn staging_root(
+    collection: &str,
+    documents: &Dataset,
+) -> Result<(Arc<lance::io::ObjectStore>, ObjectPath)> {
     let store = documents
         .object_store(None)
         .await
@@ -187,7 +201,7 @@ async fn staging_dir(
         .iter()
         .cloned()
         .collect();
-    Ok((store, sidecar.join("staging").join(run_id)))
+    Ok((store, sidecar.join("staging")))
 }
 
 impl Collection {
@@ -500,6 +514,70 @@ impl Collection {
 
 /// The versions a run's commit reads: those its shards read (the latest of
 /// each table, when they found it empty, see [`Collection::staged_run`]).
+/// How long a committed run's manifests stay: a second commit racing the one
+/// that went through still reads them, then finds the run in.
+pub const COMMITTED_GRACE: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
+/// How long an uncommitted run's manifests stay after its last write: Lance's
+/// cleanup removes data files no version references at this age (its
+/// unverified-file threshold), so the run could not be committed any more.
+pub const ABANDONED_AFTER: chrono::TimeDelta = chrono::TimeDelta::days(7);
+
+impl Collection {
+    /// Remove the staging folders of runs committed more than
+    /// [`COMMITTED_GRACE`] ago and of runs nothing has written to for
+    /// [`ABANDONED_AFTER`]; a run whose shards are still writing keeps its
+    /// manifests. Returns the runs removed.
+    pub async fn expire_staging(
+        &self,
+        runs: &[super::RunRecord],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<String>> {
+        let docs = dataset(&self.name, &self.documents()?.table).await?;
+        let (store, dir) = staging_root(&self.name, &docs).await?;
+        let depth = dir.parts().count();
+        let listed: Vec<_> = store
+            .list(Some(dir.clone()))
+            .try_collect()
+            .await
+            .map_err(lance_err(&self.name))?;
+        // The newest write under each run's folder.
+        let mut newest: BTreeMap<String, chrono::DateTime<chrono::Utc>> = BTreeMap::new();
+        for meta in listed {
+            let Some(run) = meta.location.parts().nth(depth) else {
+                continue;
+            };
+            let at = newest
+                .entry(run.as_ref().to_string())
+                .or_insert(meta.last_modified);
+            *at = (*at).max(meta.last_modified);
+        }
+        let committed: HashMap<&str, chrono::DateTime<chrono::Utc>> = runs
+            .iter()
+            .filter(|r| r.status == super::RunStatus::Complete)
+            .filter_map(|r| {
+                let at = chrono::DateTime::parse_from_rfc3339(r.finished_at.as_deref()?).ok()?;
+                Some((r.run_id.as_str(), at.to_utc()))
+            })
+            .collect();
+        let mut removed = Vec::new();
+        for (run, written) in newest {
+            let expired = match committed.get(run.as_str()) {
+                Some(at) => now - *at > COMMITTED_GRACE,
+                None => now - written > ABANDONED_AFTER,
+            };
+            if expired {
+                store
+                    .remove_dir_all(dir.clone().join(run.as_str()))
+                    .await
+                    .map_err(lance_err(&self.name))?;
+                removed.push(run);
+            }
+        }
+        Ok(removed)
+    }
+}
+
 pub fn run_base(manifests: &[ShardManifest]) -> Versions {
     Versions {
         chunks: manifests.iter().map(|m| m.base.chunks).max().unwrap_or(0),
