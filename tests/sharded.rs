@@ -340,6 +340,60 @@ fn a_missing_shard_is_named_and_a_rerun_shard_replaces_its_work() {
     assert!(stderr(&out).contains("--run-id"), "{}", stderr(&out));
 }
 
+/// A commit killed between its two tables leaves the chunks in and the document
+/// rows not: every other writer refuses until that commit is rerun, which
+/// finishes it as one clean run.
+#[test]
+fn a_commit_cut_between_its_tables_is_finished_before_anything_else_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_fiches(&dir.join("src"), 6, 300);
+    pipeline(dir, "one.toml", "one", "");
+    pipeline(dir, "p.toml", "db", "");
+    run_shards(dir, "p.toml", "first", &[0, 1], 2, &[]);
+    let out = commit(dir, "first", "p.toml", &[]);
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    change_corpus(dir);
+    let out = run_env(dir, &["run", "one.toml", "--quiet"], &[]);
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+
+    run_shards(dir, "p.toml", "cut", &[0, 1], 2, &[]);
+    let abort = [(moulin::store::staging::FAIL_BETWEEN_TABLES, "1")];
+    let out = commit(dir, "cut", "p.toml", &abort);
+    assert_eq!(code(&out), None, "killed: {}", stderr(&out));
+
+    let finish = "moulin commit cut PIPELINE";
+    for args in [
+        &["run", "p.toml", "--quiet"][..],
+        &[
+            "run", "p.toml", "--quiet", "--shard", "0/2", "--run-id", "next",
+        ][..],
+        &["reindex", "-c", "c", "--db", "db", "--quiet"][..],
+        &["collections", "rollback", "-c", "c", "--db", "db", "first"][..],
+    ] {
+        let out = run_env(dir, args, &[]);
+        assert_eq!(code(&out), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(finish), "{args:?}: {}", stderr(&out));
+    }
+    let out = commit(dir, "cut", "p.toml", &[]);
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    let one = rows(&dir.join("one").to_string_lossy(), &Storage::new());
+    assert_same(
+        &one,
+        &rows(&dir.join("db").to_string_lossy(), &Storage::new()),
+        "after the commit's rerun",
+    );
+    let out = run_env(
+        dir,
+        &["run", "p.toml", "--quiet", "--report", "after.json"],
+        &[],
+    );
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    let report: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("after.json")).unwrap()).unwrap();
+    assert_eq!(report["totals"]["unchanged"], 6, "{report}");
+}
+
 /// The upkeep removes a committed run's manifests an hour after its commit and
 /// an abandoned run's after a week without writes; a run whose shards are still
 /// writing keeps them.

@@ -800,11 +800,13 @@ impl Pipeline {
 
 /// Runs still marked running are runs whose process stopped (the lock is ours):
 /// the chunks of new documents they wrote without a row are removed, and they
-/// are marked failed.
+/// are marked failed. A sharded run's commit stopped half way is refused instead.
 async fn finish_interrupted_runs(collection: &Collection) -> Result<()> {
-    let interrupted: Vec<RunRecord> = collection
-        .run_summaries()
-        .await?
+    let runs = collection.run_summaries().await?;
+    // A sharded run's commit cut between its tables is finished by its commit,
+    // not undone here: its chunks would look like orphans.
+    collection.check_no_half_commit(&runs, None).await?;
+    let interrupted: Vec<RunRecord> = runs
         .into_iter()
         .filter(|r| r.status == RunStatus::Running)
         .collect();

@@ -137,10 +137,9 @@ impl Pipeline {
         let name = &cfg.collection.name;
         let _lock = store.lock(name, run_id, options.wait)?;
         let collection = store.open(name).await?;
-        let recorded = collection
-            .run_summaries()
-            .await?
-            .into_iter()
+        let runs = collection.run_summaries().await?;
+        let recorded = runs
+            .iter()
             .any(|r| r.run_id == run_id && r.status == RunStatus::Complete);
         if recorded {
             return Ok(CommitOutcome {
@@ -148,6 +147,7 @@ impl Pipeline {
                 report: None,
             });
         }
+        collection.check_no_half_commit(&runs, Some(run_id)).await?;
         let manifests = collection.staged_run(run_id).await?;
         let reports = manifests
             .iter()

@@ -257,6 +257,7 @@ impl Store {
         let _lock = self.lock(name, &record.run_id, wait)?;
         let collection = self.open(name).await?;
         let runs = collection.run_summaries().await?;
+        collection.check_no_half_commit(&runs, None).await?;
         let target = runs
             .iter()
             .find(|r| r.run_id == run_id)

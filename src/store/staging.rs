@@ -47,6 +47,11 @@ use crate::shard::Shard;
 /// The transaction property that names the run a commit applied.
 const RUN_PROPERTY: &str = "moulin.run_id";
 
+/// Set in the environment, a commit stops (aborts) between its two tables:
+/// how the tests put a collection in the state a kill there leaves.
+#[doc(hidden)]
+pub const FAIL_BETWEEN_TABLES: &str = "MOULIN_TEST_ABORT_BETWEEN_TABLES";
+
 /// Buffered rows are written as data files once they take this much memory.
 const FLUSH_BYTES: usize = 64 << 20;
 
@@ -207,6 +212,8 @@ async fn staging_root(
 impl Collection {
     /// Start the staged writes of a shard of run `run_id`, against the current versions.
     pub async fn stage(&self, run_id: &str) -> Result<StagedWrites> {
+        self.check_no_half_commit(&self.run_summaries().await?, None)
+            .await?;
         let chunks = dataset(&self.name, &self.table).await?;
         let docs = dataset(&self.name, &self.documents()?.table).await?;
         let base = Versions {
@@ -489,6 +496,10 @@ impl Collection {
             "chunk_id",
         )
         .await?;
+        if std::env::var_os(FAIL_BETWEEN_TABLES).is_some() {
+            // A kill between the two tables' commits, at a chosen moment (tests).
+            std::process::abort();
+        }
         let documents = commit_table(
             &self.name,
             &self.documents()?.table,
@@ -512,8 +523,6 @@ impl Collection {
     }
 }
 
-/// The versions a run's commit reads: those its shards read (the latest of
-/// each table, when they found it empty, see [`Collection::staged_run`]).
 /// How long a committed run's manifests stay: a second commit racing the one
 /// that went through still reads them, then finds the run in.
 pub const COMMITTED_GRACE: chrono::TimeDelta = chrono::TimeDelta::hours(1);
@@ -578,6 +587,64 @@ impl Collection {
     }
 }
 
+impl Collection {
+    /// A sharded run whose commit stopped before its end: its transaction is
+    /// in the chunks table (and perhaps the documents table) but the run is
+    /// not recorded. Until its commit is rerun the two tables disagree, so
+    /// every other writer refuses to start ([`Collection::check_no_half_commit`]).
+    pub async fn half_committed_run(&self, runs: &[super::RunRecord]) -> Result<Option<String>> {
+        let recorded: BTreeSet<&str> = runs
+            .iter()
+            .filter(|r| r.status == super::RunStatus::Complete)
+            .map(|r| r.run_id.as_str())
+            .collect();
+        // Only versions after the last recorded run can hold an unrecorded commit.
+        let since = runs
+            .iter()
+            .filter_map(|r| r.chunks_after)
+            .max()
+            .unwrap_or(0);
+        let chunks = dataset(&self.name, &self.table).await?;
+        let latest = chunks.version().version;
+        for version in (since + 1..=latest).rev().take(HALF_COMMIT_SCAN) {
+            // A version pruned since has no transaction to read: nothing there.
+            let Ok(Some(transaction)) = chunks.read_transaction_by_version(version).await else {
+                continue;
+            };
+            let run = transaction
+                .transaction_properties
+                .and_then(|p| p.get(RUN_PROPERTY).cloned());
+            if let Some(run) = run.filter(|r| !recorded.contains(r.as_str())) {
+                return Ok(Some(run));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Refuse to write while a sharded run's commit is half done (except to
+    /// finish that run's commit): saying which command finishes it.
+    pub async fn check_no_half_commit(
+        &self,
+        runs: &[super::RunRecord],
+        finishing: Option<&str>,
+    ) -> Result<()> {
+        match self.half_committed_run(runs).await? {
+            Some(run) if Some(run.as_str()) != finishing => Err(Error::Collection {
+                collection: self.name.clone(),
+                reason: format!(
+                    "the commit of sharded run {run} stopped before its end (its chunks are in, its documents or its record not): finish it with `moulin commit {run} PIPELINE` first"
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// How many of the latest versions [`Collection::half_committed_run`] reads.
+const HALF_COMMIT_SCAN: usize = 64;
+
+/// The versions a run's commit reads: those its shards read (the latest of
+/// each table, when they found it empty, see [`Collection::staged_run`]).
 pub fn run_base(manifests: &[ShardManifest]) -> Versions {
     Versions {
         chunks: manifests.iter().map(|m| m.base.chunks).max().unwrap_or(0),
