@@ -9,14 +9,21 @@ if ! command -v chromium >/dev/null; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
   $sudo apt-get update -qq && $sudo apt-get install -y -qq chromium >/dev/null
 fi
-# The servers tests start on 127.0.0.1 (moto's S3 server), in their own environment.
+# The servers tests start on 127.0.0.1 (moto's S3 server, Azurite), in their own environment.
 tools=$MOULIN_HOME/test-tools
-marker="$tools/.complete-$(sha256sum scripts/test-requirements.txt | cut -c1-16)"
+marker="$tools/.complete-$(cat scripts/test-requirements.txt scripts/test-package.json | sha256sum | cut -c1-16)"
 if [ ! -f "$marker" ]; then
-  echo "test: installing the test servers (scripts/test-requirements.txt)" >&2
+  echo "test: installing the test servers (scripts/test-requirements.txt, scripts/test-package.json)" >&2
+  if ! command -v npm >/dev/null; then
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
+    $sudo apt-get update -qq && $sudo apt-get install -y -qq nodejs npm >/dev/null
+  fi
   rm -rf "$tools"
   "${PYTHON:-python3.11}" -m venv "$tools"
   "$tools/bin/pip" install --quiet -r scripts/test-requirements.txt
+  mkdir -p "$tools/node"
+  cp scripts/test-package.json "$tools/node/package.json"
+  npm install --prefix "$tools/node" --no-audit --no-fund --silent
   touch "$marker"
 fi
 export MOULIN_TEST_TOOLS=$tools

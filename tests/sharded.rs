@@ -702,6 +702,200 @@ fn shards_plus_a_commit_equal_one_run_on_object_storage() {
     );
 }
 
+/// Azurite, Microsoft's Azure Blob Storage emulator, on a free port of
+/// 127.0.0.1 with one account whose key is [`AZURE_SECRET`]; stopped when dropped.
+struct AzureServer {
+    child: Child,
+    endpoint: String,
+    _data: tempfile::TempDir,
+}
+
+const AZURE_ACCOUNT: &str = "moulinacct";
+/// The account key (base64, as Azure's are): it must not reach the container.
+const AZURE_SECRET: &str = "bW91bGluLWF6dXJlLXNlY3JldC1uZXZlci1zdG9yZWQ=";
+
+impl AzureServer {
+    fn start() -> AzureServer {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let tools = test_tools();
+        let azurite = tools.join("node/node_modules/.bin/azurite-blob");
+        assert!(
+            azurite.exists(),
+            "{} is missing: run the tests with scripts/test.sh, which installs it",
+            azurite.display()
+        );
+        let data = tempfile::tempdir().unwrap();
+        let child = Command::new(azurite)
+            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+            .arg("--location")
+            .arg(data.path())
+            .args([
+                "--silent",
+                "--skipApiVersionCheck",
+                "--disableProductStyleUrl",
+            ])
+            .env(
+                "AZURITE_ACCOUNTS",
+                format!("{AZURE_ACCOUNT}:{AZURE_SECRET}"),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("azurite starts");
+        let endpoint = format!("http://127.0.0.1:{port}/{AZURE_ACCOUNT}");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "azurite did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let server = AzureServer {
+            child,
+            endpoint,
+            _data: data,
+        };
+        let out = Command::new(tools.join("bin/python"))
+            .args([
+                "-c",
+                "import sys\nfrom azure.storage.blob import BlobServiceClient\nBlobServiceClient.from_connection_string(f'DefaultEndpointsProtocol=http;AccountName={sys.argv[2]};AccountKey={sys.argv[3]};BlobEndpoint={sys.argv[1]};').create_container('moulin')",
+                &server.endpoint,
+                AZURE_ACCOUNT,
+                AZURE_SECRET,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        server
+    }
+
+    /// Every byte the server stored (its blobs and its metadata).
+    fn stored(&self) -> Vec<u8> {
+        let mut all = Vec::new();
+        let mut dirs = vec![self._data.path().to_path_buf()];
+        while let Some(d) = dirs.pop() {
+            for entry in fs::read_dir(d).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else {
+                    all.extend(fs::read(path).unwrap());
+                }
+            }
+        }
+        all
+    }
+}
+
+impl Drop for AzureServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The same on Azure Blob Storage (Azurite): account and endpoint in the
+/// pipeline file, the key in the environment only.
+#[test]
+fn shards_plus_a_commit_equal_one_run_on_azure_blob_storage() {
+    let server = AzureServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let storage = format!(
+        "\n[collection.storage]\nazure_storage_account_name = \"{AZURE_ACCOUNT}\"\nazure_storage_endpoint = \"{}\"\nallow_http = \"true\"\n",
+        server.endpoint
+    );
+    let env = [("AZURE_STORAGE_ACCOUNT_KEY", AZURE_SECRET)];
+    let access: Storage = [
+        ("azure_storage_account_name", AZURE_ACCOUNT),
+        ("azure_storage_endpoint", server.endpoint.as_str()),
+        ("allow_http", "true"),
+        ("azure_storage_account_key", AZURE_SECRET),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    shards_equal_one_run(
+        dir,
+        |name| format!("az://moulin/{name}"),
+        &storage,
+        &env,
+        &access,
+        &[1, 2],
+    );
+
+    // Search and rollback there, with the environment's settings only.
+    let azenv = [
+        ("AZURE_STORAGE_ACCOUNT_KEY", AZURE_SECRET),
+        ("AZURE_STORAGE_ACCOUNT_NAME", AZURE_ACCOUNT),
+        ("AZURE_STORAGE_ENDPOINT", server.endpoint.as_str()),
+        ("AZURE_ALLOW_HTTP", "true"),
+    ];
+    let out = run_env(
+        dir,
+        &[
+            "search",
+            "-c",
+            "c",
+            "--db",
+            "az://moulin/n2",
+            "période d'essai",
+            "--json",
+        ],
+        &azenv,
+    );
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    assert!(!out.stdout.is_empty());
+    let latest = rows("az://moulin/n2", &access);
+    for run in ["r2-5", "r2-14"] {
+        let out = run_env(
+            dir,
+            &[
+                "collections",
+                "rollback",
+                "-c",
+                "c",
+                "--db",
+                "az://moulin/n2",
+                run,
+            ],
+            &azenv,
+        );
+        assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    }
+    assert_same(
+        &latest,
+        &rows("az://moulin/n2", &access),
+        "rolled back and forward on Azure",
+    );
+
+    // The key is nowhere in what the server stored; the key in a pipeline file
+    // is refused.
+    let stored = server.stored();
+    assert!(stored.len() > 100_000, "{} bytes stored", stored.len());
+    assert!(
+        !stored
+            .windows(AZURE_SECRET.len())
+            .any(|w| w == AZURE_SECRET.as_bytes())
+    );
+    fs::write(
+        dir.join("leak.toml"),
+        format!("[collection]\nname = \"c\"\ndb = \"az://moulin/leak\"\n\n[collection.storage]\nazure_storage_account_key = \"{AZURE_SECRET}\"\n\n[[sources]]\ntype = \"files\"\npath = \"src\"\n"),
+    )
+    .unwrap();
+    let out = run_env(dir, &["validate", "leak.toml"], &[]);
+    assert_ne!(code(&out), Some(0));
+}
+
 /// xorshift64 moments, from a seed printed so that a failure can be replayed.
 fn moments() -> impl FnMut() -> u64 {
     let seed = std::time::SystemTime::now()

@@ -144,15 +144,18 @@ pub fn check_storage(storage: &Storage) -> std::result::Result<(), String> {
             "password",
             "access_key",
             "account_key",
+            "master_key",
             "sas",
             "credential",
+            "bearer",
         ]
         .iter()
         .any(|s| k.contains(s))
         {
             return Err(format!(
                 "{key} is a credential: give it in the environment (AWS_ACCESS_KEY_ID, \
-                 AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN…), never in a pipeline file"
+                 AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AZURE_STORAGE_ACCOUNT_KEY…), \
+                 never in a pipeline file"
             ));
         }
     }
