@@ -143,6 +143,10 @@ def forward(meta, t, ids):
         return v * cos + rotated * sin
 
     causal = np.triu(np.full((n, n), -np.inf), 1)
+    # Mistral's sliding window: query i sees keys i - window + 1 ..= i.
+    window = meta.get(f"{arch}.attention.sliding_window")
+    if window:
+        causal = causal + np.tril(np.full((n, n), -np.inf), -int(window))
     for i in range(layers):
         p = f"blk.{i}."
         h = rms_norm(x, t[p + "attn_norm.weight"], eps)

@@ -240,3 +240,45 @@ fn sentencepiece_vocabularies_tokenize_like_llama_cpp() {
         );
     }
 }
+
+/// A sliding window (Mistral's) of 8 positions on the tiny Llama, against
+/// scripts/llm_reference.py's NumPy forward passes
+/// (`scripts/sliding_window_reference.py`): the last logits of a 24-token
+/// prompt, and a greedy continuation over which the window keeps sliding.
+#[test]
+fn a_sliding_window_hides_what_lies_behind_it() {
+    let path = common::fixtures().join("llm/sliding_window_reference.json");
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let model = common::fixtures()
+        .join("llm")
+        .join(want["model"].as_str().unwrap());
+    // Dequantized to f32, as the reference computes (the blocks' int8
+    // activations move this random model's logits by a few tenths).
+    let options = LoadOptions {
+        dtype: Some(llm::WeightDtype::F32),
+        ..LoadOptions::default()
+    };
+    let llm = Llm::load(&model, &options).unwrap();
+    assert_eq!(
+        llm.model.config.sliding_window,
+        Some(want["window"].as_u64().unwrap() as usize)
+    );
+    let prompt = ids(&want["prompt"]);
+    let theirs: Vec<f64> = serde_json::from_value(want["logits"].clone()).unwrap();
+    // In one chunk and token by token (the decoding path): the same logits.
+    for chunk in [prompt.len(), 1] {
+        let ours = llm.logits_by_chunks(&prompt, chunk).unwrap();
+        let worst = ours
+            .last()
+            .unwrap()
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| (f64::from(*a) - b).abs())
+            .fold(0.0, f64::max);
+        assert!(worst < 0.02, "chunks of {chunk}: logits off by {worst}");
+    }
+    let tokens = greedy(&llm, &prompt, 24);
+    assert_eq!(tokens, ids(&want["greedy"]));
+    assert_ne!(tokens, ids(&want["greedy_without_window"]));
+}

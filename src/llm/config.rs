@@ -8,9 +8,11 @@ use crate::error::{Error, Result};
 
 /// Architectures with the Llama layout (RMSNorm, RoPE, grouped-query attention,
 /// SwiGLU): Llama and Mistral (no biases), Qwen2 (biases on Q, K and V) and
-/// Qwen3 (an RMSNorm on each head of Q and K). Mistral's sliding window only
-/// matters beyond its window (4096 tokens), longer than the contexts moulin's
-/// jobs use; it is not applied (llama.cpp does not apply it either).
+/// Qwen3 (an RMSNorm on each head of Q and K). Mistral's sliding window (each
+/// token attends to the last `sliding_window` positions, itself included) is
+/// applied where the config (`sliding_window`) or the GGUF file
+/// (`{arch}.attention.sliding_window`) gives one; Qwen's per-layer windows
+/// (`use_sliding_window`) are refused.
 const HF_ARCHITECTURES: &[&str] = &[
     "LlamaForCausalLM",
     "MistralForCausalLM",
@@ -41,6 +43,9 @@ pub struct LlamaConfig {
     /// The file stores Q and K rows permuted for llama.cpp's interleaved rotary
     /// embedding (GGUF files of the `llama` family; Qwen's are not).
     pub qk_rows_permuted: bool,
+    /// Each token attends to at most this many positions, its own included
+    /// (Mistral's sliding window); `None`: the whole context.
+    pub sliding_window: Option<usize>,
 }
 
 /// Llama 3.1's long-context frequency scaling (`rope_type = "llama3"`).
@@ -79,6 +84,10 @@ struct HfConfig {
     #[serde(default)]
     mlp_bias: bool,
     hidden_act: Option<String>,
+    #[serde(default)]
+    sliding_window: Option<usize>,
+    #[serde(default)]
+    use_sliding_window: Option<bool>,
 }
 
 fn default_theta() -> f64 {
@@ -146,6 +155,17 @@ impl LlamaConfig {
                 }
             }
         };
+        // Mistral's window applies to every layer; Qwen's (off in released
+        // Qwen2.5 and Qwen3 models) only to some, which moulin does not run.
+        let sliding_window = match arch.as_str() {
+            "MistralForCausalLM" => hf.sliding_window,
+            _ if hf.use_sliding_window == Some(true) => {
+                return Err(fail(format!(
+                    "{arch} with use_sliding_window is not supported"
+                )));
+            }
+            _ => None,
+        };
         let heads = hf.num_attention_heads;
         let config = LlamaConfig {
             architecture: arch,
@@ -164,6 +184,7 @@ impl LlamaConfig {
             qkv_bias: qwen2 || (qwen3 && hf.attention_bias),
             qk_norm: qwen3,
             qk_rows_permuted: false,
+            sliding_window,
         };
         config.check().map_err(fail)?;
         Ok(config)
@@ -240,6 +261,7 @@ impl LlamaConfig {
             // llama.cpp's converter permutes Q and K for the architectures it
             // runs with the interleaved ("normal") rotary embedding.
             qk_rows_permuted: matches!(arch.as_str(), "llama" | "mistral"),
+            sliding_window: uint("attention.sliding_window").ok().filter(|&w| w > 0),
         };
         config.check().map_err(fail)?;
         Ok(config)
@@ -263,6 +285,9 @@ impl LlamaConfig {
                 "{} attention heads cannot share {} key/value heads",
                 self.num_heads, self.num_kv_heads
             ));
+        }
+        if self.sliding_window == Some(0) {
+            return Err("a sliding window of 0 positions".into());
         }
         if !self.head_dim.is_multiple_of(2) {
             return Err(format!("head size {} is odd", self.head_dim));
@@ -361,6 +386,11 @@ mod tests {
             "num_attention_heads": 32, "num_key_value_heads": 8, "sliding_window": 4096}"#;
         let c = LlamaConfig::from_hf_json("mistral-7b", mistral).unwrap();
         assert_eq!((c.head_dim, c.num_kv_heads), (128, 8));
+        assert_eq!(c.sliding_window, Some(4096));
+        // Mistral configs without a window (Mistral Small) attend to everything.
+        let plain = mistral.replace(", \"sliding_window\": 4096", "");
+        let c = LlamaConfig::from_hf_json("mistral-small", &plain).unwrap();
+        assert_eq!(c.sliding_window, None);
     }
 
     #[test]
@@ -370,7 +400,14 @@ mod tests {
         assert!(c.qkv_bias && !c.qk_norm && !c.qk_rows_permuted);
         let qwen3 = SMOLLM2.replace("LlamaForCausalLM", "Qwen3ForCausalLM");
         let c = LlamaConfig::from_hf_json("qwen3", &qwen3).unwrap();
-        assert!(!c.qkv_bias && c.qk_norm);
+        assert!(!c.qkv_bias && c.qk_norm && c.sliding_window.is_none());
+        let windowed = qwen2.replacen(
+            '{',
+            r#"{"use_sliding_window": true, "sliding_window": 4096, "#,
+            1,
+        );
+        let err = LlamaConfig::from_hf_json("qwen2", &windowed).unwrap_err();
+        assert!(err.to_string().contains("use_sliding_window"), "{err}");
     }
 
     #[test]

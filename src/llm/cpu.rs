@@ -359,6 +359,7 @@ pub fn cached_attention(
     cache_rows: &[usize],
     starts: &[usize],
     s: usize,
+    window: Option<usize>,
     device: &Device,
 ) -> Option<Tensor<4>> {
     #[cfg(target_arch = "x86_64")]
@@ -405,10 +406,12 @@ pub fn cached_attention(
                     let (seq, head) = (task / kvh, task % kvh);
                     let base = (cache_rows[seq] * kvh + head) * capacity * hd;
                     let limit = starts[seq] + t + 1;
+                    // A sliding window hides the slots more than `w` back.
+                    let first = window.map_or(0, |w| limit.saturating_sub(w));
                     let qrow = &q[row * hd..(row + 1) * hd];
                     let mut max = f32::NEG_INFINITY;
                     for (j, score) in scores[..limit].iter_mut().enumerate() {
-                        *score = if valid[seq][j] {
+                        *score = if j >= first && valid[seq][j] {
                             // SAFETY: AVX-512F and VL checked above; both rows hold `hd` values.
                             let s = unsafe {
                                 avx512_att::dot(qrow, &k[base + j * hd..base + (j + 1) * hd])
@@ -448,7 +451,9 @@ pub fn cached_attention(
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (q, keys, values, valid, cache_rows, starts, s, device);
+        let _ = (
+            q, keys, values, valid, cache_rows, starts, s, window, device,
+        );
         None
     }
 }
@@ -516,45 +521,59 @@ mod tests {
             vec![true; capacity],
             (0..capacity).map(|j| j >= 2).collect(),
         ];
-        let mut mask = Vec::new();
-        for row in &valid {
-            for _ in 0..group {
-                for t in 0..s {
-                    mask.extend((0..capacity).map(|j| j > start + t || !row[j]));
+        // The whole context, then a sliding window of 4 positions.
+        for window in [None, Some(4)] {
+            let mut mask = Vec::new();
+            for row in &valid {
+                for _ in 0..group {
+                    for t in 0..s {
+                        let first = window.map_or(0, |w: usize| (start + t + 1).saturating_sub(w));
+                        mask.extend((0..capacity).map(|j| j > start + t || j < first || !row[j]));
+                    }
                 }
             }
-        }
-        let mask: Tensor<4, Bool> =
-            Tensor::from_data(TensorData::new(mask, [b, 1, group * s, capacity]), &device);
-        let options = burn::tensor::ops::AttentionModuleOptions {
-            scale: Some(1.0 / (hd as f64).sqrt()),
-            ..Default::default()
-        };
-        let want = burn::tensor::module::attention(
-            q.clone(),
-            k.clone(),
-            v.clone(),
-            Some(mask),
-            None,
-            options,
-        );
-        match (
-            avx512(),
-            cached_attention(&q, &k, &v, &valid, &[0, 1], &[start, start], s, &device),
-        ) {
-            (true, Some(got)) => {
-                let (got, want) = (got.into_data(), want.into_data());
-                let (got, want) = (
-                    got.as_slice::<f32>().unwrap(),
-                    want.as_slice::<f32>().unwrap(),
-                );
-                assert_eq!(got.len(), want.len());
-                for (i, (g, w)) in got.iter().zip(want).enumerate() {
-                    assert!((g - w).abs() < 1e-5, "row {}: {g} != {w}", i / hd);
+            let mask: Tensor<4, Bool> =
+                Tensor::from_data(TensorData::new(mask, [b, 1, group * s, capacity]), &device);
+            let options = burn::tensor::ops::AttentionModuleOptions {
+                scale: Some(1.0 / (hd as f64).sqrt()),
+                ..Default::default()
+            };
+            let want = burn::tensor::module::attention(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                Some(mask),
+                None,
+                options,
+            );
+            match (
+                avx512(),
+                cached_attention(
+                    &q,
+                    &k,
+                    &v,
+                    &valid,
+                    &[0, 1],
+                    &[start, start],
+                    s,
+                    window,
+                    &device,
+                ),
+            ) {
+                (true, Some(got)) => {
+                    let (got, want) = (got.into_data(), want.into_data());
+                    let (got, want) = (
+                        got.as_slice::<f32>().unwrap(),
+                        want.as_slice::<f32>().unwrap(),
+                    );
+                    assert_eq!(got.len(), want.len());
+                    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                        assert!((g - w).abs() < 1e-5, "row {}: {g} != {w}", i / hd);
+                    }
                 }
+                (false, None) => {} // no AVX-512 here: the backend's attention runs
+                (has, got) => panic!("AVX-512 {has}, kernel ran: {}", got.is_some()),
             }
-            (false, None) => {} // no AVX-512 here: the backend's attention runs
-            (has, got) => panic!("AVX-512 {has}, kernel ran: {}", got.is_some()),
         }
     }
 

@@ -503,15 +503,19 @@ impl Llama {
         // would be copied for every layer); the mask hides the slots not filled.
         // Built only when the backend's attention runs (the CPU kernel needs none).
         let span = cache.capacity;
+        let window = c.sliding_window;
         let build_mask = || -> Tensor<4, Bool> {
             let mut mask = Vec::with_capacity(b * group * s * span);
             for (row, &start) in input.valid.iter().take(b).zip(&starts) {
                 for _ in 0..group {
                     for t in 0..s {
                         let limit = start + t;
-                        mask.extend(
-                            (0..span).map(|j| j > limit || !row.get(j).copied().unwrap_or(false)),
-                        );
+                        // Slots and positions differ by the row's padding only,
+                        // so the window is a distance in slots.
+                        let first = window.map_or(0, |w| (limit + 1).saturating_sub(w));
+                        mask.extend((0..span).map(|j| {
+                            j > limit || j < first || !row.get(j).copied().unwrap_or(false)
+                        }));
                     }
                 }
             }
@@ -579,6 +583,7 @@ impl Llama {
                     input.rows,
                     &starts,
                     s,
+                    window,
                     &self.device,
                 )
             } else {
