@@ -660,19 +660,39 @@ fn shards_plus_a_commit_equal_one_run_on_object_storage() {
     assert_eq!(summaries.lines().count(), 1, "{summaries}");
     assert!(summaries.contains("\"status\":\"ok\""), "{summaries}");
 
-    // A secret in the pipeline file is refused before any work.
+    // Credentials in the pipeline file (none in the environment) are used and
+    // never recorded: not in the report, the runs' records or the debug logs.
     fs::write(
-        dir.join("leak.toml"),
-        format!("[collection]\nname = \"c\"\ndb = \"s3://moulin/leak\"\n\n[collection.storage]\naws_secret_access_key = \"{SECRET}\"\n\n[[sources]]\ntype = \"files\"\npath = \"src\"\n"),
+        dir.join("inline.toml"),
+        format!("[collection]\nname = \"c\"\ndb = \"s3://moulin/inline\"\n\n[collection.storage]\naws_endpoint = \"{}\"\naws_region = \"us-east-1\"\nallow_http = \"true\"\naws_access_key_id = \"test\"\naws_secret_access_key = \"{SECRET}\"\n\n[[sources]]\ntype = \"files\"\npath = \"src\"\n", server.endpoint),
     )
     .unwrap();
-    let out = run_env(dir, &["validate", "leak.toml"], &env);
-    assert_ne!(code(&out), Some(0));
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
-    assert!(
-        said.contains("aws_secret_access_key is a credential"),
-        "{said}"
+    let out = run_env(
+        dir,
+        &["run", "inline.toml", "-vv", "--report", "inline.json"],
+        &[],
     );
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(said.contains("DEBUG"), "no debug logs: {said}");
+    assert!(!said.contains(SECRET), "the secret is in the output");
+    let report = fs::read_to_string(dir.join("inline.json")).unwrap();
+    assert!(report.contains("us-east-1") && !report.contains(SECRET));
+    let out = run_env(
+        dir,
+        &[
+            "collections",
+            "runs",
+            "-c",
+            "c",
+            "--db",
+            "s3://moulin/inline",
+            "--json",
+        ],
+        &s3env,
+    );
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(SECRET));
 
     // The secret is nowhere in the bucket: download everything and look.
     let out = Command::new(test_tools().join("bin/python"))
@@ -878,8 +898,21 @@ fn shards_plus_a_commit_equal_one_run_on_azure_blob_storage() {
         "rolled back and forward on Azure",
     );
 
-    // The key is nowhere in what the server stored; the key in a pipeline file
-    // is refused.
+    // The key in the pipeline file (none in the environment) serves and is
+    // never recorded; it is nowhere in what the server stored.
+    fs::write(
+        dir.join("inline.toml"),
+        format!("[collection]\nname = \"c\"\ndb = \"az://moulin/inline\"\n\n[collection.storage]\nazure_storage_account_name = \"{AZURE_ACCOUNT}\"\nazure_storage_endpoint = \"{}\"\nallow_http = \"true\"\nazure_storage_account_key = \"{AZURE_SECRET}\"\n\n[[sources]]\ntype = \"files\"\npath = \"src\"\n", server.endpoint),
+    )
+    .unwrap();
+    let out = run_env(
+        dir,
+        &["run", "inline.toml", "--quiet", "--report", "inline.json"],
+        &[],
+    );
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    let report = fs::read_to_string(dir.join("inline.json")).unwrap();
+    assert!(report.contains(AZURE_ACCOUNT) && !report.contains(AZURE_SECRET));
     let stored = server.stored();
     assert!(stored.len() > 100_000, "{} bytes stored", stored.len());
     assert!(
@@ -887,13 +920,6 @@ fn shards_plus_a_commit_equal_one_run_on_azure_blob_storage() {
             .windows(AZURE_SECRET.len())
             .any(|w| w == AZURE_SECRET.as_bytes())
     );
-    fs::write(
-        dir.join("leak.toml"),
-        format!("[collection]\nname = \"c\"\ndb = \"az://moulin/leak\"\n\n[collection.storage]\nazure_storage_account_key = \"{AZURE_SECRET}\"\n\n[[sources]]\ntype = \"files\"\npath = \"src\"\n"),
-    )
-    .unwrap();
-    let out = run_env(dir, &["validate", "leak.toml"], &[]);
-    assert_ne!(code(&out), Some(0));
 }
 
 /// xorshift64 moments, from a seed printed so that a failure can be replayed.

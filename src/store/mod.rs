@@ -130,36 +130,36 @@ pub struct Store {
 }
 
 /// Object store settings (`aws_endpoint`, `aws_region`, `allow_http`…), as Lance
-/// names them; credentials come from the environment (`AWS_ACCESS_KEY_ID`…).
+/// names them; credentials too (`aws_secret_access_key`…), or from the
+/// environment (`AWS_ACCESS_KEY_ID`…).
 pub type Storage = std::collections::BTreeMap<String, String>;
 
-/// Storage settings that would put a secret in a pipeline file (and so in the
-/// runs' records): refused, with the environment variable to use instead.
-pub fn check_storage(storage: &Storage) -> std::result::Result<(), String> {
-    for key in storage.keys() {
-        let k = key.to_ascii_lowercase();
-        if [
-            "secret",
-            "token",
-            "password",
-            "access_key",
-            "account_key",
-            "master_key",
-            "sas",
-            "credential",
-            "bearer",
-        ]
+/// Whether a storage setting is a credential (a key, a secret, a token): it
+/// may be given in a pipeline file, and is never recorded ([`without_credentials`]).
+pub fn is_credential(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    [
+        "secret",
+        "token",
+        "password",
+        "access_key",
+        "account_key",
+        "master_key",
+        "sas",
+        "credential",
+        "bearer",
+    ]
+    .iter()
+    .any(|s| k.contains(s))
+}
+
+/// The settings without their credentials: what run records and reports keep.
+pub fn without_credentials(storage: &Storage) -> Storage {
+    storage
         .iter()
-        .any(|s| k.contains(s))
-        {
-            return Err(format!(
-                "{key} is a credential: give it in the environment (AWS_ACCESS_KEY_ID, \
-                 AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AZURE_STORAGE_ACCOUNT_KEY…), \
-                 never in a pipeline file"
-            ));
-        }
-    }
-    Ok(())
+        .filter(|(k, _)| !is_credential(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// `{db}/_moulin/{name}`: where a collection's bookkeeping tables live.
