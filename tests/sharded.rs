@@ -552,89 +552,9 @@ fn shards_plus_a_commit_equal_one_run_on_object_storage() {
         &[1, 2, 4],
     );
 
-    // Search and the history work there, with the environment's settings.
+    // Search, the history and rollback work there, with the environment's settings.
     let s3env = s3_env(&server.endpoint);
-    let out = run_env(
-        dir,
-        &[
-            "search",
-            "-c",
-            "c",
-            "--db",
-            "s3://moulin/n2",
-            "période d'essai",
-            "--json",
-        ],
-        &s3env,
-    );
-    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
-    assert!(!out.stdout.is_empty());
-    let out = run_env(
-        dir,
-        &[
-            "collections",
-            "runs",
-            "-c",
-            "c",
-            "--db",
-            "s3://moulin/n2",
-            "--json",
-        ],
-        &s3env,
-    );
-    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
-    let runs = String::from_utf8_lossy(&out.stdout);
-    assert!(runs.contains("r2-5") && runs.contains("r2-14"), "{runs}");
-
-    // Rollback there: back to the first run's collection, then forward again.
-    let first = rows("s3://moulin/n2", &access);
-    let out = run_env(
-        dir,
-        &[
-            "collections",
-            "rollback",
-            "-c",
-            "c",
-            "--db",
-            "s3://moulin/n2",
-            "r2-5",
-        ],
-        &s3env,
-    );
-    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
-    let back = rows("s3://moulin/n2", &access);
-    let sources: Vec<&str> = back
-        .1
-        .values()
-        .map(|d| d["source"].as_str().unwrap())
-        .collect();
-    assert!(
-        sources.contains(&"fiches/fiche-002.md"),
-        "the document the second run deleted is back: {sources:?}"
-    );
-    assert!(
-        !sources.contains(&"fiches/fiche-010.md"),
-        "the document the second run added is gone: {sources:?}"
-    );
-    let out = run_env(
-        dir,
-        &[
-            "collections",
-            "rollback",
-            "-c",
-            "c",
-            "--db",
-            "s3://moulin/n2",
-            "r2-14",
-        ],
-        &s3env,
-    );
-    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
-    assert_same(
-        &first,
-        &rows("s3://moulin/n2", &access),
-        "rolled back and forward on S3",
-    );
+    works_there(dir, "s3://moulin/n2", &s3env, &access);
 
     // A job there: one document summarized from the collection on S3.
     let out = run_env(
@@ -853,50 +773,14 @@ fn shards_plus_a_commit_equal_one_run_on_azure_blob_storage() {
         &[1, 2],
     );
 
-    // Search and rollback there, with the environment's settings only.
+    // Search, the history and rollback there, with the environment's settings only.
     let azenv = [
         ("AZURE_STORAGE_ACCOUNT_KEY", AZURE_SECRET),
         ("AZURE_STORAGE_ACCOUNT_NAME", AZURE_ACCOUNT),
         ("AZURE_STORAGE_ENDPOINT", server.endpoint.as_str()),
         ("AZURE_ALLOW_HTTP", "true"),
     ];
-    let out = run_env(
-        dir,
-        &[
-            "search",
-            "-c",
-            "c",
-            "--db",
-            "az://moulin/n2",
-            "période d'essai",
-            "--json",
-        ],
-        &azenv,
-    );
-    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
-    assert!(!out.stdout.is_empty());
-    let latest = rows("az://moulin/n2", &access);
-    for run in ["r2-5", "r2-14"] {
-        let out = run_env(
-            dir,
-            &[
-                "collections",
-                "rollback",
-                "-c",
-                "c",
-                "--db",
-                "az://moulin/n2",
-                run,
-            ],
-            &azenv,
-        );
-        assert_eq!(code(&out), Some(0), "{}", stderr(&out));
-    }
-    assert_same(
-        &latest,
-        &rows("az://moulin/n2", &access),
-        "rolled back and forward on Azure",
-    );
+    works_there(dir, "az://moulin/n2", &azenv, &access);
 
     // The key in the pipeline file (none in the environment) serves and is
     // never recorded; it is nowhere in what the server stored.
@@ -919,6 +803,57 @@ fn shards_plus_a_commit_equal_one_run_on_azure_blob_storage() {
         !stored
             .windows(AZURE_SECRET.len())
             .any(|w| w == AZURE_SECRET.as_bytes())
+    );
+}
+
+/// On the 2-shard collection `shards_equal_one_run` left at `db`: search, the
+/// runs' history, and a rollback to the first run then forward to the second.
+fn works_there(dir: &Path, db: &str, env: &[(&str, &str)], access: &Storage) {
+    let out = run_env(
+        dir,
+        &["search", "-c", "c", "--db", db, "période d'essai", "--json"],
+        env,
+    );
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    assert!(!out.stdout.is_empty());
+    let out = run_env(
+        dir,
+        &["collections", "runs", "-c", "c", "--db", db, "--json"],
+        env,
+    );
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    let runs = String::from_utf8_lossy(&out.stdout);
+    assert!(runs.contains("r2-5") && runs.contains("r2-14"), "{runs}");
+
+    let latest = rows(db, access);
+    let rollback = |run: &str| {
+        let out = run_env(
+            dir,
+            &["collections", "rollback", "-c", "c", "--db", db, run],
+            env,
+        );
+        assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    };
+    rollback("r2-5");
+    let back = rows(db, access);
+    let sources: Vec<&str> = back
+        .1
+        .values()
+        .map(|d| d["source"].as_str().unwrap())
+        .collect();
+    assert!(
+        sources.contains(&"fiches/fiche-002.md"),
+        "the document the second run deleted is back: {sources:?}"
+    );
+    assert!(
+        !sources.contains(&"fiches/fiche-010.md"),
+        "the document the second run added is gone: {sources:?}"
+    );
+    rollback("r2-14");
+    assert_same(
+        &latest,
+        &rows(db, access),
+        &format!("rolled back and forward on {db}"),
     );
 }
 
