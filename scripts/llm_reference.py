@@ -81,8 +81,9 @@ def dequantize(kind, raw, count):
 BLOCK_BYTES = {0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 8: (32, 34)}
 
 
-def load(path):
-    data = open(path, "rb").read()
+def header(data):
+    """A GGUF file's header: version, metadata, tensor infos, and where the
+    metadata ends, where the tensor infos end and where the tensor data starts."""
     r = Reader(data)
     assert r.unpack("<I") == 0x46554747, "not a GGUF file"
     version = r.unpack("<I")
@@ -93,6 +94,7 @@ def load(path):
     for _ in range(n_kv):
         key = r.string()
         meta[key] = r.value(r.unpack("<I"))
+    kv_end = r.pos
     infos = []
     for _ in range(n_tensors):
         name = r.string()
@@ -102,6 +104,14 @@ def load(path):
         infos.append((name, dims, kind, offset))
     align = meta.get("general.alignment", 32)
     base = (r.pos + align - 1) // align * align
+    return {"version": version, "meta": meta, "infos": infos,
+            "kv_end": kv_end, "infos_end": r.pos, "base": base}
+
+
+def load(path):
+    data = open(path, "rb").read()
+    h = header(data)
+    meta, infos, base = h["meta"], h["infos"], h["base"]
     tensors = {}
     for name, dims, kind, offset in infos:
         count = int(np.prod(dims))

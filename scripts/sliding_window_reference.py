@@ -32,25 +32,11 @@ GREEDY = 24
 def with_window(src, dst, window):
     """The GGUF file `src` with one more key: `llama.attention.sliding_window`."""
     data = open(src, "rb").read()
-    r = ref.Reader(data)
-    assert r.unpack("<I") == 0x46554747
-    version = r.unpack("<I")
-    n_tensors = r.unpack("<Q")
-    n_kv = r.unpack("<Q")
-    meta = {}
-    for _ in range(n_kv):
-        key = r.string()
-        meta[key] = r.value(r.unpack("<I"))
-    kv_end = r.pos
-    for _ in range(n_tensors):
-        r.string()
-        for _ in range(r.unpack("<I")):
-            r.unpack("<Q")
-        r.unpack("<I")
-        r.unpack("<Q")
-    infos_end = r.pos
+    h = ref.header(data)
+    meta, version, n_tensors = h["meta"], h["version"], len(h["infos"])
+    kv_end, infos_end, base = h["kv_end"], h["infos_end"], h["base"]
     align = meta.get("general.alignment", 32)
-    base = (infos_end + align - 1) // align * align
+    n_kv = len(meta)
     key = f"{meta['general.architecture']}.attention.sliding_window".encode()
     extra = struct.pack("<Q", len(key)) + key + struct.pack("<II", 4, window)  # 4: uint32
     header = struct.pack("<IIQQ", 0x46554747, version, n_tensors, n_kv + 1)

@@ -319,11 +319,7 @@ impl RayCluster {
             "{} is missing: scripts/test.sh installs ray",
             ray.display()
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = common::free_port();
         // Ray's session folder path must stay short (it holds Unix sockets).
         let temp = tempfile::Builder::new()
             .prefix("ray")

@@ -479,11 +479,7 @@ fn test_tools() -> PathBuf {
 
 impl S3Server {
     fn start() -> S3Server {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = common::free_port();
         let tools = test_tools();
         let child = Command::new(tools.join("bin/moto_server"))
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
@@ -492,14 +488,7 @@ impl S3Server {
             .spawn()
             .expect("moto_server starts");
         let endpoint = format!("http://127.0.0.1:{port}");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "moto_server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        common::wait_for_port(port, "moto_server");
         let server = S3Server { child, endpoint };
         let out = Command::new(tools.join("bin/python"))
             .args([
@@ -656,11 +645,7 @@ const AZURE_SECRET: &str = "bW91bGluLWF6dXJlLXNlY3JldC1uZXZlci1zdG9yZWQ=";
 
 impl AzureServer {
     fn start() -> AzureServer {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = common::free_port();
         let tools = test_tools();
         let azurite = tools.join("node/node_modules/.bin/azurite-blob");
         assert!(
@@ -687,14 +672,7 @@ impl AzureServer {
             .spawn()
             .expect("azurite starts");
         let endpoint = format!("http://127.0.0.1:{port}/{AZURE_ACCOUNT}");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "azurite did not start"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        common::wait_for_port(port, "azurite");
         let server = AzureServer {
             child,
             endpoint,

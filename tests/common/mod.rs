@@ -111,6 +111,26 @@ pub fn serve(routes: Vec<(&'static str, u16, &'static str, Vec<u8>)>) -> String 
     format!("http://{addr}")
 }
 
+/// A port of 127.0.0.1 free now, for a server a test starts.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a local port")
+        .port()
+}
+
+/// Wait (at most a minute) until something listens on `port` of 127.0.0.1.
+pub fn wait_for_port(port: u16, what: &str) {
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "{what} did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// `n` Markdown files in `dir`, each a labour-ministry "fiche pratique" from
 /// `../shared/corpus` (its title and the start of its text, about `chars`
 /// characters): real French documents, small enough to embed quickly.
