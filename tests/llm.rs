@@ -159,10 +159,12 @@ fn logits_match_the_numpy_reference() {
     let positions: Vec<Vec<f64>> = serde_json::from_value(reference["positions"].clone()).unwrap();
     let top10: Vec<(u32, f64)> = serde_json::from_value(reference["last_top10"].clone()).unwrap();
 
+    // f32 weights and an f32 KV cache: the float64 reference to 1e-3.
     let f32_model = Llm::load(
         &model_path(),
         &LoadOptions {
             dtype: Some(llm::WeightDtype::F32),
+            kv_cache: llm::KvDtype::F32,
             ..LoadOptions::default()
         },
     )

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use moulin::config::{Problem, Problems};
 use moulin::llm::batch::{self, BatchOptions};
-use moulin::llm::{DeviceKind, Llm, LoadOptions, Message, Request, Sampling, WeightDtype};
+use moulin::llm::{DeviceKind, KvDtype, Llm, LoadOptions, Message, Request, Sampling, WeightDtype};
 
 #[derive(Args)]
 pub struct GenerateArgs {
@@ -40,6 +40,11 @@ pub struct GenerateArgs {
     /// become f16; on a GPU, everything is f16.
     #[arg(long, value_enum)]
     dtype: Option<Dtype>,
+    /// Precision of the keys and values kept for each token on the CPU: f16
+    /// takes half the memory and bandwidth (as llama.cpp keeps them); f32
+    /// keeps them exactly.
+    #[arg(long, value_enum, default_value_t = Dtype::F16, value_name = "DTYPE")]
+    kv_cache: Dtype,
     /// Most tokens generated per answer, at least 1.
     #[arg(long, default_value_t = 256, value_name = "N")]
     max_new_tokens: usize,
@@ -136,6 +141,10 @@ pub fn command(args: GenerateArgs, quiet: bool) -> Result<u8> {
             Dtype::F32 => WeightDtype::F32,
             Dtype::F16 => WeightDtype::F16,
         }),
+        kv_cache: match args.kv_cache {
+            Dtype::F32 => KvDtype::F32,
+            Dtype::F16 => KvDtype::F16,
+        },
         ..LoadOptions::default()
     };
     let llm = Llm::load(&path, &options)?;

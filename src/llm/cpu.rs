@@ -1,5 +1,5 @@
-//! A CPU kernel for the few-row matrix products of decoding, plugged into
-//! burn's flex backend as a backend extension.
+//! The CPU kernels of the float-weight projections and of attention, used by
+//! the CPU forward pass (`model/host.rs`).
 //!
 //! A decoding step multiplies one row per sequence by every weight matrix: the
 //! time goes to reading the weights, once per step. The backend's general
@@ -8,12 +8,11 @@
 //! streams the weights in their file layout (`[out, in]`, one contiguous row
 //! per output, f16 by default: half the bytes) on every core, each weight
 //! vector loaded (and widened) once for up to 8 rows of the input, with AVX-512
-//! when the CPU has it (checked at run time). It serves every projection on the CPU, prompts
-//! included; attention, norms, the rotary embedding and the cache stay burn
-//! operations.
+//! when the CPU has it (checked at run time). It serves every float
+//! projection on the CPU, prompts included; quantized weights go through
+//! `moulin_quant` instead.
 
-use burn::tensor::{DType, Device, Tensor, TensorData};
-use burn_flex::Flex;
+use burn::tensor::DType;
 use half::f16;
 use rayon::prelude::*;
 
@@ -24,44 +23,51 @@ pub enum Weights<'a> {
     F16(&'a [f16]),
 }
 
-impl Weights<'_> {
+impl<'a> Weights<'a> {
     fn len(&self) -> usize {
         match self {
             Weights::F32(w) => w.len(),
             Weights::F16(w) => w.len(),
         }
     }
+
+    /// Rows `rows` of `[_, inner]` weights.
+    pub fn rows(&self, rows: std::ops::Range<usize>, inner: usize) -> Weights<'a> {
+        let range = rows.start * inner..rows.end * inner;
+        match self {
+            Weights::F32(w) => Weights::F32(&w[range]),
+            Weights::F16(w) => Weights::F16(&w[range]),
+        }
+    }
+
+    /// The values as f32, into `out` (as long).
+    pub fn widen_into(&self, out: &mut [f32]) {
+        match self {
+            Weights::F32(w) => out.copy_from_slice(w),
+            Weights::F16(w) => {
+                use half::slice::HalfFloatSliceExt;
+                w.convert_to_f32_slice(out)
+            }
+        }
+    }
+}
+
+/// A flex tensor's values as the kernel reads them: contiguous from its
+/// start, f32 or f16; `None` otherwise.
+pub fn host_weights(t: &burn_flex::FlexTensor) -> Option<Weights<'_>> {
+    if !t.is_contiguous() || t.layout().start_offset() != 0 {
+        return None;
+    }
+    let n = t.layout().shape().num_elements();
+    match t.dtype() {
+        DType::F32 => Some(Weights::F32(&t.storage::<f32>()[..n])),
+        DType::F16 => Some(Weights::F16(&t.storage::<f16>()[..n])),
+        _ => None,
+    }
 }
 
 /// Weight rows per task: enough to stream, small enough to share the work out.
 const OUTPUTS_PER_TASK: usize = 48;
-
-/// `x @ wᵀ` for a flex tensor `w` stored `[out, in]` in f32 or f16, or `None`
-/// when the kernel does not apply (another backend, another dtype, a
-/// non-contiguous tensor).
-pub fn matmul(x: &Tensor<2>, w: &Tensor<2>, device: &Device) -> Option<Tensor<2>> {
-    let [rows, inner] = x.dims();
-    let [cols, w_in] = w.dims();
-    if rows == 0 || w_in != inner {
-        return None;
-    }
-    let weights = w.clone().try_into_primitive::<Flex>().ok()?;
-    if !weights.is_contiguous() || weights.layout().start_offset() != 0 {
-        return None;
-    }
-    let input = x.clone().into_data();
-    let input = input.as_slice::<f32>().ok()?;
-    let w = match weights.dtype() {
-        DType::F32 => Weights::F32(&weights.storage::<f32>()[..inner * cols]),
-        DType::F16 => Weights::F16(&weights.storage::<f16>()[..inner * cols]),
-        _ => return None,
-    };
-    let out = matmul_rows(input, rows, inner, w, cols);
-    Some(Tensor::from_data(
-        TensorData::new(out, [rows, cols]),
-        device,
-    ))
-}
 
 /// `x` is `[rows, inner]` f32, `w` is `[cols, inner]` (one row per output, as
 /// model files store them), both row-major; returns `x @ wᵀ`, `[rows, cols]`.
@@ -106,7 +112,7 @@ fn avx512() -> bool {
 
 /// Outputs of a block of `n` weight rows for every row of `x`, into `acc`
 /// (`[rows, n]`).
-fn outputs(x: &[f32], rows: usize, inner: usize, w: Weights<'_>, n: usize, acc: &mut [f32]) {
+pub fn outputs(x: &[f32], rows: usize, inner: usize, w: Weights<'_>, n: usize, acc: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if avx512() {
         // SAFETY: the CPU has AVX-512F and VL, checked just above.
@@ -339,123 +345,46 @@ avx512_kernel!(
     avx512_f16, half::f16, f16, prefetch = 512
 );
 
-/// Attention of `s` new tokens per sequence over the KV cache — one token in
-/// a decoding step, a whole prompt (or a chunk of it) in a prompt pass — or
-/// `None` when this does not apply (another backend or dtype, no AVX-512, a
-/// head size not a multiple of 16). `q` is `[batch, kv_heads, group × s,
-/// head_dim]` (rows by group member, then token), `keys` and `values`
-/// `[cache rows, kv_heads, capacity, head_dim]`; sequence `b` lives in cache
-/// row `rows[b]`, its new tokens in slots `starts[b]..starts[b] + s`. Token
-/// `t` attends slot `j` when `j <= starts[b] + t` (causal) and `valid[b][j]`:
-/// masked slots are never computed, which halves a prompt pass's attention
-/// against the backend's full product. Rows are spread over the cores in
-/// small tasks.
-#[allow(clippy::too_many_arguments)]
-pub fn cached_attention(
-    q: &Tensor<4>,
-    keys: &Tensor<4>,
-    values: &Tensor<4>,
-    valid: &[Vec<bool>],
-    cache_rows: &[usize],
-    starts: &[usize],
-    s: usize,
-    window: Option<usize>,
-    device: &Device,
-) -> Option<Tensor<4>> {
+/// `a · b` (lengths equal).
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    {
-        let [b, kvh, rows, hd] = q.dims();
-        let [kb, kh, capacity, khd] = keys.dims();
-        let end = starts.iter().map(|st| st + s).max().unwrap_or(0);
-        if !avx512()
-            || s == 0
-            || !rows.is_multiple_of(s)
-            || (kh, khd) != (kvh, hd)
-            || cache_rows.len() != b
-            || starts.len() != b
-            || cache_rows.iter().any(|&r| r >= kb)
-            || values.dims() != keys.dims()
-            || !hd.is_multiple_of(16)
-            || end > capacity
-            || valid.len() < b
-            || valid.iter().zip(starts).any(|(row, st)| row.len() < st + s)
-        {
-            return None;
-        }
-        let contiguous = |t: &Tensor<4>| {
-            let p = t.clone().try_into_primitive::<Flex>().ok()?;
-            (p.dtype() == DType::F32 && p.is_contiguous() && p.layout().start_offset() == 0)
-                .then_some(p)
-        };
-        let (k, v) = (contiguous(keys)?, contiguous(values)?);
-        let q = q.clone().into_data();
-        let q = q.as_slice::<f32>().ok()?;
-        let (k, v) = (k.storage::<f32>(), v.storage::<f32>());
-        let scale = 1.0 / (hd as f32).sqrt();
-        let mut out = vec![0f32; b * kvh * rows * hd];
-        // Rows per task: enough to amortise the task, few enough to balance the cores.
-        const TASK_ROWS: usize = 8;
-        out.par_chunks_mut(TASK_ROWS * hd)
-            .enumerate()
-            .for_each(|(chunk, out)| {
-                let mut scores = vec![0f32; end];
-                for (i, orow) in out.chunks_mut(hd).enumerate() {
-                    let row = chunk * TASK_ROWS + i;
-                    let task = row / rows;
-                    let t = (row % rows) % s;
-                    let (seq, head) = (task / kvh, task % kvh);
-                    let base = (cache_rows[seq] * kvh + head) * capacity * hd;
-                    let limit = starts[seq] + t + 1;
-                    // A sliding window hides the slots more than `w` back.
-                    let first = window.map_or(0, |w| limit.saturating_sub(w));
-                    let qrow = &q[row * hd..(row + 1) * hd];
-                    let mut max = f32::NEG_INFINITY;
-                    for (j, score) in scores[..limit].iter_mut().enumerate() {
-                        *score = if j >= first && valid[seq][j] {
-                            // SAFETY: AVX-512F and VL checked above; both rows hold `hd` values.
-                            let s = unsafe {
-                                avx512_att::dot(qrow, &k[base + j * hd..base + (j + 1) * hd])
-                            };
-                            s * scale
-                        } else {
-                            f32::NEG_INFINITY
-                        };
-                        max = max.max(*score);
-                    }
-                    if max == f32::NEG_INFINITY {
-                        continue; // nothing to attend (a padding position): zeros
-                    }
-                    let mut total = 0f32;
-                    for score in scores[..limit].iter_mut() {
-                        *score = (*score - max).exp();
-                        total += *score;
-                    }
-                    for (j, &p) in scores[..limit].iter().enumerate() {
-                        if p > 0.0 {
-                            // SAFETY: as above.
-                            unsafe {
-                                avx512_att::axpy(
-                                    p / total,
-                                    &v[base + j * hd..base + (j + 1) * hd],
-                                    orow,
-                                )
-                            };
-                        }
-                    }
-                }
-            });
-        Some(Tensor::from_data(
-            TensorData::new(out, [b, kvh, rows, hd]),
-            device,
-        ))
+    if avx512() && a.len().is_multiple_of(16) {
+        // SAFETY: AVX-512F and VL checked; lengths checked by `dot`.
+        return unsafe { avx512_att::dot(a, b) };
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (
-            q, keys, values, valid, cache_rows, starts, s, window, device,
-        );
-        None
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// `a · b` for f16 `b`.
+pub fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if avx512() && a.len().is_multiple_of(16) {
+        // SAFETY: AVX-512F and VL checked; lengths checked by `dot_f16`.
+        return unsafe { avx512_att::dot_f16(a, b) };
     }
+    a.iter().zip(b).map(|(x, y)| x * y.to_f32()).sum()
+}
+
+/// `out += alpha * x`.
+pub fn axpy_f32(alpha: f32, x: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx512() && x.len().is_multiple_of(16) {
+        // SAFETY: AVX-512F and VL checked; lengths checked by `axpy`.
+        return unsafe { avx512_att::axpy(alpha, x, out) };
+    }
+    out.iter_mut().zip(x).for_each(|(o, v)| *o += alpha * v);
+}
+
+/// `out += alpha * x` for f16 `x`.
+pub fn axpy_f16(alpha: f32, x: &[f16], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx512() && x.len().is_multiple_of(16) {
+        // SAFETY: AVX-512F and VL checked; lengths checked by `axpy_f16`.
+        return unsafe { avx512_att::axpy_f16(alpha, x, out) };
+    }
+    out.iter_mut()
+        .zip(x)
+        .for_each(|(o, v)| *o += alpha * v.to_f32());
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -496,86 +425,50 @@ mod avx512_att {
             i += 16;
         }
     }
+
+    /// `a · b` for f16 `b`, both of a length that is a multiple of 16.
+    #[target_feature(enable = "avx512f,avx512vl")]
+    pub unsafe fn dot_f16(a: &[f32], b: &[half::f16]) -> f32 {
+        assert!(a.len() == b.len() && a.len().is_multiple_of(16));
+        let mut acc = _mm512_setzero_ps();
+        let mut i = 0;
+        while i < a.len() {
+            // SAFETY: `i + 16 <= len` for both slices.
+            unsafe {
+                let x = _mm512_loadu_ps(a.as_ptr().wrapping_add(i));
+                let y = _mm512_cvtph_ps(_mm256_loadu_si256(
+                    b.as_ptr().wrapping_add(i) as *const __m256i
+                ));
+                acc = _mm512_fmadd_ps(x, y, acc);
+            }
+            i += 16;
+        }
+        _mm512_reduce_add_ps(acc)
+    }
+
+    /// `out += alpha * x` for f16 `x`, both of a length that is a multiple of 16.
+    #[target_feature(enable = "avx512f,avx512vl")]
+    pub unsafe fn axpy_f16(alpha: f32, x: &[half::f16], out: &mut [f32]) {
+        assert!(x.len() == out.len() && x.len().is_multiple_of(16));
+        let a = _mm512_set1_ps(alpha);
+        let mut i = 0;
+        while i < x.len() {
+            // SAFETY: `i + 16 <= len` for both slices.
+            unsafe {
+                let o = out.as_mut_ptr().wrapping_add(i);
+                let v = _mm512_cvtph_ps(_mm256_loadu_si256(
+                    x.as_ptr().wrapping_add(i) as *const __m256i
+                ));
+                _mm512_storeu_ps(o, _mm512_fmadd_ps(a, v, _mm512_loadu_ps(o)));
+            }
+            i += 16;
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The kernel against burn's attention with the mask the model builds, for a
-    /// prompt chunk after earlier tokens (start > 0), with a padded sequence.
-    #[test]
-    fn cached_attention_matches_the_masked_product() {
-        use burn::tensor::Bool;
-        let device = crate::llm::DeviceKind::Cpu.device().unwrap();
-        let (b, kvh, group, s, start, capacity, hd) = (2, 2, 3, 5, 3, 11, 32);
-        let value = |i: usize, m: usize| ((i * m % 97) as f32 - 48.0) / 50.0;
-        let q: Vec<f32> = (0..b * kvh * group * s * hd).map(|i| value(i, 7)).collect();
-        let k: Vec<f32> = (0..b * kvh * capacity * hd).map(|i| value(i, 13)).collect();
-        let v: Vec<f32> = (0..b * kvh * capacity * hd).map(|i| value(i, 29)).collect();
-        let q = Tensor::<4>::from_data(TensorData::new(q, [b, kvh, group * s, hd]), &device);
-        let k = Tensor::<4>::from_data(TensorData::new(k, [b, kvh, capacity, hd]), &device);
-        let v = Tensor::<4>::from_data(TensorData::new(v, [b, kvh, capacity, hd]), &device);
-        // The second sequence is left-padded by two slots.
-        let valid = vec![
-            vec![true; capacity],
-            (0..capacity).map(|j| j >= 2).collect(),
-        ];
-        // The whole context, then a sliding window of 4 positions.
-        for window in [None, Some(4)] {
-            let mut mask = Vec::new();
-            for row in &valid {
-                for _ in 0..group {
-                    for t in 0..s {
-                        let first = window.map_or(0, |w: usize| (start + t + 1).saturating_sub(w));
-                        mask.extend((0..capacity).map(|j| j > start + t || j < first || !row[j]));
-                    }
-                }
-            }
-            let mask: Tensor<4, Bool> =
-                Tensor::from_data(TensorData::new(mask, [b, 1, group * s, capacity]), &device);
-            let options = burn::tensor::ops::AttentionModuleOptions {
-                scale: Some(1.0 / (hd as f64).sqrt()),
-                ..Default::default()
-            };
-            let want = burn::tensor::module::attention(
-                q.clone(),
-                k.clone(),
-                v.clone(),
-                Some(mask),
-                None,
-                options,
-            );
-            match (
-                avx512(),
-                cached_attention(
-                    &q,
-                    &k,
-                    &v,
-                    &valid,
-                    &[0, 1],
-                    &[start, start],
-                    s,
-                    window,
-                    &device,
-                ),
-            ) {
-                (true, Some(got)) => {
-                    let (got, want) = (got.into_data(), want.into_data());
-                    let (got, want) = (
-                        got.as_slice::<f32>().unwrap(),
-                        want.as_slice::<f32>().unwrap(),
-                    );
-                    assert_eq!(got.len(), want.len());
-                    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-                        assert!((g - w).abs() < 1e-5, "row {}: {g} != {w}", i / hd);
-                    }
-                }
-                (false, None) => {} // no AVX-512 here: the backend's attention runs
-                (has, got) => panic!("AVX-512 {has}, kernel ran: {}", got.is_some()),
-            }
-        }
-    }
 
     #[test]
     fn kernel_matches_a_plain_product() {
@@ -616,24 +509,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn burn_tensors_go_through_the_kernel() {
-        let device = Device::flex();
-        let x = Tensor::<2>::from_data(
-            TensorData::new(vec![1.0f32, 2.0, 3.0, 4.0], [2, 2]),
-            &device,
-        );
-        let w = Tensor::<2>::from_data(
-            TensorData::new(vec![1.0f32, 0.0, 0.5, 1.0, 1.0, 2.0], [3, 2]),
-            &device,
-        );
-        let y = matmul(&x, &w, &device).expect("flex f32 tensors use the kernel");
-        let want = x.matmul(w.transpose()).into_data();
-        assert_eq!(
-            y.into_data().as_slice::<f32>().unwrap(),
-            want.as_slice::<f32>().unwrap()
-        );
     }
 }

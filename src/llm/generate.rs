@@ -6,7 +6,6 @@
 
 use std::time::Instant;
 
-use burn::tensor::{Int, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -350,9 +349,10 @@ impl Llm {
         rows: &[usize],
         valid: &[Vec<bool>],
     ) -> Result<Vec<f32>> {
-        let logits = self.model.forward(
+        let ids: Vec<u32> = ids.into_iter().map(|t| t as u32).collect();
+        self.model.forward(
             StepInput {
-                tokens: int_tensor(ids, self.model.device()),
+                tokens: &ids,
                 batch: rows.len(),
                 seq,
                 positions,
@@ -360,8 +360,7 @@ impl Llm {
                 valid,
             },
             cache,
-        )?;
-        Ok(logits.into_data().iter::<f32>().collect())
+        )
     }
 
     /// Hand a finished sequence to the caller.
@@ -416,11 +415,6 @@ impl Llm {
         }
         Ok(())
     }
-}
-
-fn int_tensor(values: Vec<i64>, device: &burn::tensor::Device) -> Tensor<1, Int> {
-    let n = values.len();
-    Tensor::from_data(TensorData::new(values, [n]), device)
 }
 
 /// Draw a token from one row of logits.

@@ -12,6 +12,7 @@ pub mod cpu;
 pub mod generate;
 pub mod gguf;
 pub mod model;
+pub mod team;
 pub mod tokenizer;
 pub mod weights;
 
@@ -23,7 +24,7 @@ use serde::Serialize;
 
 pub use config::LlamaConfig;
 pub use generate::{Completion, Finish, Request, Sampling, Timings};
-pub use model::WeightDtype;
+pub use model::{KvDtype, WeightDtype};
 pub use tokenizer::{Message, TextTokenizer};
 
 use crate::error::{Error, Result};
@@ -83,6 +84,8 @@ pub struct LoadOptions {
     pub dtype: Option<WeightDtype>,
     /// Longest prompt + answer to prepare for.
     pub context: usize,
+    /// The KV cache's precision on the CPU.
+    pub kv_cache: KvDtype,
 }
 
 impl Default for LoadOptions {
@@ -91,6 +94,7 @@ impl Default for LoadOptions {
             device: DeviceKind::Cpu,
             dtype: None,
             context: DEFAULT_CONTEXT,
+            kv_cache: KvDtype::default(),
         }
     }
 }
@@ -190,6 +194,7 @@ impl Llm {
             context,
             cpu_kernel,
             keep_blocks,
+            options.kv_cache,
         )?;
         drop(source);
         let weight_dtype = if model.uses_blocks() {
@@ -238,21 +243,15 @@ impl Llm {
     /// the logits after each pass (with `chunk == 1`, the logits at every
     /// position, computed through the KV cache).
     pub fn logits_by_chunks(&self, ids: &[u32], chunk: usize) -> Result<Vec<Vec<f32>>> {
-        let device = self.model.device().clone();
         let mut cache = self.model.cache(1, ids.len())?;
         let valid = vec![vec![true; ids.len()]];
         let mut out = Vec::new();
         for (i, piece) in ids.chunks(chunk.max(1)).enumerate() {
             let start = i * chunk.max(1);
             let positions: Vec<usize> = (start..start + piece.len()).collect();
-            let tokens = piece.iter().map(|&t| i64::from(t)).collect::<Vec<_>>();
-            let n = tokens.len();
             let logits = self.model.forward(
                 model::StepInput {
-                    tokens: burn::tensor::Tensor::from_data(
-                        burn::tensor::TensorData::new(tokens, [n]),
-                        &device,
-                    ),
+                    tokens: piece,
                     batch: 1,
                     seq: piece.len(),
                     positions: &positions,
@@ -261,7 +260,7 @@ impl Llm {
                 },
                 &mut cache,
             )?;
-            out.push(logits.into_data().iter::<f32>().collect());
+            out.push(logits);
         }
         Ok(out)
     }

@@ -22,6 +22,21 @@ use rayon::prelude::*;
 use super::config::LlamaConfig;
 use super::weights::{HostTensor, Weight, WeightSource};
 use crate::error::{Error, Result};
+use host::KvBuffer;
+
+mod host;
+
+/// The precision of the KV cache on the CPU: f16 halves what each decoding
+/// step reads and what a batch's cache takes (llama.cpp's default); f32 keeps
+/// keys and values exactly (what the reference outputs of the tests assume).
+/// GPUs keep f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvDtype {
+    #[default]
+    F16,
+    F32,
+}
 
 /// The precision weights are kept in on the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -47,7 +62,16 @@ impl WeightDtype {
     }
 }
 
+/// A layer's vectors on the host, for the CPU pass.
+struct LayerHost {
+    attn_norm: Vec<f32>,
+    mlp_norm: Vec<f32>,
+    qkv_bias: Option<Vec<f32>>,
+    qk_norm: Option<(Vec<f32>, Vec<f32>)>,
+}
+
 struct Layer {
+    host: LayerHost,
     attn_norm: Tensor<1>,
     /// `[hidden, (heads + 2 * kv_heads) * head_dim]`.
     qkv: Linear,
@@ -69,14 +93,16 @@ struct Layer {
 #[allow(clippy::large_enum_variant)]
 enum Linear {
     /// Float weights. On the CPU the weight keeps the file layout `[out, in]`
-    /// and every product goes through [`cpu::matmul`](super::cpu::matmul),
-    /// which streams it. Elsewhere it is stored `[in, out]` for burn's matrix
-    /// product.
+    /// and the CPU pass ([`host`]) streams it through
+    /// [`cpu::outputs`](super::cpu::outputs). Elsewhere it is stored
+    /// `[in, out]` for burn's matrix product.
     Dense {
         weight: Tensor<2>,
         dtype: WeightDtype,
         /// `weight` is `[out, in]`, for the CPU kernel.
         cpu_kernel: bool,
+        /// The same storage, as the CPU pass reads it (with `cpu_kernel`).
+        host: Option<burn_flex::FlexTensor>,
     },
     /// Weights kept in their file's quantized blocks (CPU only), parts stacked
     /// along the outputs; the inputs are quantized to 8 bits per block as
@@ -93,8 +119,10 @@ impl Linear {
         } else {
             transpose(parts)
         };
+        let weight = upload_matrix(m, device, dtype);
         Linear::Dense {
-            weight: upload_matrix(m, device, dtype),
+            host: cpu_kernel.then(|| host_tensor(&weight)).flatten(),
+            weight,
             dtype,
             cpu_kernel,
         }
@@ -117,10 +145,8 @@ impl Linear {
                 weight,
                 dtype,
                 cpu_kernel: true,
+                ..
             } => {
-                if let Some(y) = super::cpu::matmul(&x, weight, &x.device()) {
-                    return y;
-                }
                 let w = weight.clone().transpose();
                 match dtype {
                     WeightDtype::F32 => x.matmul(w),
@@ -147,8 +173,8 @@ impl Linear {
 /// The token embeddings: rows looked up by token id.
 #[allow(clippy::large_enum_variant)] // one per model
 enum Embedding {
-    /// `[vocab, hidden]` on the device.
-    Dense(Tensor<2>),
+    /// `[vocab, hidden]` on the device (and its storage, on the CPU).
+    Dense(Tensor<2>, Option<burn_flex::FlexTensor>),
     /// Quantized rows (CPU), dequantized as they are looked up.
     Blocks(Arc<QuantMatrix>),
 }
@@ -169,14 +195,24 @@ pub struct Llama {
     sin: Tensor<2>,
     /// `[head_dim, head_dim]`: `x @ rotate == rotate_half(x)`.
     rotate: Tensor<2>,
+    /// The rotary tables and final norm on the host.
+    host: ModelHost,
+    /// Forward passes run on the host ([`host`]), not through burn.
+    use_host: bool,
+    kv_dtype: KvDtype,
+}
+
+struct ModelHost {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    norm: Vec<f32>,
 }
 
 /// Keys and values of every layer for up to `rows` sequences, each in a row of
 /// its own with its own length: a sequence can end and another take its row
 /// while the others go on (continuous batching), and nothing is re-padded.
 pub struct KvCache {
-    keys: Vec<Option<Tensor<4>>>,
-    values: Vec<Option<Tensor<4>>>,
+    store: KvStore,
     rows: usize,
     capacity: usize,
     /// Slots filled in each row.
@@ -201,6 +237,33 @@ impl KvCache {
     pub fn reset(&mut self, row: usize) {
         self.lens[row] = 0;
     }
+
+    /// Bytes the keys and values take.
+    pub fn bytes(&self) -> usize {
+        match &self.store {
+            KvStore::Host { keys, values } => keys.iter().chain(values).map(KvBuffer::bytes).sum(),
+            KvStore::Burn { keys, values } => keys
+                .iter()
+                .chain(values)
+                .flatten()
+                .map(|t| 4 * t.dims().iter().product::<usize>())
+                .sum(),
+        }
+    }
+}
+
+/// Per layer, `[rows, kv_heads, capacity, head_dim]`.
+enum KvStore {
+    /// burn tensors, f32 (GPUs; the CPU without its kernels).
+    Burn {
+        keys: Vec<Option<Tensor<4>>>,
+        values: Vec<Option<Tensor<4>>>,
+    },
+    /// The CPU pass's buffers.
+    Host {
+        keys: Vec<KvBuffer>,
+        values: Vec<KvBuffer>,
+    },
 }
 
 fn int_tensor(values: Vec<i64>, device: &Device) -> Tensor<1, Int> {
@@ -211,7 +274,7 @@ fn int_tensor(values: Vec<i64>, device: &Device) -> Tensor<1, Int> {
 /// What one forward pass needs besides the token ids.
 pub struct StepInput<'a> {
     /// `batch * seq` token ids, row by row.
-    pub tokens: Tensor<1, Int>,
+    pub tokens: &'a [u32],
     pub batch: usize,
     pub seq: usize,
     /// Position of every token in its own sequence (`batch * seq`).
@@ -229,6 +292,7 @@ impl Llama {
     /// projections to [`super::cpu`] (flex backend only); `keep_blocks` keeps
     /// quantized weights in their blocks (CPU only), `dtype` being then the
     /// precision of the file's float weights.
+    #[allow(clippy::too_many_arguments)]
     pub fn load(
         config: LlamaConfig,
         source: &WeightSource,
@@ -237,6 +301,7 @@ impl Llama {
         max_positions: usize,
         cpu_kernel: bool,
         keep_blocks: bool,
+        kv_dtype: KvDtype,
     ) -> Result<Self> {
         let keep_blocks = keep_blocks && cpu_kernel;
         let c = &config;
@@ -244,9 +309,9 @@ impl Llama {
         let q_out = c.num_heads * hd;
         let kv_out = c.num_kv_heads * hd;
         let get = |w: Weight, shape: &[usize]| source.get(c, w, shape);
-        let vector = |t: HostTensor| -> Tensor<1> {
+        let vector = |t: &HostTensor| -> Tensor<1> {
             let n = t.values.len();
-            Tensor::from_data(TensorData::new(t.values, [n]), device)
+            Tensor::from_data(TensorData::new(t.values.clone(), [n]), device)
         };
 
         // A projection from its parts: kept in blocks when every part is
@@ -301,14 +366,16 @@ impl Llama {
                 let embed = upload_matrix(stack(&[&embed_host]), device, embed_dtype);
                 drop(embed_host);
                 let head_is_embedding = separate_head.is_none() && tied_copy.is_none();
+                let host = cpu_kernel.then(|| host_tensor(&embed)).flatten();
                 let head = separate_head
                     .or(tied_copy)
                     .unwrap_or_else(|| Linear::Dense {
                         weight: embed.clone(),
                         dtype,
                         cpu_kernel: true,
+                        host: host.clone(),
                     });
-                (Embedding::Dense(embed), head, head_is_embedding)
+                (Embedding::Dense(embed, host), head, head_is_embedding)
             }
         };
 
@@ -320,37 +387,43 @@ impl Llama {
                 values.extend(get(Weight::KBias(i), &[kv_out])?.values);
                 values.extend(get(Weight::VBias(i), &[kv_out])?.values);
                 let n = values.len();
-                Some(vector(HostTensor {
+                Some(HostTensor {
                     values,
                     shape: vec![n],
-                }))
+                })
             } else {
                 None
             };
             let qk_norm = if c.qk_norm {
-                Some((
-                    vector(get(Weight::QNorm(i), &[hd])?),
-                    vector(get(Weight::KNorm(i), &[hd])?),
-                ))
+                Some((get(Weight::QNorm(i), &[hd])?, get(Weight::KNorm(i), &[hd])?))
             } else {
                 None
             };
+            let attn_norm = get(Weight::AttnNorm(i), &[hidden])?;
+            let mlp_norm = get(Weight::MlpNorm(i), &[hidden])?;
             layers.push(Layer {
-                qkv_bias,
-                qk_norm,
-                attn_norm: vector(get(Weight::AttnNorm(i), &[hidden])?),
+                qkv_bias: qkv_bias.as_ref().map(vector),
+                qk_norm: qk_norm.as_ref().map(|(q, k)| (vector(q), vector(k))),
+                attn_norm: vector(&attn_norm),
+                mlp_norm: vector(&mlp_norm),
+                host: LayerHost {
+                    attn_norm: attn_norm.values,
+                    mlp_norm: mlp_norm.values,
+                    qkv_bias: qkv_bias.map(|b| b.values),
+                    qk_norm: qk_norm.map(|(q, k)| (q.values, k.values)),
+                },
                 qkv: linear(&[
                     (Weight::Q(i), [q_out, hidden]),
                     (Weight::K(i), [kv_out, hidden]),
                     (Weight::V(i), [kv_out, hidden]),
                 ])?,
                 o: linear(&[(Weight::O(i), [hidden, q_out])])?,
-                mlp_norm: vector(get(Weight::MlpNorm(i), &[hidden])?),
                 gate_up: linear(&[(Weight::Gate(i), [f, hidden]), (Weight::Up(i), [f, hidden])])?,
                 down: linear(&[(Weight::Down(i), [hidden, f])])?,
             });
         }
-        let norm = vector(get(Weight::FinalNorm, &[hidden])?);
+        let norm_host = get(Weight::FinalNorm, &[hidden])?;
+        let norm = vector(&norm_host);
 
         let inv = config.inverse_frequencies();
         let positions = max_positions.max(1);
@@ -372,9 +445,9 @@ impl Llama {
             rotate[(i + half) * hd + i] = -1.0;
             rotate[i * hd + i + half] = 1.0;
         }
-        Ok(Llama {
-            cos: Tensor::from_data(TensorData::new(cos, [positions, hd]), device),
-            sin: Tensor::from_data(TensorData::new(sin, [positions, hd]), device),
+        let mut model = Llama {
+            cos: Tensor::from_data(TensorData::new(cos.clone(), [positions, hd]), device),
+            sin: Tensor::from_data(TensorData::new(sin.clone(), [positions, hd]), device),
             rotate: Tensor::from_data(TensorData::new(rotate, [hd, hd]), device),
             config,
             device: device.clone(),
@@ -384,7 +457,16 @@ impl Llama {
             head,
             head_is_embedding,
             cpu_kernel,
-        })
+            host: ModelHost {
+                cos,
+                sin,
+                norm: norm_host.values,
+            },
+            use_host: false,
+            kv_dtype,
+        };
+        model.use_host = model.host_ready();
+        Ok(model)
     }
 
     pub fn device(&self) -> &Device {
@@ -416,7 +498,7 @@ impl Llama {
         };
         let embed = match &self.embed {
             Embedding::Blocks(m) => m.bytes(),
-            Embedding::Dense(t) => {
+            Embedding::Dense(t, _) => {
                 t.dims().iter().product::<usize>() * if t.dtype() == DType::F16 { 2 } else { 4 }
             }
         };
@@ -443,10 +525,22 @@ impl Llama {
             });
         }
         let shape = [rows, c.num_kv_heads, capacity, c.head_dim];
-        let zeros = || Some(Tensor::<4>::zeros(shape, &self.device));
+        let store = if self.use_host {
+            let len = shape.iter().product();
+            let zeros = || KvBuffer::zeros(len, self.kv_dtype);
+            KvStore::Host {
+                keys: (0..c.num_layers).map(|_| zeros()).collect(),
+                values: (0..c.num_layers).map(|_| zeros()).collect(),
+            }
+        } else {
+            let zeros = || Some(Tensor::<4>::zeros(shape, &self.device));
+            KvStore::Burn {
+                keys: (0..c.num_layers).map(|_| zeros()).collect(),
+                values: (0..c.num_layers).map(|_| zeros()).collect(),
+            }
+        };
         Ok(KvCache {
-            keys: (0..c.num_layers).map(|_| zeros()).collect(),
-            values: (0..c.num_layers).map(|_| zeros()).collect(),
+            store,
             rows,
             capacity,
             lens: vec![0; rows],
@@ -454,8 +548,9 @@ impl Llama {
     }
 
     /// Run `input` through the model, append its keys and values to `cache`,
-    /// and return the logits of each sequence's last token, `[batch, vocab]`.
-    pub fn forward(&self, input: StepInput<'_>, cache: &mut KvCache) -> Result<Tensor<2>> {
+    /// and return the logits of each sequence's last token, `[batch, vocab]`
+    /// row after row.
+    pub fn forward(&self, input: StepInput<'_>, cache: &mut KvCache) -> Result<Vec<f32>> {
         let c = &self.config;
         let (b, s) = (input.batch, input.seq);
         let n = b * s;
@@ -474,6 +569,20 @@ impl Llama {
                 ),
             });
         }
+        if let KvStore::Host { .. } = cache.store {
+            let logits = self.forward_host(&input, &starts, cache)?;
+            for (&r, &st) in input.rows.iter().zip(&starts) {
+                cache.lens[r] = st + s;
+            }
+            return Ok(logits);
+        }
+        let KvStore::Burn {
+            keys: cache_keys,
+            values: cache_values,
+        } = &mut cache.store
+        else {
+            unreachable!("matched above")
+        };
         // Every row of the cache in order, at one length: one write per layer.
         let aligned = b == cache.rows
             && input.rows.iter().enumerate().all(|(i, &r)| i == r)
@@ -527,7 +636,11 @@ impl Llama {
             ..Default::default()
         };
 
-        let mut x = self.embed(input.tokens)?; // [n, hidden]
+        let tokens = int_tensor(
+            input.tokens.iter().map(|&t| i64::from(t)).collect(),
+            &self.device,
+        );
+        let mut x = self.embed(tokens)?; // [n, hidden]
         for (l, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(x.clone(), &layer.attn_norm, c.rms_norm_eps);
             let mut qkv = layer.qkv.forward(h);
@@ -560,8 +673,8 @@ impl Llama {
             let k = rope(k, kv_heads).swap_dims(1, 2);
             let v = v.swap_dims(1, 2);
 
-            let mut keys = cache.keys[l].take().expect("cache");
-            let mut values = cache.values[l].take().expect("cache");
+            let mut keys = cache_keys[l].take().expect("cache");
+            let mut values = cache_values[l].take().expect("cache");
             if aligned {
                 let slots = [0..b, 0..kv_heads, starts[0]..starts[0] + s, 0..hd];
                 keys = keys.slice_assign(slots.clone(), k);
@@ -574,39 +687,19 @@ impl Llama {
                     values = values.slice_assign(slots, v.clone().slice(new));
                 }
             }
-            let decoded = if self.cpu_kernel {
-                super::cpu::cached_attention(
-                    &q,
-                    &keys,
-                    &values,
-                    input.valid,
-                    input.rows,
-                    &starts,
-                    s,
-                    window,
-                    &self.device,
-                )
+            let mask = mask.get_or_insert_with(build_mask).clone();
+            // The rows of this batch, in its order.
+            let (k, v) = if aligned {
+                (keys.clone(), values.clone())
             } else {
-                None
+                (
+                    keys.clone().select(0, row_index.clone()),
+                    values.clone().select(0, row_index.clone()),
+                )
             };
-            let attn = match decoded {
-                Some(attn) => attn,
-                None => {
-                    let mask = mask.get_or_insert_with(build_mask).clone();
-                    // The rows of this batch, in its order.
-                    let (k, v) = if aligned {
-                        (keys.clone(), values.clone())
-                    } else {
-                        (
-                            keys.clone().select(0, row_index.clone()),
-                            values.clone().select(0, row_index.clone()),
-                        )
-                    };
-                    attention(q, k, v, Some(mask), None, options)
-                }
-            };
-            cache.keys[l] = Some(keys);
-            cache.values[l] = Some(values);
+            let attn = attention(q, k, v, Some(mask), None, options);
+            cache_keys[l] = Some(keys);
+            cache_values[l] = Some(values);
 
             let attn = attn
                 .reshape([b, heads, s, hd])
@@ -630,7 +723,7 @@ impl Llama {
             .slice([0..b, s - 1..s, 0..c.hidden_size])
             .reshape([b, c.hidden_size]);
         let last = rms_norm(last, &self.norm, c.rms_norm_eps);
-        Ok(self.head.forward(last))
+        Ok(self.head.forward(last).into_data().iter::<f32>().collect())
     }
 }
 
@@ -638,7 +731,7 @@ impl Llama {
     /// The embeddings of `tokens`, `[n, hidden]` in f32.
     fn embed(&self, tokens: Tensor<1, Int>) -> Result<Tensor<2>> {
         Ok(match &self.embed {
-            Embedding::Dense(table) => table.clone().select(0, tokens).cast(DType::F32),
+            Embedding::Dense(table, _) => table.clone().select(0, tokens).cast(DType::F32),
             Embedding::Blocks(table) => {
                 let ids = tokens.into_data().convert::<i64>();
                 let ids = ids.as_slice::<i64>().expect("token ids");
@@ -661,6 +754,11 @@ impl Llama {
             }
         })
     }
+}
+
+/// A CPU tensor's storage, shared (no copy).
+fn host_tensor(t: &Tensor<2>) -> Option<burn_flex::FlexTensor> {
+    t.clone().try_into_primitive::<burn_flex::Flex>().ok()
 }
 
 fn rms_norm(x: Tensor<2>, weight: &Tensor<1>, eps: f64) -> Tensor<2> {

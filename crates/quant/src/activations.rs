@@ -41,7 +41,8 @@ impl Scheme {
         }
     }
 
-    fn block(self) -> usize {
+    /// Values per block: every row's length is a multiple of it.
+    pub fn block(self) -> usize {
         match self {
             Scheme::Q8K => QK_K,
             _ => BLOCK,
@@ -85,61 +86,7 @@ impl Activations {
         let mut q = vec![0i8; rows * len];
         let mut lane_scale = vec![0f32; rows * len / LANE];
         let mut group_sum = vec![0f32; rows * len / GROUP];
-        for (((x, q), scales), sums) in x
-            .chunks_exact(block)
-            .zip(q.chunks_exact_mut(block))
-            .zip(lane_scale.chunks_exact_mut(block / LANE))
-            .zip(group_sum.chunks_exact_mut(block / GROUP))
-        {
-            let d = match scheme {
-                Scheme::Q8_0 | Scheme::Q8_1 => {
-                    // ggml's AVX code: `id = 127 / amax`, rounding to nearest
-                    // even, the scale kept as f16.
-                    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-                    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-                    for (q, &v) in q.iter_mut().zip(x) {
-                        *q = round_even(v * id) as i8;
-                    }
-                    f16_to_f32(f16::from_f32(amax / 127.0).to_bits())
-                }
-                Scheme::Q8K => {
-                    // ggml's `quantize_row_q8_K_ref`: the scale's sign is the
-                    // largest value's, so that value maps to -127 exactly.
-                    let (mut amax, mut max) = (0f32, 0f32);
-                    for &v in x {
-                        if v.abs() > amax {
-                            amax = v.abs();
-                            max = v;
-                        }
-                    }
-                    if amax == 0.0 {
-                        q.fill(0);
-                        0.0
-                    } else {
-                        let iscale = -127.0 / max;
-                        for (q, &v) in q.iter_mut().zip(x) {
-                            *q = (round_even(iscale * v) as i32).min(127) as i8;
-                        }
-                        1.0 / iscale
-                    }
-                }
-            };
-            scales.fill(d);
-            if scheme == Scheme::Q8_1 {
-                // One f16 sum per block, `d * Σq` with the unrounded scale: it
-                // goes in the block's first group (the weights' min is the
-                // same over the block).
-                let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let sum: i32 = q.iter().map(|&v| i32::from(v)).sum();
-                sums.fill(0.0);
-                sums[0] = f16_to_f32(f16::from_f32(sum as f32 * (amax / 127.0)).to_bits());
-            } else {
-                for (sum, lane) in sums.iter_mut().zip(q.chunks_exact(GROUP)) {
-                    let s: i32 = lane.iter().map(|&v| i32::from(v)).sum();
-                    *sum = d * s as f32;
-                }
-            }
-        }
+        quantize_into(x, scheme, &mut q, &mut lane_scale, &mut group_sum);
         Activations {
             rows,
             len,
@@ -149,12 +96,99 @@ impl Activations {
         }
     }
 
+    /// `rows` rows of `len` values, all zero: a buffer for [`quantize_into`].
+    pub fn zeros(rows: usize, len: usize) -> Self {
+        Activations {
+            rows,
+            len,
+            q: vec![0; rows * len],
+            lane_scale: vec![0.0; rows * len / LANE],
+            group_sum: vec![0.0; rows * len / GROUP],
+        }
+    }
+
     pub fn row(&self, r: usize) -> ActivationRow<'_> {
         let (n, l) = (self.len, self.len / LANE);
         ActivationRow {
             q: &self.q[r * n..(r + 1) * n],
             lane_scale: &self.lane_scale[r * l..(r + 1) * l],
             group_sum: &self.group_sum[r * n / GROUP..(r + 1) * n / GROUP],
+        }
+    }
+}
+
+/// Quantize `x` (whole blocks of the scheme's size) into `q` (as long as `x`),
+/// `lane_scale` (a quarter of it) and `group_sum` (a sixteenth): the rows of an
+/// [`Activations`], or any run of whole rows of one, which lets several
+/// threads each quantize their own rows of one buffer.
+pub fn quantize_into(
+    x: &[f32],
+    scheme: Scheme,
+    q: &mut [i8],
+    lane_scale: &mut [f32],
+    group_sum: &mut [f32],
+) {
+    let block = scheme.block();
+    assert!(
+        x.len().is_multiple_of(block)
+            && q.len() == x.len()
+            && lane_scale.len() == x.len() / LANE
+            && group_sum.len() == x.len() / GROUP,
+        "activation buffers"
+    );
+    for (((x, q), scales), sums) in x
+        .chunks_exact(block)
+        .zip(q.chunks_exact_mut(block))
+        .zip(lane_scale.chunks_exact_mut(block / LANE))
+        .zip(group_sum.chunks_exact_mut(block / GROUP))
+    {
+        let d = match scheme {
+            Scheme::Q8_0 | Scheme::Q8_1 => {
+                // ggml's AVX code: `id = 127 / amax`, rounding to nearest
+                // even, the scale kept as f16.
+                let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+                for (q, &v) in q.iter_mut().zip(x) {
+                    *q = round_even(v * id) as i8;
+                }
+                f16_to_f32(f16::from_f32(amax / 127.0).to_bits())
+            }
+            Scheme::Q8K => {
+                // ggml's `quantize_row_q8_K_ref`: the scale's sign is the
+                // largest value's, so that value maps to -127 exactly.
+                let (mut amax, mut max) = (0f32, 0f32);
+                for &v in x {
+                    if v.abs() > amax {
+                        amax = v.abs();
+                        max = v;
+                    }
+                }
+                if amax == 0.0 {
+                    q.fill(0);
+                    0.0
+                } else {
+                    let iscale = -127.0 / max;
+                    for (q, &v) in q.iter_mut().zip(x) {
+                        *q = (round_even(iscale * v) as i32).min(127) as i8;
+                    }
+                    1.0 / iscale
+                }
+            }
+        };
+        scales.fill(d);
+        if scheme == Scheme::Q8_1 {
+            // One f16 sum per block, `d * Σq` with the unrounded scale: it
+            // goes in the block's first group (the weights' min is the
+            // same over the block).
+            let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let sum: i32 = q.iter().map(|&v| i32::from(v)).sum();
+            sums.fill(0.0);
+            sums[0] = f16_to_f32(f16::from_f32(sum as f32 * (amax / 127.0)).to_bits());
+        } else {
+            for (sum, lane) in sums.iter_mut().zip(q.chunks_exact(GROUP)) {
+                let s: i32 = lane.iter().map(|&v| i32::from(v)).sum();
+                *sum = d * s as f32;
+            }
         }
     }
 }

@@ -155,6 +155,9 @@ macro_rules! per_kind {
 pub struct OutBlock {
     pub ptr: *mut f32,
     pub stride: usize,
+    /// Add the products to what is there (a residual connection) instead of
+    /// writing them.
+    pub add: bool,
 }
 
 impl OutBlock {
@@ -163,7 +166,10 @@ impl OutBlock {
     #[inline(always)]
     unsafe fn write(&self, i: usize, j: usize, v: f32) {
         // SAFETY: the caller's.
-        unsafe { *self.ptr.add(i * self.stride + j) = v };
+        unsafe {
+            let p = self.ptr.add(i * self.stride + j);
+            *p = if self.add { *p + v } else { v };
+        }
     }
 }
 

@@ -18,7 +18,7 @@ mod kernels;
 mod matrix;
 mod unpack;
 
-pub use activations::{Activations, Scheme};
+pub use activations::{ActivationRow, Activations, Scheme, quantize_into};
 pub use formats::{GgmlType, QK_K, dequantize, name_of_id};
 pub use kernels::Kernel;
-pub use matrix::{QuantMatrix, SharedBytes, matmul, matmul_with};
+pub use matrix::{Product, QuantMatrix, Scratch, SharedBytes, matmul, matmul_with, quantize_for};

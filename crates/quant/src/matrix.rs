@@ -155,6 +155,159 @@ impl SendPtr {
 /// fixed cost stays small next to its products.
 const TASKS_PER_THREAD: usize = 4;
 
+/// Unpacked weight rows a thread reuses from one product to the next.
+pub struct Scratch(Vec<Unpacked>);
+
+impl Scratch {
+    pub fn new() -> Self {
+        Scratch(Vec::new())
+    }
+
+    /// At least one row of `len` values, as [`weight_rows`] wants.
+    fn for_len(&mut self, len: usize) -> &mut Vec<Unpacked> {
+        if self.0.first().is_none_or(|u| u.q.len() != len) {
+            self.0 = vec![Unpacked::with_len(len)];
+        }
+        &mut self.0
+    }
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Scratch::new()
+    }
+}
+
+/// A product `x @ Wᵀ` ready to compute, the inputs quantized for the weights
+/// `parts` (stacked along their rows, all as wide as `x`): output columns
+/// `Σ parts' rows`. Any range of columns can be computed apart
+/// ([`Product::compute`]), so that threads share the columns out.
+pub struct Product<'a> {
+    kernel: Kernel,
+    parts: Vec<&'a QuantMatrix>,
+    /// Per part, its input rows in the scheme it wants.
+    inputs: Vec<Vec<ActivationRow<'a>>>,
+    rows: usize,
+}
+
+impl<'a> Product<'a> {
+    /// `rows` input rows; `input(scheme, r)` is row `r` quantized in `scheme`,
+    /// asked for each scheme the parts want ([`Scheme::for_weights`]).
+    pub fn new(
+        kernel: Kernel,
+        parts: impl IntoIterator<Item = &'a QuantMatrix>,
+        rows: usize,
+        input: impl Fn(Scheme, usize) -> ActivationRow<'a>,
+    ) -> Self {
+        assert!(
+            Kernel::supported().contains(&kernel),
+            "{} is not supported on this CPU",
+            kernel.name()
+        );
+        let parts: Vec<&QuantMatrix> = parts.into_iter().collect();
+        let inputs = parts
+            .iter()
+            .map(|p| {
+                let scheme = Scheme::for_weights(p.kind);
+                (0..rows)
+                    .map(|r| {
+                        let row = input(scheme, r);
+                        assert_eq!(row.q.len(), p.cols, "weight columns and input width");
+                        row
+                    })
+                    .collect()
+            })
+            .collect();
+        Product {
+            kernel,
+            parts,
+            inputs,
+            rows,
+        }
+    }
+
+    /// Output columns: the parts' rows together.
+    pub fn columns(&self) -> usize {
+        self.parts.iter().map(|p| p.rows).sum()
+    }
+
+    /// Columns `cols` of every output row: input `i` times weight row `j` at
+    /// `out[i * stride + j]`, written, or added to what is there with `add`.
+    ///
+    /// # Safety
+    /// `out` must hold `rows` rows of `stride >= self.columns()` values, and
+    /// no other thread may touch columns `cols` of them meanwhile.
+    pub unsafe fn compute(
+        &self,
+        cols: std::ops::Range<usize>,
+        out: *mut f32,
+        stride: usize,
+        add: bool,
+        scratch: &mut Scratch,
+    ) {
+        assert!(cols.end <= self.columns() && stride >= self.columns());
+        let mut first = 0;
+        for (part, p) in self.parts.iter().enumerate() {
+            let (r0, r1) = (
+                cols.start.max(first) - first,
+                cols.end.min(first + p.rows).saturating_sub(first),
+            );
+            if r0 < r1 {
+                let n = p.row_bytes();
+                let block = OutBlock {
+                    // SAFETY: column `first + r0` of the first output row.
+                    ptr: unsafe { out.add(first + r0) },
+                    stride,
+                    add,
+                };
+                // SAFETY: the caller's: these columns are this call's alone.
+                unsafe {
+                    weight_rows(
+                        self.kernel,
+                        p.kind,
+                        &p.data()[r0 * n..r1 * n],
+                        n,
+                        &self.inputs[part],
+                        scratch.for_len(p.cols),
+                        &block,
+                    )
+                };
+            }
+            first += p.rows;
+        }
+    }
+
+    /// Columns per task that keep unpacked rows in cache and share `threads`
+    /// cores out evenly.
+    pub fn task_columns(&self, threads: usize) -> usize {
+        let per_task = self
+            .columns()
+            .div_ceil(threads.max(1) * TASKS_PER_THREAD)
+            .max(4);
+        // Many inputs: tasks of at most 32 weight rows, unpacked together
+        // (see `weight_rows`), which keeps them in the second-level cache.
+        if self.rows > 8 {
+            per_task.min(32)
+        } else {
+            per_task
+        }
+    }
+}
+
+/// `x` quantized once for every scheme `parts` want.
+pub fn quantize_for(x: &[f32], rows: usize, parts: &[&QuantMatrix]) -> Vec<(Scheme, Activations)> {
+    let len = x.len() / rows.max(1);
+    assert_eq!(x.len(), rows * len, "input shape");
+    let mut inputs: Vec<(Scheme, Activations)> = Vec::new();
+    for p in parts {
+        let scheme = Scheme::for_weights(p.kind);
+        if !inputs.iter().any(|(s, _)| *s == scheme) {
+            inputs.push((scheme, Activations::quantize(x, rows, len, scheme)));
+        }
+    }
+    inputs
+}
+
 /// `x @ Wᵀ` for `x`, `rows` rows of f32, and the weights `parts` stacked
 /// along their rows (all as wide as `x`): `[rows, Σ parts' rows]`, row-major.
 /// The inputs are quantized once per scheme the parts' types ask for.
@@ -162,80 +315,28 @@ pub fn matmul(x: &[f32], rows: usize, parts: &[&QuantMatrix]) -> Vec<f32> {
     matmul_with(Kernel::detect(), x, rows, parts)
 }
 
-/// [`matmul`] with a chosen kernel (one of [`Kernel::supported`]).
+/// [`matmul`] with a chosen kernel (one of [`Kernel::supported`]), its
+/// columns shared out over rayon's threads.
 pub fn matmul_with(kernel: Kernel, x: &[f32], rows: usize, parts: &[&QuantMatrix]) -> Vec<f32> {
-    assert!(
-        Kernel::supported().contains(&kernel),
-        "{} is not supported on this CPU",
-        kernel.name()
-    );
-    let len = x.len() / rows.max(1);
-    assert_eq!(x.len(), rows * len, "input shape");
-    let mut inputs: Vec<(Scheme, Activations)> = Vec::new();
-    for p in parts {
-        assert_eq!(p.cols, len, "weight columns and input width");
-        let scheme = Scheme::for_weights(p.kind);
-        if !inputs.iter().any(|(s, _)| *s == scheme) {
-            inputs.push((scheme, Activations::quantize(x, rows, len, scheme)));
-        }
-    }
-    let input_rows: Vec<Vec<ActivationRow<'_>>> = parts
-        .iter()
-        .map(|p| {
-            let scheme = Scheme::for_weights(p.kind);
-            let (_, act) = inputs
-                .iter()
-                .find(|(s, _)| *s == scheme)
-                .expect("quantized above");
-            (0..rows).map(|r| act.row(r)).collect()
-        })
-        .collect();
-    let total: usize = parts.iter().map(|p| p.rows).sum();
-    // Many inputs: tasks of at most 32 weight rows, unpacked together (see
-    // `weight_rows`), which keeps them in the second-level cache.
-    let per_task = total
-        .div_ceil(rayon::current_num_threads() * TASKS_PER_THREAD)
-        .max(4);
-    let per_task = if rows > 8 { per_task.min(32) } else { per_task };
-    // Tasks: (part, first row, last row, first output column). Each writes its
-    // own columns of every output row, straight into `out`.
+    let inputs = quantize_for(x, rows, parts);
+    let product = Product::new(kernel, parts.iter().copied(), rows, |scheme, r| {
+        let (_, act) = inputs
+            .iter()
+            .find(|(s, _)| *s == scheme)
+            .expect("quantized for every part");
+        act.row(r)
+    });
+    let total = product.columns();
+    let per_task = product.task_columns(rayon::current_num_threads());
     let mut out = vec![0f32; rows * total];
-    let mut tasks = Vec::new();
-    let mut col = 0;
-    for (i, p) in parts.iter().enumerate() {
-        for r0 in (0..p.rows).step_by(per_task) {
-            let r1 = (r0 + per_task).min(p.rows);
-            tasks.push((i, r0, r1, col + r0));
-        }
-        col += p.rows;
-    }
     let base = SendPtr(out.as_mut_ptr());
-    tasks.into_par_iter().for_each_init(
-        || vec![Unpacked::with_len(len)],
-        |scratch, (part, r0, r1, col0)| {
-            let p = parts[part];
-            let n = p.row_bytes();
-            let weights = &p.data()[r0 * n..r1 * n];
-            let block = OutBlock {
-                // SAFETY: `col0 < total`, inside the first output row.
-                ptr: unsafe { base.get().add(col0) },
-                stride: total,
-            };
-            // SAFETY: `out` has `rows` rows of `total`; this task alone writes
-            // columns `col0..col0 + r1 - r0` (tasks cover disjoint rows of
-            // disjoint parts).
-            unsafe {
-                weight_rows(
-                    kernel,
-                    p.kind,
-                    weights,
-                    n,
-                    &input_rows[part],
-                    scratch,
-                    &block,
-                )
-            };
-        },
-    );
+    (0..total.div_ceil(per_task))
+        .into_par_iter()
+        .for_each_init(Scratch::new, |scratch, t| {
+            let cols = t * per_task..((t + 1) * per_task).min(total);
+            // SAFETY: `out` has `rows` rows of `total`; this task alone
+            // writes columns `cols`.
+            unsafe { product.compute(cols, base.get(), total, false, scratch) };
+        });
     out
 }

@@ -1,0 +1,745 @@
+//! The forward pass on the CPU, in the host's memory, without burn's
+//! operations: the projections on the quantized blocks ([`moulin_quant`]) or
+//! the f16/f32 kernel ([`crate::llm::cpu`]), and RMSNorm, the biases, Q/K
+//! norms, the rotary embedding, the KV cache, attention and SwiGLU as plain
+//! loops over each token's row, fused where one pass over the row does.
+//!
+//! One [`team`] of threads runs the whole pass: each operation is a phase in
+//! which each thread takes its share (rows of tokens for the per-token work,
+//! output columns for the projections, (sequence, head) pairs for attention),
+//! and a barrier separates phases. The numerics follow the burn pass (and
+//! llama.cpp): f32 activations, RMSNorm's sum of squares in f64, softmax in
+//! f32, inputs of quantized projections quantized per block as llama.cpp does.
+
+use half::f16;
+use moulin_quant::{ActivationRow, Kernel, Product, Scheme, Scratch, quantize_into};
+
+use super::{Embedding, KvCache, KvStore, Linear, Llama, StepInput};
+use crate::error::{Error, Result};
+use crate::llm::cpu::{self, Weights};
+use crate::llm::team::{self, Member, Shared};
+
+/// The input schemes, in the order of [`Acts`]' buffers.
+const SCHEMES: [Scheme; 3] = [Scheme::Q8_0, Scheme::Q8_1, Scheme::Q8K];
+
+fn scheme_index(s: Scheme) -> usize {
+    SCHEMES
+        .iter()
+        .position(|&x| x == s)
+        .expect("a known scheme")
+}
+
+/// Query tokens per attention task in a prompt pass.
+const ATTENTION_TOKENS: usize = 16;
+
+/// Keys and values of one layer in the host's memory, `[rows, kv_heads,
+/// capacity, head_dim]`, in f16 (half the bytes each step reads, as llama.cpp
+/// keeps them) or f32.
+pub enum KvBuffer {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+}
+
+impl KvBuffer {
+    pub fn zeros(len: usize, dtype: super::KvDtype) -> Self {
+        match dtype {
+            super::KvDtype::F32 => KvBuffer::F32(vec![0.0; len]),
+            super::KvDtype::F16 => KvBuffer::F16(vec![f16::ZERO; len]),
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        match self {
+            KvBuffer::F32(v) => 4 * v.len(),
+            KvBuffer::F16(v) => 2 * v.len(),
+        }
+    }
+
+    fn share(&mut self) -> KvShared<'_> {
+        match self {
+            KvBuffer::F32(v) => KvShared::F32(Shared::new(v)),
+            KvBuffer::F16(v) => KvShared::F16(Shared::new(v)),
+        }
+    }
+}
+
+enum KvShared<'a> {
+    F32(Shared<'a, f32>),
+    F16(Shared<'a, f16>),
+}
+
+impl KvShared<'_> {
+    /// Store `values` at `at`.
+    ///
+    /// # Safety
+    /// No other thread touches `at..at + values.len()` in this phase.
+    unsafe fn store(&self, at: usize, values: &[f32]) {
+        let range = at..at + values.len();
+        // SAFETY: the caller's.
+        unsafe {
+            match self {
+                KvShared::F32(s) => s.get_mut(range).copy_from_slice(values),
+                KvShared::F16(s) => {
+                    for (o, &v) in s.get_mut(range).iter_mut().zip(values) {
+                        *o = f16::from_f32(v);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A projection's weights as this pass reads them.
+enum Weight<'a> {
+    Blocks(&'a [std::sync::Arc<moulin_quant::QuantMatrix>]),
+    Dense(Weights<'a>, usize),
+}
+
+impl Linear {
+    fn host(&self) -> Option<Weight<'_>> {
+        match self {
+            Linear::Blocks(parts) => Some(Weight::Blocks(parts)),
+            Linear::Dense {
+                host: Some(t),
+                weight,
+                ..
+            } => {
+                let cols = weight.dims()[0];
+                Some(Weight::Dense(cpu::host_weights(t)?, cols))
+            }
+            Linear::Dense { .. } => None,
+        }
+    }
+}
+
+impl Weight<'_> {
+    fn columns(&self) -> usize {
+        match self {
+            Weight::Blocks(parts) => parts.iter().map(|p| p.rows()).sum(),
+            Weight::Dense(_, cols) => *cols,
+        }
+    }
+
+    /// Which input schemes its parts want.
+    fn schemes(&self) -> [bool; 3] {
+        let mut want = [false; 3];
+        if let Weight::Blocks(parts) = self {
+            for p in parts.iter() {
+                want[scheme_index(Scheme::for_weights(p.kind()))] = true;
+            }
+        }
+        want
+    }
+}
+
+/// A projection's input: `rows` rows of `width` f32 values, and the same rows
+/// quantized in each scheme asked for.
+struct Input<'a> {
+    rows: usize,
+    width: usize,
+    x: Shared<'a, f32>,
+    acts: [Acts<'a>; 3],
+}
+
+struct Acts<'a> {
+    q: Shared<'a, i8>,
+    lane_scale: Shared<'a, f32>,
+    group_sum: Shared<'a, f32>,
+}
+
+/// The buffers behind an [`Input`].
+struct InputBuffers {
+    rows: usize,
+    width: usize,
+    x: Vec<f32>,
+    acts: [(Vec<i8>, Vec<f32>, Vec<f32>); 3],
+}
+
+impl InputBuffers {
+    /// Buffers for `rows` rows of `width`: the quantized ones are allocated
+    /// zeroed, so the schemes never asked for take no memory.
+    fn new(rows: usize, width: usize) -> Self {
+        let n = rows * width;
+        let acts = || (vec![0i8; n], vec![0f32; n / 4], vec![0f32; n / 16]);
+        InputBuffers {
+            rows,
+            width,
+            x: vec![0.0; n],
+            acts: [acts(), acts(), acts()],
+        }
+    }
+
+    fn share(&mut self) -> Input<'_> {
+        let [a, b, c] = &mut self.acts;
+        fn acts(buffers: &mut (Vec<i8>, Vec<f32>, Vec<f32>)) -> Acts<'_> {
+            let (q, l, g) = buffers;
+            Acts {
+                q: Shared::new(q),
+                lane_scale: Shared::new(l),
+                group_sum: Shared::new(g),
+            }
+        }
+        Input {
+            rows: self.rows,
+            width: self.width,
+            x: Shared::new(&mut self.x),
+            acts: [acts(a), acts(b), acts(c)],
+        }
+    }
+}
+
+impl Input<'_> {
+    /// Row `r`'s f32 values, for writing.
+    ///
+    /// # Safety
+    /// This thread alone touches row `r` in this phase.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn row_mut(&self, r: usize) -> &mut [f32] {
+        // SAFETY: the caller's.
+        unsafe { self.x.get_mut(r * self.width..(r + 1) * self.width) }
+    }
+
+    /// Quantize row `r` in each scheme of `want`.
+    ///
+    /// # Safety
+    /// This thread alone touches row `r` in this phase.
+    unsafe fn quantize_row(&self, r: usize, want: [bool; 3]) {
+        let w = self.width;
+        // SAFETY: the caller's.
+        let x = unsafe { self.x.get(r * w..(r + 1) * w) };
+        for (i, acts) in self.acts.iter().enumerate() {
+            if want[i] {
+                // SAFETY: the caller's.
+                unsafe {
+                    quantize_into(
+                        x,
+                        SCHEMES[i],
+                        acts.q.get_mut(r * w..(r + 1) * w),
+                        acts.lane_scale.get_mut(r * w / 4..(r + 1) * w / 4),
+                        acts.group_sum.get_mut(r * w / 16..(r + 1) * w / 16),
+                    )
+                };
+            }
+        }
+    }
+
+    /// Row `r` quantized in `scheme`.
+    ///
+    /// # Safety
+    /// No thread writes row `r` in this phase.
+    unsafe fn quantized(&self, scheme: Scheme, r: usize) -> ActivationRow<'_> {
+        let (w, a) = (self.width, &self.acts[scheme_index(scheme)]);
+        // SAFETY: the caller's.
+        unsafe {
+            ActivationRow {
+                q: a.q.get(r * w..(r + 1) * w),
+                lane_scale: a.lane_scale.get(r * w / 4..(r + 1) * w / 4),
+                group_sum: a.group_sum.get(r * w / 16..(r + 1) * w / 16),
+            }
+        }
+    }
+}
+
+/// What a thread keeps from one projection to the next.
+#[derive(Default)]
+struct Local {
+    scratch: Scratch,
+    dense: Vec<f32>,
+    scores: Vec<f32>,
+}
+
+/// `out[r, c] (+)= input[r] · weight[c]` for every input row, the columns
+/// shared out over the team. Every member calls it.
+///
+/// # Safety
+/// `out` holds `input.rows` rows of `stride >= weight.columns()`; in this
+/// phase nothing else touches them and nothing writes `input`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn project(
+    m: &Member<'_>,
+    kernel: Kernel,
+    weight: &Weight<'_>,
+    input: &Input<'_>,
+    out: &Shared<'_, f32>,
+    stride: usize,
+    add: bool,
+    local: &mut Local,
+) {
+    let (rows, cols) = (input.rows, weight.columns());
+    assert!(out.len() >= rows * stride && stride >= cols);
+    match weight {
+        Weight::Blocks(parts) => {
+            let product = Product::new(kernel, parts.iter().map(|p| p.as_ref()), rows, |s, r| {
+                // SAFETY: the caller's: `input` is not written in this phase.
+                unsafe { input.quantized(s, r) }
+            });
+            let per = product.task_columns(m.threads);
+            for t in m.tasks(cols.div_ceil(per)) {
+                let range = t * per..((t + 1) * per).min(cols);
+                // SAFETY: the caller's; task `t` alone writes these columns.
+                unsafe { product.compute(range, out.ptr(), stride, add, &mut local.scratch) };
+            }
+        }
+        Weight::Dense(w, _) => {
+            let inner = input.width;
+            // SAFETY: the caller's.
+            let x = unsafe { input.x.get(0..rows * inner) };
+            const PER: usize = 48;
+            for t in m.tasks(cols.div_ceil(PER)) {
+                let (o0, o1) = (t * PER, ((t + 1) * PER).min(cols));
+                let n = o1 - o0;
+                local.dense.resize(rows * n, 0.0);
+                cpu::outputs(x, rows, inner, w.rows(o0..o1, inner), n, &mut local.dense);
+                for r in 0..rows {
+                    // SAFETY: the caller's; task `t` alone writes these columns.
+                    let o = unsafe { out.get_mut(r * stride + o0..r * stride + o1) };
+                    let y = &local.dense[r * n..(r + 1) * n];
+                    if add {
+                        o.iter_mut().zip(y).for_each(|(o, y)| *o += y);
+                    } else {
+                        o.copy_from_slice(y);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `out = x / rms(x) * weight`, the sum of squares in f64 as ggml sums it.
+fn rms_norm(x: &[f32], weight: &[f32], eps: f64, out: &mut [f32]) {
+    let sum: f64 = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+    let scale = 1.0 / ((sum / x.len() as f64) as f32 + eps as f32).sqrt();
+    for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
+        *o = v * scale * w;
+    }
+}
+
+/// RMSNorm of a row in place.
+fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f64) {
+    let sum: f64 = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+    let scale = 1.0 / ((sum / x.len() as f64) as f32 + eps as f32).sqrt();
+    for (v, &w) in x.iter_mut().zip(weight) {
+        *v = *v * scale * w;
+    }
+}
+
+/// "Rotate half" rotary embedding of one head, in place.
+fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let half = x.len() / 2;
+    for i in 0..half {
+        let (a, b) = (x[i], x[i + half]);
+        x[i] = a * cos[i] - b * sin[i];
+        x[i + half] = b * cos[i + half] + a * sin[i + half];
+    }
+}
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// One query's attention over the slots `first..limit` of a cache row (those
+/// `valid`), into `out`. A query with nothing to attend (padding) gets zeros.
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    q: &[f32],
+    keys: &KvShared<'_>,
+    values: &KvShared<'_>,
+    base: usize,
+    first: usize,
+    limit: usize,
+    valid: &[bool],
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let hd = q.len();
+    let scale = 1.0 / (hd as f32).sqrt();
+    scores.clear();
+    scores.resize(limit, f32::NEG_INFINITY);
+    let mut max = f32::NEG_INFINITY;
+    for j in first..limit {
+        if !valid[j] {
+            continue;
+        }
+        let at = base + j * hd..base + (j + 1) * hd;
+        // SAFETY: keys are written in an earlier phase only.
+        let s = unsafe {
+            match keys {
+                KvShared::F32(k) => cpu::dot_f32(q, k.get(at)),
+                KvShared::F16(k) => cpu::dot_f16(q, k.get(at)),
+            }
+        } * scale;
+        scores[j] = s;
+        max = max.max(s);
+    }
+    out.fill(0.0);
+    if max == f32::NEG_INFINITY {
+        return;
+    }
+    let mut total = 0f32;
+    for s in scores[first..limit].iter_mut() {
+        *s = (*s - max).exp();
+        total += *s;
+    }
+    for (j, &p) in scores.iter().enumerate().take(limit).skip(first) {
+        if p > 0.0 {
+            let at = base + j * hd..base + (j + 1) * hd;
+            // SAFETY: values are written in an earlier phase only.
+            unsafe {
+                match values {
+                    KvShared::F32(v) => cpu::axpy_f32(p / total, v.get(at), out),
+                    KvShared::F16(v) => cpu::axpy_f16(p / total, v.get(at), out),
+                }
+            }
+        }
+    }
+}
+
+impl Llama {
+    /// Whether [`Llama::forward_host`] can run this model: on the CPU, with
+    /// every projection in blocks or in the host kernel's layout.
+    pub(super) fn host_ready(&self) -> bool {
+        self.cpu_kernel
+            && self.layers.iter().all(|l| {
+                l.qkv.host().is_some()
+                    && l.o.host().is_some()
+                    && l.gate_up.host().is_some()
+                    && l.down.host().is_some()
+            })
+            && self.head.host().is_some()
+            && match &self.embed {
+                Embedding::Blocks(_) => true,
+                Embedding::Dense(_, host) => host.is_some(),
+            }
+    }
+
+    /// The embeddings of `tokens` into `out`, `[tokens, hidden]`.
+    fn embed_host(&self, tokens: &[u32], out: &mut [f32]) -> Result<()> {
+        let hidden = self.config.hidden_size;
+        let vocab = self.config.vocab_size;
+        for (row, &id) in out.chunks_exact_mut(hidden).zip(tokens) {
+            let id = id as usize;
+            if id >= vocab {
+                return Err(Error::Llm {
+                    model: self.config.architecture.clone(),
+                    reason: format!("token id {id} is outside the vocabulary of {vocab}"),
+                });
+            }
+            match &self.embed {
+                Embedding::Blocks(table) => table.dequantize_row(id, row),
+                Embedding::Dense(_, host) => {
+                    let w = cpu::host_weights(host.as_ref().expect("checked by host_ready"))
+                        .expect("checked by host_ready");
+                    w.rows(id..id + 1, hidden).widen_into(row);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Llama::forward`] on the host (see the module's documentation);
+    /// `starts` are the sequences' first new slots in their cache rows.
+    pub(super) fn forward_host(
+        &self,
+        input: &StepInput<'_>,
+        starts: &[usize],
+        cache: &mut KvCache,
+    ) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let (b, s) = (input.batch, input.seq);
+        let n = b * s;
+        let (heads, kvh, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let group = heads / kvh;
+        let (hidden, f, vocab) = (c.hidden_size, c.intermediate_size, c.vocab_size);
+        let qkv_width = (heads + 2 * kvh) * hd;
+        let eps = c.rms_norm_eps;
+        let window = c.sliding_window;
+        let capacity = cache.capacity;
+        let KvStore::Host { keys, values } = &mut cache.store else {
+            unreachable!("a host pass gets a host cache")
+        };
+
+        let mut x = vec![0f32; n * hidden];
+        self.embed_host(input.tokens, &mut x)?;
+        let mut qkv = vec![0f32; n * qkv_width];
+        let mut gu = vec![0f32; n * 2 * f];
+        let mut logits = vec![0f32; b * vocab];
+        let (mut h, mut att, mut mlp, mut last) = (
+            InputBuffers::new(n, hidden),
+            InputBuffers::new(n, heads * hd),
+            InputBuffers::new(n, f),
+            InputBuffers::new(b, hidden),
+        );
+        let (x, qkv, gu, out) = (
+            Shared::new(&mut x),
+            Shared::new(&mut qkv),
+            Shared::new(&mut gu),
+            Shared::new(&mut logits),
+        );
+        let (h, att, mlp, last) = (h.share(), att.share(), mlp.share(), last.share());
+        let keys: Vec<KvShared<'_>> = keys.iter_mut().map(KvBuffer::share).collect();
+        let values: Vec<KvShared<'_>> = values.iter_mut().map(KvBuffer::share).collect();
+        let weights: Vec<[Weight<'_>; 4]> = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.qkv, &l.o, &l.gate_up, &l.down]
+                    .map(|lin| lin.host().expect("checked by host_ready"))
+            })
+            .collect();
+        let head = self.head.host().expect("checked by host_ready");
+        let kernel = Kernel::detect();
+        let chunks = s.div_ceil(ATTENTION_TOKENS);
+
+        team::run(rayon::current_num_threads(), |m| {
+            let mut local = Local::default();
+            for (l, (layer, [w_qkv, w_o, w_gate_up, w_down])) in
+                self.layers.iter().zip(&weights).enumerate()
+            {
+                // Attention norm, each thread its rows of tokens.
+                for r in m.share(n) {
+                    // SAFETY: row `r` of `x` is only read and row `r` of `h`
+                    // only written by this thread in this phase.
+                    unsafe {
+                        rms_norm(
+                            x.get(r * hidden..(r + 1) * hidden),
+                            &layer.host.attn_norm,
+                            eps,
+                            h.row_mut(r),
+                        );
+                        h.quantize_row(r, w_qkv.schemes());
+                    }
+                }
+                m.sync();
+                // SAFETY: `qkv` is this phase's output, `h` its input.
+                unsafe { project(m, kernel, w_qkv, &h, &qkv, qkv_width, false, &mut local) };
+                m.sync();
+                // Per token: biases, Q/K norms, rotary embedding; K and V
+                // into the cache.
+                for i in m.share(n) {
+                    let (seq, t) = (i / s, i % s);
+                    // SAFETY: row `i` is this thread's in this phase.
+                    let row = unsafe { qkv.get_mut(i * qkv_width..(i + 1) * qkv_width) };
+                    if let Some(bias) = &layer.host.qkv_bias {
+                        row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+                    }
+                    if let Some((qn, kn)) = &layer.host.qk_norm {
+                        for (head, x) in row[..(heads + kvh) * hd].chunks_exact_mut(hd).enumerate()
+                        {
+                            rms_norm_in_place(x, if head < heads { qn } else { kn }, eps);
+                        }
+                    }
+                    let p = input.positions[i];
+                    let (cos, sin) = (
+                        &self.host.cos[p * hd..(p + 1) * hd],
+                        &self.host.sin[p * hd..(p + 1) * hd],
+                    );
+                    for x in row[..(heads + kvh) * hd].chunks_exact_mut(hd) {
+                        rope(x, cos, sin);
+                    }
+                    let slot = starts[seq] + t;
+                    for g in 0..kvh {
+                        let at = ((input.rows[seq] * kvh + g) * capacity + slot) * hd;
+                        let k = &row[(heads + g) * hd..(heads + g + 1) * hd];
+                        let v = &row[(heads + kvh + g) * hd..(heads + kvh + g + 1) * hd];
+                        // SAFETY: slot `slot` of this sequence's row is this
+                        // token's alone (rows are distinct per sequence).
+                        unsafe {
+                            keys[l].store(at, k);
+                            values[l].store(at, v);
+                        }
+                    }
+                }
+                m.sync();
+                // Attention: tasks of (sequence, query head, tokens).
+                for task in m.tasks(b * heads * chunks) {
+                    let (seq, head, chunk) = (
+                        task / (heads * chunks),
+                        (task / chunks) % heads,
+                        task % chunks,
+                    );
+                    let g = head / group;
+                    let base = (input.rows[seq] * kvh + g) * capacity * hd;
+                    for t in chunk * ATTENTION_TOKENS..((chunk + 1) * ATTENTION_TOKENS).min(s) {
+                        let i = seq * s + t;
+                        let limit = starts[seq] + t + 1;
+                        // A sliding window hides the slots more than `w` back.
+                        let first = window.map_or(0, |w| limit.saturating_sub(w));
+                        // SAFETY: `qkv` is read only in this phase; this task
+                        // alone writes this head of row `i` of `att`.
+                        unsafe {
+                            let q =
+                                qkv.get(i * qkv_width + head * hd..i * qkv_width + (head + 1) * hd);
+                            let o = att.x.get_mut(
+                                i * heads * hd + head * hd..i * heads * hd + (head + 1) * hd,
+                            );
+                            attend(
+                                q,
+                                &keys[l],
+                                &values[l],
+                                base,
+                                first,
+                                limit,
+                                &input.valid[seq],
+                                &mut local.scores,
+                                o,
+                            );
+                        }
+                    }
+                }
+                m.sync();
+                for r in m.share(n) {
+                    // SAFETY: row `r` is this thread's in this phase.
+                    unsafe { att.quantize_row(r, w_o.schemes()) };
+                }
+                m.sync();
+                // SAFETY: `x` is this phase's output (added to), `att` its input.
+                unsafe { project(m, kernel, w_o, &att, &x, hidden, true, &mut local) };
+                m.sync();
+                for r in m.share(n) {
+                    // SAFETY: as for the attention norm.
+                    unsafe {
+                        rms_norm(
+                            x.get(r * hidden..(r + 1) * hidden),
+                            &layer.host.mlp_norm,
+                            eps,
+                            h.row_mut(r),
+                        );
+                        h.quantize_row(r, w_gate_up.schemes());
+                    }
+                }
+                m.sync();
+                // SAFETY: `gu` is this phase's output, `h` its input.
+                unsafe { project(m, kernel, w_gate_up, &h, &gu, 2 * f, false, &mut local) };
+                m.sync();
+                for r in m.share(n) {
+                    // SAFETY: row `r` is this thread's in this phase.
+                    unsafe {
+                        let g = gu.get(r * 2 * f..(r + 1) * 2 * f);
+                        let (gate, up) = g.split_at(f);
+                        for ((o, &a), &u) in mlp.row_mut(r).iter_mut().zip(gate).zip(up) {
+                            *o = silu(a) * u;
+                        }
+                        mlp.quantize_row(r, w_down.schemes());
+                    }
+                }
+                m.sync();
+                // SAFETY: `x` is this phase's output (added to), `mlp` its input.
+                unsafe { project(m, kernel, w_down, &mlp, &x, hidden, true, &mut local) };
+                m.sync();
+            }
+            // Each sequence's last token through the final norm and the head.
+            for seq in m.share(b) {
+                let r = seq * s + s - 1;
+                // SAFETY: as for the attention norm.
+                unsafe {
+                    rms_norm(
+                        x.get(r * hidden..(r + 1) * hidden),
+                        &self.host.norm,
+                        eps,
+                        last.row_mut(seq),
+                    );
+                    last.quantize_row(seq, head.schemes());
+                }
+            }
+            m.sync();
+            // SAFETY: `out` is this phase's output, `last` its input.
+            unsafe { project(m, kernel, &head, &last, &out, vocab, false, &mut local) };
+        });
+        Ok(logits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Bool, Tensor, TensorData};
+
+    use super::*;
+
+    /// `attend` against burn's attention with the mask the burn pass builds:
+    /// a prompt chunk after earlier tokens, a left-padded sequence, the whole
+    /// context and a sliding window, keys and values in f32 and in f16.
+    #[test]
+    fn attention_matches_the_masked_product() {
+        let device = crate::llm::DeviceKind::Cpu.device().unwrap();
+        let (b, kvh, group, s, start, capacity, hd) = (2, 2, 3, 5, 3, 11, 32);
+        let value = |i: usize, m: usize| ((i * m % 97) as f32 - 48.0) / 50.0;
+        let q: Vec<f32> = (0..b * kvh * group * s * hd).map(|i| value(i, 7)).collect();
+        let k: Vec<f32> = (0..b * kvh * capacity * hd).map(|i| value(i, 13)).collect();
+        let v: Vec<f32> = (0..b * kvh * capacity * hd).map(|i| value(i, 29)).collect();
+        let valid = [
+            vec![true; capacity],
+            (0..capacity).map(|j| j >= 2).collect::<Vec<_>>(),
+        ];
+        for window in [None, Some(4)] {
+            let mut mask = Vec::new();
+            for row in &valid {
+                for _ in 0..group {
+                    for t in 0..s {
+                        let first = window.map_or(0, |w: usize| (start + t + 1).saturating_sub(w));
+                        mask.extend((0..capacity).map(|j| j > start + t || j < first || !row[j]));
+                    }
+                }
+            }
+            let tensor = |v: &[f32], shape: [usize; 4]| {
+                Tensor::<4>::from_data(TensorData::new(v.to_vec(), shape), &device)
+            };
+            let mask: Tensor<4, Bool> =
+                Tensor::from_data(TensorData::new(mask, [b, 1, group * s, capacity]), &device);
+            let want = burn::tensor::module::attention(
+                tensor(&q, [b, kvh, group * s, hd]),
+                tensor(&k, [b, kvh, capacity, hd]),
+                tensor(&v, [b, kvh, capacity, hd]),
+                Some(mask),
+                None,
+                burn::tensor::ops::AttentionModuleOptions {
+                    scale: Some(1.0 / (hd as f64).sqrt()),
+                    ..Default::default()
+                },
+            )
+            .into_data()
+            .iter::<f32>()
+            .collect::<Vec<_>>();
+            for (dtype, tolerance) in [
+                (super::super::KvDtype::F32, 1e-5),
+                (super::super::KvDtype::F16, 2e-3),
+            ] {
+                let (mut keys, mut values) = (
+                    KvBuffer::zeros(k.len(), dtype),
+                    KvBuffer::zeros(v.len(), dtype),
+                );
+                let (ks, vs) = (keys.share(), values.share());
+                // SAFETY: one thread.
+                unsafe {
+                    ks.store(0, &k);
+                    vs.store(0, &v);
+                }
+                let mut scores = Vec::new();
+                let mut out = vec![0f32; hd];
+                for (row, want) in want.chunks_exact(hd).enumerate() {
+                    let (seq, head, t) =
+                        (row / (kvh * group * s), (row / (group * s)) % kvh, row % s);
+                    let limit = start + t + 1;
+                    let first = window.map_or(0, |w| limit.saturating_sub(w));
+                    let base = (seq * kvh + head) * capacity * hd;
+                    attend(
+                        &q[row * hd..(row + 1) * hd],
+                        &ks,
+                        &vs,
+                        base,
+                        first,
+                        limit,
+                        &valid[seq],
+                        &mut scores,
+                        &mut out,
+                    );
+                    for (g, w) in out.iter().zip(want) {
+                        assert!(
+                            (g - w).abs() < tolerance,
+                            "{dtype:?}, window {window:?}, row {row}: {g} != {w}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
