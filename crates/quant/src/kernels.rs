@@ -199,7 +199,11 @@ pub unsafe fn weight_rows(
         // whose instructions the CPU has; lengths were checked above.
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512Vnni => unsafe {
-            avx512::weight_rows(kind, weights, row_bytes, inputs, scratch, acc)
+            if inputs.len() <= 2 * MAX_ROWS && avx512::fuses(kind) {
+                avx512::fused_weight_rows(kind, weights, row_bytes, inputs, scratch, acc)
+            } else {
+                avx512::weight_rows(kind, weights, row_bytes, inputs, scratch, acc)
+            }
         },
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => unsafe {
@@ -410,6 +414,212 @@ mod avx512 {
                     _mm256_castps128_ps256(_mm_setr_ps(*ws.add(g), *ws.add(g + 1), 0.0, 0.0)),
                     spread8,
                 );
+                for r in 0..R {
+                    let x = _mm256_loadu_si256(aq[r].add(k) as *const __m256i);
+                    let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, x);
+                    let s = _mm256_mul_ps(scale, _mm256_loadu_ps(asc[r].add(k / LANE)));
+                    sums[r] += reduce8(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), s));
+                }
+            }
+        }
+        out[..R].copy_from_slice(&sums);
+    }
+
+    /// Whether [`fused_weight_rows`] serves `kind`: the types of 32-value
+    /// blocks, whose blocks decode into registers in a few instructions.
+    pub fn fuses(kind: GgmlType) -> bool {
+        matches!(
+            kind,
+            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0
+        )
+    }
+
+    /// [`super::weight_rows`] for few inputs (decoding) and a type that
+    /// [`fuses`]: each block is decoded in registers right before its dot
+    /// products instead of being unpacked into memory and read back, which
+    /// was as long as the products themselves. The arithmetic is
+    /// [`rows`]'s, operation for operation (same bytes, same scales, same
+    /// order of sums), so the results are identical.
+    ///
+    /// # Safety
+    /// As [`weight_rows`]; at most `2 * MAX_ROWS` inputs.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    pub unsafe fn fused_weight_rows(
+        kind: GgmlType,
+        weights: &[u8],
+        row_bytes: usize,
+        inputs: &[ActivationRow<'_>],
+        scratch: &mut [Unpacked],
+        acc: &OutBlock,
+    ) {
+        match kind {
+            // SAFETY: the caller's.
+            GgmlType::Q4_0 => unsafe { fused_rows::<2>(weights, row_bytes, inputs, scratch, acc) },
+            GgmlType::Q4_1 => unsafe { fused_rows::<3>(weights, row_bytes, inputs, scratch, acc) },
+            GgmlType::Q5_0 => unsafe { fused_rows::<6>(weights, row_bytes, inputs, scratch, acc) },
+            GgmlType::Q5_1 => unsafe { fused_rows::<7>(weights, row_bytes, inputs, scratch, acc) },
+            GgmlType::Q8_0 => unsafe { fused_rows::<8>(weights, row_bytes, inputs, scratch, acc) },
+            _ => unreachable!("checked by `fuses`"),
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn fused_rows<const T: u32>(
+        weights: &[u8],
+        row_bytes: usize,
+        inputs: &[ActivationRow<'_>],
+        scratch: &mut [Unpacked],
+        acc: &OutBlock,
+    ) {
+        let mins = &mut scratch[0].min;
+        let mut dots = [0f32; MAX_ROWS];
+        for (j, row) in weights.chunks_exact(row_bytes).enumerate() {
+            for (c, chunk) in inputs.chunks(MAX_ROWS).enumerate() {
+                let dots = &mut dots[..chunk.len()];
+                // SAFETY: the caller's: the CPU has the instructions, the
+                // inputs are as long as the row's values.
+                unsafe {
+                    match chunk.len() {
+                        1 => fused::<T, 1>(row, chunk, mins, dots),
+                        2 => fused::<T, 2>(row, chunk, mins, dots),
+                        3 => fused::<T, 3>(row, chunk, mins, dots),
+                        _ => fused::<T, MAX_ROWS>(row, chunk, mins, dots),
+                    }
+                }
+                for (i, &d) in dots.iter().enumerate() {
+                    // SAFETY: the caller's: input row `c * MAX_ROWS + i`,
+                    // this task's column `j`.
+                    unsafe { acc.write(c * MAX_ROWS + i, j, d) };
+                }
+            }
+        }
+    }
+
+    /// The f16 at `p` as f32 (F16C, as `unpack` converts it).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    #[inline]
+    unsafe fn half(p: *const u8) -> f32 {
+        // SAFETY: the caller's: two bytes at `p`.
+        let h = unsafe { std::ptr::read_unaligned(p as *const u16) };
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h))))
+    }
+
+    /// Block `b` of type `T` in registers: its 32 values as unsigned bytes
+    /// (in `unpack`'s order), its scale and its min.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    #[inline]
+    unsafe fn decode<const T: u32>(b: *const u8) -> (__m256i, f32, f32) {
+        // SAFETY: the caller's: one whole block at `b`.
+        unsafe {
+            let nibbles = |at: usize| {
+                let v = _mm_loadu_si128(b.add(at) as *const __m128i);
+                let low = _mm_set1_epi8(0x0F);
+                _mm256_set_m128i(
+                    _mm_and_si128(_mm_srli_epi16(v, 4), low),
+                    _mm_and_si128(v, low),
+                )
+            };
+            let high_bits = |at: usize| {
+                let h = std::ptr::read_unaligned(b.add(at) as *const u32);
+                _mm256_maskz_mov_epi8(h, _mm256_set1_epi8(0x10))
+            };
+            let d = half(b);
+            match T {
+                2 => (nibbles(2), d, 8.0 * d),
+                3 => (nibbles(4), d, -half(b.add(2))),
+                6 => (_mm256_or_si256(nibbles(6), high_bits(2)), d, 16.0 * d),
+                7 => (
+                    _mm256_or_si256(nibbles(8), high_bits(4)),
+                    d,
+                    -half(b.add(2)),
+                ),
+                _ => (
+                    _mm256_xor_si256(
+                        _mm256_loadu_si256(b.add(2) as *const __m256i),
+                        _mm256_set1_epi8(0x80u8 as i8),
+                    ),
+                    d,
+                    128.0 * d,
+                ),
+            }
+        }
+    }
+
+    /// [`rows`] on one row of blocks of type `T`, decoded as it goes; the
+    /// groups' mins are written to `mins` (two per block) and summed after,
+    /// as there.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    #[inline]
+    unsafe fn fused<const T: u32, const R: usize>(
+        row: &[u8],
+        a: &[ActivationRow<'_>],
+        mins: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let size = GgmlType::from_supported_id(T).block_bytes();
+        let blocks = row.len() / size;
+        let n = blocks * 32;
+        assert!(a.iter().all(|a| a.q.len() == n) && mins.len() == n / 16);
+        let mut acc = [_mm512_setzero_ps(); R];
+        let aq: [*const i8; R] = std::array::from_fn(|r| a[r].q.as_ptr());
+        let asc: [*const f32; R] = std::array::from_fn(|r| a[r].lane_scale.as_ptr());
+        let p = row.as_ptr();
+        let mut k = 0;
+        // SAFETY: blocks `k/32` and `k/32 + 1` lie inside the row; every load
+        // of the inputs reads values `k..k + 64` (lanes `k/4..k/4 + 16`).
+        unsafe {
+            while k + 64 <= n {
+                let blk = k / 32;
+                let (q0, d0, m0) = decode::<T>(p.add(blk * size));
+                let (q1, d1, m1) = decode::<T>(p.add((blk + 1) * size));
+                mins[2 * blk..2 * blk + 4].copy_from_slice(&[m0, m0, m1, m1]);
+                let q = _mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1);
+                let scale = _mm512_castpd_ps(_mm512_insertf64x4(
+                    _mm512_castps_pd(_mm512_set1_ps(d0)),
+                    _mm256_castps_pd(_mm256_set1_ps(d1)),
+                    1,
+                ));
+                for r in 0..R {
+                    let x = _mm512_loadu_si512(aq[r].add(k) as *const __m512i);
+                    let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, x);
+                    let s = _mm512_mul_ps(scale, _mm512_loadu_ps(asc[r].add(k / LANE)));
+                    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc[r]);
+                }
+                k += 64;
+            }
+        }
+        let tail = (k < n).then(|| {
+            let blk = k / 32;
+            // SAFETY: the row's last block.
+            let (q, d, m) = unsafe { decode::<T>(p.add(blk * size)) };
+            mins[2 * blk..2 * blk + 2].copy_from_slice(&[m, m]);
+            (q, d)
+        });
+        let mut accm = [_mm512_setzero_ps(); R];
+        let groups = mins.len();
+        let mut g = 0;
+        // SAFETY: groups `g..g + 16`, inside both.
+        unsafe {
+            while g + 16 <= groups {
+                let m = _mm512_loadu_ps(mins.as_ptr().add(g));
+                for r in 0..R {
+                    let sum = _mm512_loadu_ps(a[r].group_sum.as_ptr().add(g));
+                    accm[r] = _mm512_fmadd_ps(m, sum, accm[r]);
+                }
+                g += 16;
+            }
+        }
+        let mut sums: [f32; R] =
+            std::array::from_fn(|r| _mm512_reduce_add_ps(acc[r]) - _mm512_reduce_add_ps(accm[r]));
+        for g in g..groups {
+            for r in 0..R {
+                sums[r] -= mins[g] * a[r].group_sum[g];
+            }
+        }
+        if let Some((q, d)) = tail {
+            // SAFETY: values `k..k + 32`, inside the rows.
+            unsafe {
+                let scale = _mm256_set1_ps(d);
                 for r in 0..R {
                     let x = _mm256_loadu_si256(aq[r].add(k) as *const __m256i);
                     let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, x);

@@ -117,6 +117,35 @@ fn every_kernel_matches_f32_on_the_dequantized_weights() {
     }
 }
 
+/// Decoding's path (at most 8 inputs; on AVX-512 the 32-value block types
+/// are decoded in registers) gives the very bits of the prompt path (weight
+/// rows unpacked in memory) for the same rows: greedy decoding must not
+/// depend on which path a step takes.
+#[test]
+fn decoding_and_prompt_paths_give_identical_bits() {
+    let mut rng = Rng(7);
+    for kind in quantized_kinds() {
+        // 288 columns end on half a 64-value step; K-quants need 256s.
+        let cols = if kind.block_size() == 256 { 512 } else { 288 };
+        let w = random_matrix(kind, 37, cols, &mut rng);
+        let x: Vec<f32> = (0..9 * cols).map(|_| rng.unit()).collect();
+        for &kernel in Kernel::supported() {
+            let many = matmul_with(kernel, &x, 9, &[&w]);
+            for rows in [1, 3, 4, 8] {
+                let few = matmul_with(kernel, &x[..rows * cols], rows, &[&w]);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&few),
+                    bits(&many[..rows * 37]),
+                    "{} on {}, {rows} rows",
+                    kind.name(),
+                    kernel.name()
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn stacked_parts_fill_their_own_columns() {
     let mut rng = Rng(42);
