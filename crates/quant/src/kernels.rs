@@ -611,9 +611,9 @@ mod avx512 {
         }
         let mut sums: [f32; R] =
             std::array::from_fn(|r| _mm512_reduce_add_ps(acc[r]) - _mm512_reduce_add_ps(accm[r]));
-        for g in g..groups {
+        for (g, &m) in mins.iter().enumerate().skip(g) {
             for r in 0..R {
-                sums[r] -= mins[g] * a[r].group_sum[g];
+                sums[r] -= m * a[r].group_sum[g];
             }
         }
         if let Some((q, d)) = tail {
