@@ -435,7 +435,11 @@ fn killed_at_random_moments_it_reruns_to_one_clean_run() {
         }
         if let Some(status) = child.try_wait().unwrap() {
             // The run ended before its moment: start over from an empty collection.
-            assert!(status.success(), "a resumed run failed: {status}");
+            let mut err = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                std::io::Read::read_to_string(&mut pipe, &mut err).unwrap();
+            }
+            assert!(status.success(), "a resumed run failed: {status}\n{err}");
             let out = run_in(
                 dir,
                 &["collections", "delete", "-c", "killed", "--db", "db"],

@@ -378,17 +378,51 @@ mod avx512 {
                 k += 64;
             }
         }
-        // Minus the weights' mins times the inputs' group sums, 16 groups at a
-        // time, summed apart as llama.cpp sums them: folded into the same
-        // accumulators, the rounding differs enough to flip 8-bit inputs
-        // downstream (tests/quantized.rs sees it on Q4_0, Q5_0 and Q5_K).
+        let tail = (k < n).then(|| {
+            // A last 32 values (rows are whole blocks of 32): two groups.
+            // SAFETY: values `k..k + 32`, groups `k/16`, `k/16 + 1`, inside the row.
+            unsafe {
+                let spread8 = _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0);
+                let q = _mm256_loadu_si256(wq.add(k) as *const __m256i);
+                let g = k / 16;
+                let scale = _mm256_permutevar8x32_ps(
+                    _mm256_castps128_ps256(_mm_setr_ps(*ws.add(g), *ws.add(g + 1), 0.0, 0.0)),
+                    spread8,
+                );
+                (q, scale)
+            }
+        });
+        // SAFETY: the inputs are as long as the row (the caller's).
+        let sums = unsafe { finish(acc, &w.min, a, k, tail) };
+        out[..R].copy_from_slice(&sums);
+    }
+
+    /// The dot products' ends, shared by [`rows`] and [`fused`] so that both
+    /// give the same bits: the accumulated products minus the weights' mins
+    /// times the inputs' group sums, 16 groups at a time and summed apart as
+    /// llama.cpp sums them (folded into the same accumulators, the rounding
+    /// differs enough to flip 8-bit inputs downstream: tests/quantized.rs
+    /// sees it on Q4_0, Q5_0 and Q5_K), then a last 32 values at `k` if the
+    /// row has them (`tail`: their bytes and per-lane scales).
+    ///
+    /// # Safety
+    /// Every input as long as the row; `min` one per group of 16 of it.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn finish<const R: usize>(
+        acc: [__m512; R],
+        min: &[f32],
+        a: &[ActivationRow<'_>],
+        k: usize,
+        tail: Option<(__m256i, __m256)>,
+    ) -> [f32; R] {
         let mut accm = [_mm512_setzero_ps(); R];
-        let groups = w.min.len();
+        let groups = min.len();
         let mut g = 0;
         // SAFETY: groups `g..g + 16`, inside both.
         unsafe {
             while g + 16 <= groups {
-                let m = _mm512_loadu_ps(w.min.as_ptr().add(g));
+                let m = _mm512_loadu_ps(min.as_ptr().add(g));
                 for r in 0..R {
                     let sum = _mm512_loadu_ps(a[r].group_sum.as_ptr().add(g));
                     accm[r] = _mm512_fmadd_ps(m, sum, accm[r]);
@@ -398,31 +432,26 @@ mod avx512 {
         }
         let mut sums: [f32; R] =
             std::array::from_fn(|r| _mm512_reduce_add_ps(acc[r]) - _mm512_reduce_add_ps(accm[r]));
-        for g in g..groups {
+        for (g, &m) in min.iter().enumerate().skip(g) {
             for r in 0..R {
-                sums[r] -= w.min[g] * a[r].group_sum[g];
+                sums[r] -= m * a[r].group_sum[g];
             }
         }
-        if k < n {
-            // A last 32 values (rows are whole blocks of 32): two groups.
-            // SAFETY: values `k..k + 32`, inside the rows.
+        if let Some((q, scale)) = tail {
+            // SAFETY: values `k..k + 32`, inside the inputs (the caller's).
             unsafe {
-                let spread8 = _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0);
-                let q = _mm256_loadu_si256(wq.add(k) as *const __m256i);
-                let g = k / 16;
-                let scale = _mm256_permutevar8x32_ps(
-                    _mm256_castps128_ps256(_mm_setr_ps(*ws.add(g), *ws.add(g + 1), 0.0, 0.0)),
-                    spread8,
-                );
                 for r in 0..R {
-                    let x = _mm256_loadu_si256(aq[r].add(k) as *const __m256i);
+                    let x = _mm256_loadu_si256(a[r].q.as_ptr().add(k) as *const __m256i);
                     let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, x);
-                    let s = _mm256_mul_ps(scale, _mm256_loadu_ps(asc[r].add(k / LANE)));
+                    let s = _mm256_mul_ps(
+                        scale,
+                        _mm256_loadu_ps(a[r].lane_scale.as_ptr().add(k / LANE)),
+                    );
                     sums[r] += reduce8(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), s));
                 }
             }
         }
-        out[..R].copy_from_slice(&sums);
+        sums
     }
 
     /// Whether [`fused_weight_rows`] serves `kind`: the types of 32-value
@@ -593,41 +622,10 @@ mod avx512 {
             // SAFETY: the row's last block.
             let (q, d, m) = unsafe { decode::<T>(p.add(blk * size)) };
             mins[2 * blk..2 * blk + 2].copy_from_slice(&[m, m]);
-            (q, d)
+            (q, _mm256_set1_ps(d))
         });
-        let mut accm = [_mm512_setzero_ps(); R];
-        let groups = mins.len();
-        let mut g = 0;
-        // SAFETY: groups `g..g + 16`, inside both.
-        unsafe {
-            while g + 16 <= groups {
-                let m = _mm512_loadu_ps(mins.as_ptr().add(g));
-                for r in 0..R {
-                    let sum = _mm512_loadu_ps(a[r].group_sum.as_ptr().add(g));
-                    accm[r] = _mm512_fmadd_ps(m, sum, accm[r]);
-                }
-                g += 16;
-            }
-        }
-        let mut sums: [f32; R] =
-            std::array::from_fn(|r| _mm512_reduce_add_ps(acc[r]) - _mm512_reduce_add_ps(accm[r]));
-        for (g, &m) in mins.iter().enumerate().skip(g) {
-            for r in 0..R {
-                sums[r] -= m * a[r].group_sum[g];
-            }
-        }
-        if let Some((q, d)) = tail {
-            // SAFETY: values `k..k + 32`, inside the rows.
-            unsafe {
-                let scale = _mm256_set1_ps(d);
-                for r in 0..R {
-                    let x = _mm256_loadu_si256(aq[r].add(k) as *const __m256i);
-                    let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, x);
-                    let s = _mm256_mul_ps(scale, _mm256_loadu_ps(asc[r].add(k / LANE)));
-                    sums[r] += reduce8(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), s));
-                }
-            }
-        }
+        // SAFETY: the inputs are as long as the row (asserted above).
+        let sums = unsafe { finish(acc, mins, a, k, tail) };
         out[..R].copy_from_slice(&sums);
     }
 

@@ -314,6 +314,34 @@ fn rms_norm(x: &[f32], weight: &[f32], eps: f64, out: &mut [f32]) {
     }
 }
 
+/// RMSNorm of `rows` rows of `x` (every `step`-th row, ending on the last:
+/// 1 for every token, the sequence length for each sequence's last token) into
+/// the rows of `out`, quantized for `next`; each member its share of the rows.
+///
+/// # Safety
+/// No thread writes `x` or touches `out` otherwise in this phase.
+#[allow(clippy::too_many_arguments)]
+unsafe fn norm_rows(
+    m: &Member<'_>,
+    x: &Shared<'_, f32>,
+    rows: usize,
+    step: usize,
+    weight: &[f32],
+    eps: f64,
+    out: &Input<'_>,
+    next: &Weight<'_>,
+) {
+    let w = out.width;
+    for i in m.share(rows) {
+        let r = i * step + step - 1;
+        // SAFETY: the caller's: row `i` of `out` is this member's.
+        unsafe {
+            rms_norm(x.get(r * w..(r + 1) * w), weight, eps, out.row_mut(i));
+            out.quantize_row(i, next.schemes());
+        }
+    }
+}
+
 /// RMSNorm of a row in place.
 fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f64) {
     let sum: f64 = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
@@ -496,19 +524,8 @@ impl Llama {
                 self.layers.iter().zip(&weights).enumerate()
             {
                 // Attention norm, each thread its rows of tokens.
-                for r in m.share(n) {
-                    // SAFETY: row `r` of `x` is only read and row `r` of `h`
-                    // only written by this thread in this phase.
-                    unsafe {
-                        rms_norm(
-                            x.get(r * hidden..(r + 1) * hidden),
-                            &layer.host.attn_norm,
-                            eps,
-                            h.row_mut(r),
-                        );
-                        h.quantize_row(r, w_qkv.schemes());
-                    }
-                }
+                // SAFETY: nothing else touches `x` or `h` in this phase.
+                unsafe { norm_rows(m, &x, n, 1, &layer.host.attn_norm, eps, &h, w_qkv) };
                 m.sync();
                 // SAFETY: `qkv` is this phase's output, `h` its input.
                 unsafe { project(m, kernel, w_qkv, &h, &qkv, qkv_width, false, &mut local) };
@@ -595,18 +612,8 @@ impl Llama {
                 // SAFETY: `x` is this phase's output (added to), `att` its input.
                 unsafe { project(m, kernel, w_o, &att, &x, hidden, true, &mut local) };
                 m.sync();
-                for r in m.share(n) {
-                    // SAFETY: as for the attention norm.
-                    unsafe {
-                        rms_norm(
-                            x.get(r * hidden..(r + 1) * hidden),
-                            &layer.host.mlp_norm,
-                            eps,
-                            h.row_mut(r),
-                        );
-                        h.quantize_row(r, w_gate_up.schemes());
-                    }
-                }
+                // SAFETY: as for the attention norm.
+                unsafe { norm_rows(m, &x, n, 1, &layer.host.mlp_norm, eps, &h, w_gate_up) };
                 m.sync();
                 // SAFETY: `gu` is this phase's output, `h` its input.
                 unsafe { project(m, kernel, w_gate_up, &h, &gu, 2 * f, false, &mut local) };
@@ -628,19 +635,8 @@ impl Llama {
                 m.sync();
             }
             // Each sequence's last token through the final norm and the head.
-            for seq in m.share(b) {
-                let r = seq * s + s - 1;
-                // SAFETY: as for the attention norm.
-                unsafe {
-                    rms_norm(
-                        x.get(r * hidden..(r + 1) * hidden),
-                        &self.host.norm,
-                        eps,
-                        last.row_mut(seq),
-                    );
-                    last.quantize_row(seq, head.schemes());
-                }
-            }
+            // SAFETY: as for the attention norm.
+            unsafe { norm_rows(m, &x, b, s, &self.host.norm, eps, &last, &head) };
             m.sync();
             // SAFETY: `out` is this phase's output, `last` its input.
             unsafe { project(m, kernel, &head, &last, &out, vocab, false, &mut local) };
