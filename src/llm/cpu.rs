@@ -345,54 +345,100 @@ avx512_kernel!(
     avx512_f16, half::f16, f16, prefetch = 512
 );
 
-/// `a · b` (lengths equal).
-pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if avx512() && a.len().is_multiple_of(16) {
-        // SAFETY: AVX-512F and VL checked; lengths checked by `dot`.
-        return unsafe { avx512_att::dot(a, b) };
-    }
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+/// Keys or values of one cache row, `[slots, head_dim]`, as stored.
+#[derive(Clone, Copy)]
+pub enum Slots<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
 }
 
-/// `a · b` for f16 `b`.
-pub fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
+/// `out[j] = q · slot j` for every slot (`out` as long as the slots).
+pub fn dots(q: &[f32], slots: Slots<'_>, out: &mut [f32]) {
+    let hd = q.len();
     #[cfg(target_arch = "x86_64")]
-    if avx512() && a.len().is_multiple_of(16) {
-        // SAFETY: AVX-512F and VL checked; lengths checked by `dot_f16`.
-        return unsafe { avx512_att::dot_f16(a, b) };
+    if avx512() && hd.is_multiple_of(16) {
+        // SAFETY: AVX-512F and VL checked; lengths checked inside.
+        unsafe {
+            match slots {
+                Slots::F32(k) => avx512_att::dots(q, k, out),
+                Slots::F16(k) => avx512_att::dots_f16(q, k, out),
+            }
+        }
+        return;
     }
-    a.iter().zip(b).map(|(x, y)| x * y.to_f32()).sum()
+    for (j, o) in out.iter_mut().enumerate() {
+        let at = j * hd..(j + 1) * hd;
+        *o = match slots {
+            Slots::F32(k) => q.iter().zip(&k[at]).map(|(x, y)| x * y).sum(),
+            Slots::F16(k) => q.iter().zip(&k[at]).map(|(x, y)| x * y.to_f32()).sum(),
+        };
+    }
 }
 
-/// `out += alpha * x`.
-pub fn axpy_f32(alpha: f32, x: &[f32], out: &mut [f32]) {
+/// `out += (p[j] / total) × slot j`, in order, for every slot with `p[j] > 0`.
+pub fn weighted_sum(p: &[f32], total: f32, slots: Slots<'_>, out: &mut [f32]) {
+    let hd = out.len();
     #[cfg(target_arch = "x86_64")]
-    if avx512() && x.len().is_multiple_of(16) {
-        // SAFETY: AVX-512F and VL checked; lengths checked by `axpy`.
-        return unsafe { avx512_att::axpy(alpha, x, out) };
+    if avx512() && hd.is_multiple_of(16) {
+        // SAFETY: AVX-512F and VL checked; lengths checked inside.
+        unsafe {
+            match slots {
+                Slots::F32(v) => avx512_att::weighted(p, total, v, out),
+                Slots::F16(v) => avx512_att::weighted_f16(p, total, v, out),
+            }
+        }
+        return;
     }
-    out.iter_mut().zip(x).for_each(|(o, v)| *o += alpha * v);
-}
-
-/// `out += alpha * x` for f16 `x`.
-pub fn axpy_f16(alpha: f32, x: &[f16], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if avx512() && x.len().is_multiple_of(16) {
-        // SAFETY: AVX-512F and VL checked; lengths checked by `axpy_f16`.
-        return unsafe { avx512_att::axpy_f16(alpha, x, out) };
+    for (j, &p) in p.iter().enumerate() {
+        if p > 0.0 {
+            let (a, at) = (p / total, j * hd..(j + 1) * hd);
+            match slots {
+                Slots::F32(v) => out.iter_mut().zip(&v[at]).for_each(|(o, v)| *o += a * v),
+                Slots::F16(v) => out
+                    .iter_mut()
+                    .zip(&v[at])
+                    .for_each(|(o, v)| *o += a * v.to_f32()),
+            }
+        }
     }
-    out.iter_mut()
-        .zip(x)
-        .for_each(|(o, v)| *o += alpha * v.to_f32());
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx512_att {
     use std::arch::x86_64::*;
 
+    /// [`super::dots`]: the whole row in one call, its dot products inlined.
+    macro_rules! over_slots {
+        ($dots:ident, $weighted:ident, $t:ty, $dot:ident, $axpy:ident) => {
+            #[target_feature(enable = "avx512f,avx512vl")]
+            pub unsafe fn $dots(q: &[f32], slots: &[$t], out: &mut [f32]) {
+                let hd = q.len();
+                assert!(slots.len() >= out.len() * hd);
+                for (j, o) in out.iter_mut().enumerate() {
+                    // SAFETY: the caller's: the CPU has the instructions.
+                    *o = unsafe { $dot(q, &slots[j * hd..(j + 1) * hd]) };
+                }
+            }
+
+            #[target_feature(enable = "avx512f,avx512vl")]
+            pub unsafe fn $weighted(p: &[f32], total: f32, slots: &[$t], out: &mut [f32]) {
+                let hd = out.len();
+                assert!(slots.len() >= p.len() * hd);
+                for (j, &p) in p.iter().enumerate() {
+                    if p > 0.0 {
+                        // SAFETY: the caller's: the CPU has the instructions.
+                        unsafe { $axpy(p / total, &slots[j * hd..(j + 1) * hd], out) };
+                    }
+                }
+            }
+        };
+    }
+    over_slots!(dots, weighted, f32, dot, axpy);
+    over_slots!(dots_f16, weighted_f16, half::f16, dot_f16, axpy_f16);
+
     /// `a · b`, both of a length that is a multiple of 16.
     #[target_feature(enable = "avx512f,avx512vl")]
+    #[inline]
     pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
         assert!(a.len() == b.len() && a.len().is_multiple_of(16));
         let mut acc = _mm512_setzero_ps();
@@ -411,6 +457,7 @@ mod avx512_att {
 
     /// `out += alpha * x`, both of a length that is a multiple of 16.
     #[target_feature(enable = "avx512f,avx512vl")]
+    #[inline]
     pub unsafe fn axpy(alpha: f32, x: &[f32], out: &mut [f32]) {
         assert!(x.len() == out.len() && x.len().is_multiple_of(16));
         let a = _mm512_set1_ps(alpha);
@@ -428,6 +475,7 @@ mod avx512_att {
 
     /// `a · b` for f16 `b`, both of a length that is a multiple of 16.
     #[target_feature(enable = "avx512f,avx512vl")]
+    #[inline]
     pub unsafe fn dot_f16(a: &[f32], b: &[half::f16]) -> f32 {
         assert!(a.len() == b.len() && a.len().is_multiple_of(16));
         let mut acc = _mm512_setzero_ps();
@@ -448,6 +496,7 @@ mod avx512_att {
 
     /// `out += alpha * x` for f16 `x`, both of a length that is a multiple of 16.
     #[target_feature(enable = "avx512f,avx512vl")]
+    #[inline]
     pub unsafe fn axpy_f16(alpha: f32, x: &[half::f16], out: &mut [f32]) {
         assert!(x.len() == out.len() && x.len().is_multiple_of(16));
         let a = _mm512_set1_ps(alpha);

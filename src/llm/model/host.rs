@@ -381,45 +381,39 @@ fn attend(
 ) {
     let hd = q.len();
     let scale = 1.0 / (hd as f32).sqrt();
-    scores.clear();
-    scores.resize(limit, f32::NEG_INFINITY);
-    let mut max = f32::NEG_INFINITY;
-    for j in first..limit {
-        if !valid[j] {
-            continue;
-        }
-        let at = base + j * hd..base + (j + 1) * hd;
-        // SAFETY: keys are written in an earlier phase only.
-        let s = unsafe {
+    let n = limit - first;
+    let range = base + first * hd..base + limit * hd;
+    // SAFETY: keys and values are written in an earlier phase only.
+    let (k, v) = unsafe {
+        (
             match keys {
-                KvShared::F32(k) => cpu::dot_f32(q, k.get(at)),
-                KvShared::F16(k) => cpu::dot_f16(q, k.get(at)),
-            }
-        } * scale;
-        scores[j] = s;
-        max = max.max(s);
+                KvShared::F32(k) => cpu::Slots::F32(k.get(range.clone())),
+                KvShared::F16(k) => cpu::Slots::F16(k.get(range.clone())),
+            },
+            match values {
+                KvShared::F32(v) => cpu::Slots::F32(v.get(range)),
+                KvShared::F16(v) => cpu::Slots::F16(v.get(range)),
+            },
+        )
+    };
+    scores.clear();
+    scores.resize(n, 0.0);
+    cpu::dots(q, k, scores);
+    let mut max = f32::NEG_INFINITY;
+    for (s, &valid) in scores.iter_mut().zip(&valid[first..limit]) {
+        *s = if valid { *s * scale } else { f32::NEG_INFINITY };
+        max = max.max(*s);
     }
     out.fill(0.0);
     if max == f32::NEG_INFINITY {
         return;
     }
     let mut total = 0f32;
-    for s in scores[first..limit].iter_mut() {
+    for s in scores.iter_mut() {
         *s = (*s - max).exp();
         total += *s;
     }
-    for (j, &p) in scores.iter().enumerate().take(limit).skip(first) {
-        if p > 0.0 {
-            let at = base + j * hd..base + (j + 1) * hd;
-            // SAFETY: values are written in an earlier phase only.
-            unsafe {
-                match values {
-                    KvShared::F32(v) => cpu::axpy_f32(p / total, v.get(at), out),
-                    KvShared::F16(v) => cpu::axpy_f16(p / total, v.get(at), out),
-                }
-            }
-        }
-    }
+    cpu::weighted_sum(scores, total, v, out);
 }
 
 impl Llama {
