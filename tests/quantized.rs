@@ -38,16 +38,26 @@ fn same_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
-/// Greedy tokens that must equal llama.cpp's, per file. The K-quant mixes and
-/// Q8_0 give llama.cpp's logits to the fifth decimal and follow it for all 40
-/// tokens; on Q4_1 and Q5_0 the logits differ by up to 0.03 and 0.09 (of a
-/// spread of 3) and this chaotic random model's greedy path leaves llama.cpp's
-/// after 18 and 6 tokens (see the note in README.md, "Model files").
+/// Greedy tokens that must equal llama.cpp's, per file. Every file but Q5_1
+/// gives llama.cpp's first logits to the fifth decimal, and all but Q4_1 and
+/// Q5_0 follow it for all 40 tokens; on those two this chaotic random model's
+/// greedy path leaves llama.cpp's after 18 and 6 tokens, when a near tie
+/// falls the other way (see README.md, "Generating text with a local model").
 fn must_follow(name: &str) -> usize {
     match name {
         "tiny/tiny-llama.Q4_1.gguf" => 16,
         "tiny/tiny-llama.Q5_0.gguf" => 5,
         _ => 40,
+    }
+}
+
+/// How far the first logits may be from llama.cpp's, per file: Q5_1's are
+/// 0.05 away (of a spread of 3; where the two part ways is not pinned down),
+/// the others agree to the fifth decimal.
+fn logit_tolerance(name: &str) -> f64 {
+    match name {
+        "tiny/tiny-llama.Q5_1.gguf" => 0.06,
+        _ => 1e-4,
     }
 }
 
@@ -93,7 +103,7 @@ fn tiny_models_of_every_type_follow_llama_cpp() {
         report.push(format!(
             "{name}: logits within {worst:.4} of llama.cpp's, greedy equal for {same} tokens"
         ));
-        if worst > 0.1 {
+        if worst > logit_tolerance(name) {
             failures.push(format!("{name}: logits differ from llama.cpp's by {worst}"));
         }
         if same < must_follow(name) {

@@ -279,6 +279,7 @@ impl Dot for Portable {
 }
 
 fn portable(w: &Unpacked, a: &[ActivationRow<'_>], out: &mut [f32]) {
+    let w_signed = w.signed;
     for (a, out) in a.iter().zip(out.iter_mut()) {
         let mut acc = 0f32;
         for g in 0..w.q.len() / GROUP {
@@ -286,7 +287,14 @@ fn portable(w: &Unpacked, a: &[ActivationRow<'_>], out: &mut [f32]) {
             let dot: i32 = w.q[range.clone()]
                 .iter()
                 .zip(&a.q[range])
-                .map(|(&w, &a)| i32::from(w) * i32::from(a))
+                .map(|(&w, &a)| {
+                    let w = if w_signed {
+                        i32::from(w as i8)
+                    } else {
+                        i32::from(w)
+                    };
+                    w * i32::from(a)
+                })
                 .sum();
             acc += w.scale[g] * a.lane_scale[g * GROUP / LANE] * dot as f32;
         }
@@ -308,11 +316,15 @@ macro_rules! entry {
             unsafe fn dot(w: &Unpacked, a: &[ActivationRow<'_>], out: &mut [f32]) {
                 // SAFETY: the caller's: the CPU has the instructions.
                 unsafe {
-                    match a.len() {
-                        1 => rows::<1>(w, a, out),
-                        2 => rows::<2>(w, a, out),
-                        3 => rows::<3>(w, a, out),
-                        _ => rows::<MAX_ROWS>(w, a, out),
+                    match (a.len(), w.signed) {
+                        (1, false) => rows::<1, false>(w, a, out),
+                        (2, false) => rows::<2, false>(w, a, out),
+                        (3, false) => rows::<3, false>(w, a, out),
+                        (_, false) => rows::<MAX_ROWS, false>(w, a, out),
+                        (1, true) => rows::<1, true>(w, a, out),
+                        (2, true) => rows::<2, true>(w, a, out),
+                        (3, true) => rows::<3, true>(w, a, out),
+                        (_, true) => rows::<MAX_ROWS, true>(w, a, out),
                     }
                 }
             }
@@ -351,8 +363,10 @@ mod avx512 {
         "The CPU must have AVX-512 F, BW, VL and VNNI, and F16C; lengths as checked there."
     );
 
+    /// `S`: the weights are signed bytes (a symmetric type, no mins): their
+    /// magnitudes are the unsigned operand and their signs go onto the inputs.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    fn rows<const R: usize>(w: &Unpacked, a: &[ActivationRow<'_>], out: &mut [f32]) {
+    fn rows<const R: usize, const S: bool>(w: &Unpacked, a: &[ActivationRow<'_>], out: &mut [f32]) {
         let n = w.q.len();
         // Lane l of a 64-value step belongs to scale group l / 4.
         let spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
@@ -365,12 +379,12 @@ mod avx512 {
         // groups `k/16..k/16 + 4`), inside rows of length `n`.
         unsafe {
             while k + 64 <= n {
-                let q = _mm512_loadu_si512(wq.add(k) as *const __m512i);
+                let (q, neg) = magnitude::<S>(_mm512_loadu_si512(wq.add(k) as *const __m512i));
                 let g = k / 16;
                 let scale =
                     _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_loadu_ps(ws.add(g))));
                 for r in 0..R {
-                    let x = _mm512_loadu_si512(aq[r].add(k) as *const __m512i);
+                    let x = signs::<S>(_mm512_loadu_si512(aq[r].add(k) as *const __m512i), neg);
                     let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, x);
                     let s = _mm512_mul_ps(scale, _mm512_loadu_ps(asc[r].add(k / LANE)));
                     acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc[r]);
@@ -393,8 +407,32 @@ mod avx512 {
             }
         });
         // SAFETY: the inputs are as long as the row (the caller's).
-        let sums = unsafe { finish(acc, &w.min, a, k, tail) };
+        let sums = unsafe { finish::<R, S>(acc, &w.min, a, k, tail) };
         out[..R].copy_from_slice(&sums);
+    }
+
+    /// Signed weight bytes (`S`) as the unsigned operand of `vpdpbusd`: their
+    /// magnitudes, and which of them were negative; unsigned ones as they are.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    fn magnitude<const S: bool>(q: __m512i) -> (__m512i, __mmask64) {
+        if S {
+            (_mm512_abs_epi8(q), _mm512_movepi8_mask(q))
+        } else {
+            (q, 0)
+        }
+    }
+
+    /// The inputs negated where the weight was negative (`S`): the product of
+    /// magnitude and signed input is the signed product.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    fn signs<const S: bool>(x: __m512i, neg: __mmask64) -> __m512i {
+        if S {
+            _mm512_mask_sub_epi8(x, neg, _mm512_setzero_si512(), x)
+        } else {
+            x
+        }
     }
 
     /// The dot products' ends, shared by [`rows`] and [`fused`] so that both
@@ -409,13 +447,35 @@ mod avx512 {
     /// Every input as long as the row; `min` one per group of 16 of it.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     #[inline]
-    unsafe fn finish<const R: usize>(
+    unsafe fn finish<const R: usize, const S: bool>(
         acc: [__m512; R],
         min: &[f32],
         a: &[ActivationRow<'_>],
         k: usize,
         tail: Option<(__m256i, __m256)>,
     ) -> [f32; R] {
+        if S {
+            // No mins: the products are the whole sum.
+            let mut sums: [f32; R] = std::array::from_fn(|r| _mm512_reduce_add_ps(acc[r]));
+            if let Some((q, scale)) = tail {
+                let neg = _mm256_movepi8_mask(q);
+                let q = _mm256_abs_epi8(q);
+                // SAFETY: values `k..k + 32`, inside the inputs (the caller's).
+                unsafe {
+                    for r in 0..R {
+                        let x = _mm256_loadu_si256(a[r].q.as_ptr().add(k) as *const __m256i);
+                        let x = _mm256_mask_sub_epi8(x, neg, _mm256_setzero_si256(), x);
+                        let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, x);
+                        let s = _mm256_mul_ps(
+                            scale,
+                            _mm256_loadu_ps(a[r].lane_scale.as_ptr().add(k / LANE)),
+                        );
+                        sums[r] += reduce8(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), s));
+                    }
+                }
+            }
+            return sums;
+        }
         let mut accm = [_mm512_setzero_ps(); R];
         let groups = min.len();
         let mut g = 0;
@@ -483,17 +543,28 @@ mod avx512 {
     ) {
         match kind {
             // SAFETY: the caller's.
-            GgmlType::Q4_0 => unsafe { fused_rows::<2>(weights, row_bytes, inputs, scratch, acc) },
-            GgmlType::Q4_1 => unsafe { fused_rows::<3>(weights, row_bytes, inputs, scratch, acc) },
-            GgmlType::Q5_0 => unsafe { fused_rows::<6>(weights, row_bytes, inputs, scratch, acc) },
-            GgmlType::Q5_1 => unsafe { fused_rows::<7>(weights, row_bytes, inputs, scratch, acc) },
-            GgmlType::Q8_0 => unsafe { fused_rows::<8>(weights, row_bytes, inputs, scratch, acc) },
+            GgmlType::Q4_0 => unsafe {
+                fused_rows::<2, true>(weights, row_bytes, inputs, scratch, acc)
+            },
+            GgmlType::Q4_1 => unsafe {
+                fused_rows::<3, false>(weights, row_bytes, inputs, scratch, acc)
+            },
+            GgmlType::Q5_0 => unsafe {
+                fused_rows::<6, true>(weights, row_bytes, inputs, scratch, acc)
+            },
+            GgmlType::Q5_1 => unsafe {
+                fused_rows::<7, false>(weights, row_bytes, inputs, scratch, acc)
+            },
+            GgmlType::Q8_0 => unsafe {
+                fused_rows::<8, true>(weights, row_bytes, inputs, scratch, acc)
+            },
             _ => unreachable!("checked by `fuses`"),
         }
     }
 
+    /// `S`: the type is symmetric (see [`rows`]).
     #[inline(always)]
-    unsafe fn fused_rows<const T: u32>(
+    unsafe fn fused_rows<const T: u32, const S: bool>(
         weights: &[u8],
         row_bytes: usize,
         inputs: &[ActivationRow<'_>],
@@ -509,10 +580,10 @@ mod avx512 {
                 // inputs are as long as the row's values.
                 unsafe {
                     match chunk.len() {
-                        1 => fused::<T, 1>(row, chunk, mins, dots),
-                        2 => fused::<T, 2>(row, chunk, mins, dots),
-                        3 => fused::<T, 3>(row, chunk, mins, dots),
-                        _ => fused::<T, MAX_ROWS>(row, chunk, mins, dots),
+                        1 => fused::<T, 1, S>(row, chunk, mins, dots),
+                        2 => fused::<T, 2, S>(row, chunk, mins, dots),
+                        3 => fused::<T, 3, S>(row, chunk, mins, dots),
+                        _ => fused::<T, MAX_ROWS, S>(row, chunk, mins, dots),
                     }
                 }
                 for (i, &d) in dots.iter().enumerate() {
@@ -553,23 +624,24 @@ mod avx512 {
                 _mm256_maskz_mov_epi8(h, _mm256_set1_epi8(0x10))
             };
             let d = half(b);
+            // The symmetric types as signed bytes without a min, as unpacked.
             match T {
-                2 => (nibbles(2), d, 8.0 * d),
+                2 => (_mm256_sub_epi8(nibbles(2), _mm256_set1_epi8(8)), d, 0.0),
                 3 => (nibbles(4), d, -half(b.add(2))),
-                6 => (_mm256_or_si256(nibbles(6), high_bits(2)), d, 16.0 * d),
+                6 => (
+                    _mm256_sub_epi8(
+                        _mm256_or_si256(nibbles(6), high_bits(2)),
+                        _mm256_set1_epi8(16),
+                    ),
+                    d,
+                    0.0,
+                ),
                 7 => (
                     _mm256_or_si256(nibbles(8), high_bits(4)),
                     d,
                     -half(b.add(2)),
                 ),
-                _ => (
-                    _mm256_xor_si256(
-                        _mm256_loadu_si256(b.add(2) as *const __m256i),
-                        _mm256_set1_epi8(0x80u8 as i8),
-                    ),
-                    d,
-                    128.0 * d,
-                ),
+                _ => (_mm256_loadu_si256(b.add(2) as *const __m256i), d, 0.0),
             }
         }
     }
@@ -579,7 +651,7 @@ mod avx512 {
     /// as there.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
     #[inline]
-    unsafe fn fused<const T: u32, const R: usize>(
+    unsafe fn fused<const T: u32, const R: usize, const S: bool>(
         row: &[u8],
         a: &[ActivationRow<'_>],
         mins: &mut [f32],
@@ -602,14 +674,15 @@ mod avx512 {
                 let (q0, d0, m0) = decode::<T>(p.add(blk * size));
                 let (q1, d1, m1) = decode::<T>(p.add((blk + 1) * size));
                 mins[2 * blk..2 * blk + 4].copy_from_slice(&[m0, m0, m1, m1]);
-                let q = _mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1);
+                let (q, neg) =
+                    magnitude::<S>(_mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1));
                 let scale = _mm512_castpd_ps(_mm512_insertf64x4(
                     _mm512_castps_pd(_mm512_set1_ps(d0)),
                     _mm256_castps_pd(_mm256_set1_ps(d1)),
                     1,
                 ));
                 for r in 0..R {
-                    let x = _mm512_loadu_si512(aq[r].add(k) as *const __m512i);
+                    let x = signs::<S>(_mm512_loadu_si512(aq[r].add(k) as *const __m512i), neg);
                     let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, x);
                     let s = _mm512_mul_ps(scale, _mm512_loadu_ps(asc[r].add(k / LANE)));
                     acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc[r]);
@@ -625,7 +698,7 @@ mod avx512 {
             (q, _mm256_set1_ps(d))
         });
         // SAFETY: the inputs are as long as the row (asserted above).
-        let sums = unsafe { finish(acc, mins, a, k, tail) };
+        let sums = unsafe { finish::<R, S>(acc, mins, a, k, tail) };
         out[..R].copy_from_slice(&sums);
     }
 
@@ -658,8 +731,9 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
+    /// `S`: signed weight bytes (no mins), widened as signed.
     #[target_feature(enable = "avx2,fma")]
-    fn rows<const R: usize>(w: &Unpacked, a: &[ActivationRow<'_>], out: &mut [f32]) {
+    fn rows<const R: usize, const S: bool>(w: &Unpacked, a: &[ActivationRow<'_>], out: &mut [f32]) {
         let n = w.q.len();
         let mut acc = [_mm256_setzero_ps(); R];
         let (wq, ws) = (w.q.as_ptr(), w.scale.as_ptr());
@@ -668,8 +742,15 @@ mod avx2 {
         // groups `k/16`, `k/16 + 1`), inside rows of length `n`, a multiple of 32.
         unsafe {
             while k + 32 <= n {
-                let lo = _mm256_cvtepu8_epi16(_mm_loadu_si128(wq.add(k) as *const __m128i));
-                let hi = _mm256_cvtepu8_epi16(_mm_loadu_si128(wq.add(k + 16) as *const __m128i));
+                let widen = |v: __m128i| {
+                    if S {
+                        _mm256_cvtepi8_epi16(v)
+                    } else {
+                        _mm256_cvtepu8_epi16(v)
+                    }
+                };
+                let lo = widen(_mm_loadu_si128(wq.add(k) as *const __m128i));
+                let hi = widen(_mm_loadu_si128(wq.add(k + 16) as *const __m128i));
                 let (s0, s1) = (*ws.add(k / 16), *ws.add(k / 16 + 1));
                 // After the pairwise add below, lanes hold values 0-3, 4-7,
                 // 16-19, 20-23 | 8-11, 12-15, 24-27, 28-31.

@@ -1,7 +1,10 @@
-//! Weight blocks unpacked for integer dot products: one unsigned byte per
-//! value and, per group of 16 values, a scale and a min, so that every type
-//! reads `value = scale * q - min`. Signed formats move their offset into the
-//! min (`(q - 8) d = d q - 8 d`), so one kernel serves all of them.
+//! Weight blocks unpacked for integer dot products: one byte per value and,
+//! per group of 16 values, a scale and a min, so that every type reads
+//! `value = scale * q - min`. The symmetric types (Q4_0, Q5_0, Q8_0, Q3_K,
+//! Q6_K: `value = d (q - offset)`) keep `q - offset` as a signed byte and no
+//! min ([`Unpacked::signed`]), which is what llama.cpp multiplies: the kernels
+//! take its magnitude as the unsigned operand and move its sign onto the
+//! input. The others keep an unsigned byte and their min.
 //!
 //! This is plain scalar code in a crate built with full optimisation: the
 //! compiler vectorises it, with AVX-512 where the calling kernel enables it.
@@ -15,6 +18,20 @@ pub struct Unpacked {
     pub q: Vec<u8>,
     pub scale: Vec<f32>,
     pub min: Vec<f32>,
+    /// `q` holds signed bytes and `min` is zero (a symmetric type).
+    pub signed: bool,
+}
+
+/// What a symmetric type's stored value is offset by (`value = d (q - offset)`).
+pub const fn offset(kind: GgmlType) -> Option<u8> {
+    match kind {
+        GgmlType::Q4_0 => Some(8),
+        GgmlType::Q5_0 => Some(16),
+        GgmlType::Q8_0 => Some(128),
+        GgmlType::Q3K => Some(4),
+        GgmlType::Q6K => Some(32),
+        _ => None,
+    }
 }
 
 impl Unpacked {
@@ -23,6 +40,7 @@ impl Unpacked {
             q: vec![0; values],
             scale: vec![0.0; values / GROUP],
             min: vec![0.0; values / GROUP],
+            signed: false,
         }
     }
 }
@@ -39,6 +57,14 @@ pub fn unpack_row(kind: GgmlType, f16c: bool, bytes: &[u8], out: &mut Unpacked) 
         let scale = &mut out.scale[i * groups..(i + 1) * groups];
         let min = &mut out.min[i * groups..(i + 1) * groups];
         unpack_block(kind, f16c, block, q, scale, min);
+    }
+    out.signed = offset(kind).is_some();
+    if let Some(offset) = offset(kind) {
+        let n = bytes.len() / size * per;
+        for q in &mut out.q[..n] {
+            *q = q.wrapping_sub(offset);
+        }
+        out.min[..n / GROUP].fill(0.0);
     }
 }
 
