@@ -361,7 +361,7 @@ pub fn dots(q: &[f32], slots: Slots<'_>, out: &mut [f32]) {
         unsafe {
             match slots {
                 Slots::F32(k) => avx512_att::dots(q, k, out),
-                Slots::F16(k) => avx512_att::dots_f16(q, k, out),
+                Slots::F16(k) => avx512_att::dots(q, k, out),
             }
         }
         return;
@@ -384,7 +384,7 @@ pub fn weighted_sum(p: &[f32], total: f32, slots: Slots<'_>, out: &mut [f32]) {
         unsafe {
             match slots {
                 Slots::F32(v) => avx512_att::weighted(p, total, v, out),
-                Slots::F16(v) => avx512_att::weighted_f16(p, total, v, out),
+                Slots::F16(v) => avx512_att::weighted(p, total, v, out),
             }
         }
         return;
@@ -408,38 +408,56 @@ mod avx512_att {
     use std::arch::x86_64::*;
 
     /// [`super::dots`]: the whole row in one call, its dot products inlined.
-    macro_rules! over_slots {
-        ($dots:ident, $weighted:ident, $t:ty, $dot:ident, $axpy:ident) => {
-            #[target_feature(enable = "avx512f,avx512vl")]
-            pub unsafe fn $dots(q: &[f32], slots: &[$t], out: &mut [f32]) {
-                let hd = q.len();
-                assert!(slots.len() >= out.len() * hd);
-                for (j, o) in out.iter_mut().enumerate() {
-                    // SAFETY: the caller's: the CPU has the instructions.
-                    *o = unsafe { $dot(q, &slots[j * hd..(j + 1) * hd]) };
-                }
-            }
-
-            #[target_feature(enable = "avx512f,avx512vl")]
-            pub unsafe fn $weighted(p: &[f32], total: f32, slots: &[$t], out: &mut [f32]) {
-                let hd = out.len();
-                assert!(slots.len() >= p.len() * hd);
-                for (j, &p) in p.iter().enumerate() {
-                    if p > 0.0 {
-                        // SAFETY: the caller's: the CPU has the instructions.
-                        unsafe { $axpy(p / total, &slots[j * hd..(j + 1) * hd], out) };
-                    }
-                }
-            }
-        };
+    #[target_feature(enable = "avx512f,avx512vl")]
+    pub unsafe fn dots<T: Lanes>(q: &[f32], slots: &[T], out: &mut [f32]) {
+        let hd = q.len();
+        assert!(slots.len() >= out.len() * hd);
+        for (j, o) in out.iter_mut().enumerate() {
+            // SAFETY: the caller's: the CPU has the instructions.
+            *o = unsafe { dot(q, &slots[j * hd..(j + 1) * hd]) };
+        }
     }
-    over_slots!(dots, weighted, f32, dot, axpy);
-    over_slots!(dots_f16, weighted_f16, half::f16, dot_f16, axpy_f16);
+
+    /// [`super::weighted_sum`], likewise.
+    #[target_feature(enable = "avx512f,avx512vl")]
+    pub unsafe fn weighted<T: Lanes>(p: &[f32], total: f32, slots: &[T], out: &mut [f32]) {
+        let hd = out.len();
+        assert!(slots.len() >= p.len() * hd);
+        for (j, &p) in p.iter().enumerate() {
+            if p > 0.0 {
+                // SAFETY: the caller's: the CPU has the instructions.
+                unsafe { axpy(p / total, &slots[j * hd..(j + 1) * hd], out) };
+            }
+        }
+    }
+
+    /// Cache elements as 16 f32 lanes.
+    pub trait Lanes: Copy {
+        /// # Safety
+        /// 16 values at `p`; the CPU has AVX-512F.
+        unsafe fn load16(p: *const Self) -> __m512;
+    }
+
+    impl Lanes for f32 {
+        #[inline(always)]
+        unsafe fn load16(p: *const f32) -> __m512 {
+            // SAFETY: the caller's.
+            unsafe { _mm512_loadu_ps(p) }
+        }
+    }
+
+    impl Lanes for half::f16 {
+        #[inline(always)]
+        unsafe fn load16(p: *const half::f16) -> __m512 {
+            // SAFETY: the caller's.
+            unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)) }
+        }
+    }
 
     /// `a · b`, both of a length that is a multiple of 16.
     #[target_feature(enable = "avx512f,avx512vl")]
     #[inline]
-    pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+    pub unsafe fn dot<T: Lanes>(a: &[f32], b: &[T]) -> f32 {
         assert!(a.len() == b.len() && a.len().is_multiple_of(16));
         let mut acc = _mm512_setzero_ps();
         let mut i = 0;
@@ -447,7 +465,7 @@ mod avx512_att {
             // SAFETY: `i + 16 <= len` for both slices.
             unsafe {
                 let x = _mm512_loadu_ps(a.as_ptr().wrapping_add(i));
-                let y = _mm512_loadu_ps(b.as_ptr().wrapping_add(i));
+                let y = T::load16(b.as_ptr().wrapping_add(i));
                 acc = _mm512_fmadd_ps(x, y, acc);
             }
             i += 16;
@@ -458,7 +476,7 @@ mod avx512_att {
     /// `out += alpha * x`, both of a length that is a multiple of 16.
     #[target_feature(enable = "avx512f,avx512vl")]
     #[inline]
-    pub unsafe fn axpy(alpha: f32, x: &[f32], out: &mut [f32]) {
+    pub unsafe fn axpy<T: Lanes>(alpha: f32, x: &[T], out: &mut [f32]) {
         assert!(x.len() == out.len() && x.len().is_multiple_of(16));
         let a = _mm512_set1_ps(alpha);
         let mut i = 0;
@@ -466,48 +484,7 @@ mod avx512_att {
             // SAFETY: `i + 16 <= len` for both slices.
             unsafe {
                 let o = out.as_mut_ptr().wrapping_add(i);
-                let v = _mm512_loadu_ps(x.as_ptr().wrapping_add(i));
-                _mm512_storeu_ps(o, _mm512_fmadd_ps(a, v, _mm512_loadu_ps(o)));
-            }
-            i += 16;
-        }
-    }
-
-    /// `a · b` for f16 `b`, both of a length that is a multiple of 16.
-    #[target_feature(enable = "avx512f,avx512vl")]
-    #[inline]
-    pub unsafe fn dot_f16(a: &[f32], b: &[half::f16]) -> f32 {
-        assert!(a.len() == b.len() && a.len().is_multiple_of(16));
-        let mut acc = _mm512_setzero_ps();
-        let mut i = 0;
-        while i < a.len() {
-            // SAFETY: `i + 16 <= len` for both slices.
-            unsafe {
-                let x = _mm512_loadu_ps(a.as_ptr().wrapping_add(i));
-                let y = _mm512_cvtph_ps(_mm256_loadu_si256(
-                    b.as_ptr().wrapping_add(i) as *const __m256i
-                ));
-                acc = _mm512_fmadd_ps(x, y, acc);
-            }
-            i += 16;
-        }
-        _mm512_reduce_add_ps(acc)
-    }
-
-    /// `out += alpha * x` for f16 `x`, both of a length that is a multiple of 16.
-    #[target_feature(enable = "avx512f,avx512vl")]
-    #[inline]
-    pub unsafe fn axpy_f16(alpha: f32, x: &[half::f16], out: &mut [f32]) {
-        assert!(x.len() == out.len() && x.len().is_multiple_of(16));
-        let a = _mm512_set1_ps(alpha);
-        let mut i = 0;
-        while i < x.len() {
-            // SAFETY: `i + 16 <= len` for both slices.
-            unsafe {
-                let o = out.as_mut_ptr().wrapping_add(i);
-                let v = _mm512_cvtph_ps(_mm256_loadu_si256(
-                    x.as_ptr().wrapping_add(i) as *const __m256i
-                ));
+                let v = T::load16(x.as_ptr().wrapping_add(i));
                 _mm512_storeu_ps(o, _mm512_fmadd_ps(a, v, _mm512_loadu_ps(o)));
             }
             i += 16;

@@ -383,12 +383,7 @@ mod avx512 {
                 let g = k / 16;
                 let scale =
                     _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_loadu_ps(ws.add(g))));
-                for r in 0..R {
-                    let x = signs::<S>(_mm512_loadu_si512(aq[r].add(k) as *const __m512i), neg);
-                    let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, x);
-                    let s = _mm512_mul_ps(scale, _mm512_loadu_ps(asc[r].add(k / LANE)));
-                    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc[r]);
-                }
+                step::<R, S>(&mut acc, q, neg, scale, aq, asc, k);
                 k += 64;
             }
         }
@@ -409,6 +404,35 @@ mod avx512 {
         // SAFETY: the inputs are as long as the row (the caller's).
         let sums = unsafe { finish::<R, S>(acc, &w.min, a, k, tail) };
         out[..R].copy_from_slice(&sums);
+    }
+
+    /// One 64-value step of [`rows`] and [`fused`]: the weights' bytes `q`
+    /// (magnitudes, with `neg`, when `S`) and per-lane scales `scale` times
+    /// every input's values `k..k + 64`, added to `acc`.
+    ///
+    /// # Safety
+    /// Every input holds values `k..k + 64` (and their lane scales).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn step<const R: usize, const S: bool>(
+        acc: &mut [__m512; R],
+        q: __m512i,
+        neg: __mmask64,
+        scale: __m512,
+        aq: [*const i8; R],
+        asc: [*const f32; R],
+        k: usize,
+    ) {
+        for r in 0..R {
+            // SAFETY: the caller's.
+            unsafe {
+                let x = signs::<S>(_mm512_loadu_si512(aq[r].add(k) as *const __m512i), neg);
+                let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, x);
+                let s = _mm512_mul_ps(scale, _mm512_loadu_ps(asc[r].add(k / LANE)));
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc[r]);
+            }
+        }
     }
 
     /// Signed weight bytes (`S`) as the unsigned operand of `vpdpbusd`: their
@@ -681,12 +705,7 @@ mod avx512 {
                     _mm256_castps_pd(_mm256_set1_ps(d1)),
                     1,
                 ));
-                for r in 0..R {
-                    let x = signs::<S>(_mm512_loadu_si512(aq[r].add(k) as *const __m512i), neg);
-                    let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, x);
-                    let s = _mm512_mul_ps(scale, _mm512_loadu_ps(asc[r].add(k / LANE)));
-                    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc[r]);
-                }
+                step::<R, S>(&mut acc, q, neg, scale, aq, asc, k);
                 k += 64;
             }
         }
