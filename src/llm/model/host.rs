@@ -246,6 +246,8 @@ struct Local {
     scratch: Scratch,
     dense: Vec<f32>,
     scores: Vec<f32>,
+    /// A prompt chunk's queries, gathered.
+    queries: Vec<f32>,
 }
 
 /// `out[r, c] (+)= input[r] · weight[c]` for every input row, the columns
@@ -416,6 +418,123 @@ fn attend(
     cpu::weighted_sum(scores, total, v, out);
 }
 
+/// The queries of a prompt pass's tokens `tokens` of sequence `seq` whose
+/// heads share KV head `kv_head`.
+struct PromptChunk<'a> {
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    /// Tokens per sequence in this pass.
+    seq_len: usize,
+    window: Option<usize>,
+    seq: usize,
+    kv_head: usize,
+    tokens: std::ops::Range<usize>,
+    /// The sequence's first new slot.
+    start: usize,
+    /// Where the KV head's slots start in the cache.
+    base: usize,
+    valid: &'a [bool],
+}
+
+impl PromptChunk<'_> {
+    /// Attention of every query of the chunk: their scores against the slots
+    /// any of them sees in one product (each key read once for all of them,
+    /// by the projection kernel), then each query's causal slots through the
+    /// softmax and its weighted values into `out`.
+    ///
+    /// # Safety
+    /// Nothing writes `qkv` or the cache in this phase, and nothing else
+    /// touches this chunk's heads of its rows of `out`.
+    unsafe fn attend(
+        &self,
+        qkv: &Shared<'_, f32>,
+        keys: &KvShared<'_>,
+        values: &KvShared<'_>,
+        out: &Shared<'_, f32>,
+        local: &mut Local,
+    ) {
+        let (heads, kvh, hd, s, window) = (
+            self.heads,
+            self.kv_heads,
+            self.head_dim,
+            self.seq_len,
+            self.window,
+        );
+        let group = heads / kvh;
+        let width = (heads + 2 * kvh) * hd;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let count = self.tokens.len();
+        let rows = group * count;
+        // Row `m * count + k`: head `kv_head * group + m`, token `tokens.start + k`.
+        local.queries.clear();
+        for m in 0..group {
+            let head = self.kv_head * group + m;
+            for t in self.tokens.clone() {
+                let i = self.seq * s + t;
+                // SAFETY: the caller's.
+                local.queries.extend_from_slice(unsafe {
+                    qkv.get(i * width + head * hd..i * width + (head + 1) * hd)
+                });
+            }
+        }
+        // The slots from the first token's first to the last token's own.
+        let last = self.start + self.tokens.end;
+        let lo = window.map_or(0, |w| {
+            (self.start + self.tokens.start + 1).saturating_sub(w)
+        });
+        let n = last - lo;
+        let range = self.base + lo * hd..self.base + last * hd;
+        // SAFETY: the caller's.
+        let (k, v) = unsafe {
+            match (keys, values) {
+                (KvShared::F32(k), KvShared::F32(v)) => (
+                    Weights::F32(k.get(range.clone())),
+                    cpu::Slots::F32(v.get(range)),
+                ),
+                (KvShared::F16(k), KvShared::F16(v)) => (
+                    Weights::F16(k.get(range.clone())),
+                    cpu::Slots::F16(v.get(range)),
+                ),
+                _ => unreachable!("keys and values share a precision"),
+            }
+        };
+        local.scores.resize(rows * n, 0.0);
+        cpu::outputs(&local.queries, rows, hd, k, n, &mut local.scores);
+        for (r, scores) in local.scores.chunks_exact_mut(n).enumerate() {
+            let (m, t) = (r / count, self.tokens.start + r % count);
+            let limit = self.start + t + 1;
+            let first = window.map_or(0, |w| limit.saturating_sub(w));
+            let mut max = f32::NEG_INFINITY;
+            for (j, score) in scores.iter_mut().enumerate() {
+                let slot = lo + j;
+                *score = if slot >= first && slot < limit && self.valid[slot] {
+                    *score * scale
+                } else {
+                    f32::NEG_INFINITY
+                };
+                max = max.max(*score);
+            }
+            let i = self.seq * s + t;
+            let head = self.kv_head * group + m;
+            // SAFETY: the caller's: this head of row `i` is this task's.
+            let o = unsafe {
+                out.get_mut(i * heads * hd + head * hd..i * heads * hd + (head + 1) * hd)
+            };
+            o.fill(0.0);
+            if max == f32::NEG_INFINITY {
+                continue; // nothing to attend (a padding position): zeros
+            }
+            let mut total = 0f32;
+            for score in scores.iter_mut() {
+                *score = (*score - max).exp();
+                total += *score;
+            }
+            cpu::weighted_sum(scores, total, v, o);
+        }
+    }
+}
+
 impl Llama {
     /// Whether [`Llama::forward_host`] can run this model: on the CPU, with
     /// every projection in blocks or in the host kernel's layout.
@@ -561,27 +680,20 @@ impl Llama {
                     }
                 }
                 m.sync();
-                // Attention: tasks of (sequence, query head, tokens).
-                for task in m.tasks(b * heads * chunks) {
-                    let (seq, head, chunk) = (
-                        task / (heads * chunks),
-                        (task / chunks) % heads,
-                        task % chunks,
-                    );
-                    let g = head / group;
-                    let base = (input.rows[seq] * kvh + g) * capacity * hd;
-                    for t in chunk * ATTENTION_TOKENS..((chunk + 1) * ATTENTION_TOKENS).min(s) {
-                        let i = seq * s + t;
-                        let limit = starts[seq] + t + 1;
+                if s == 1 {
+                    // A decoding step: tasks of (sequence, query head).
+                    for task in m.tasks(b * heads) {
+                        let (seq, head) = (task / heads, task % heads);
+                        let base = (input.rows[seq] * kvh + head / group) * capacity * hd;
+                        let limit = starts[seq] + 1;
                         // A sliding window hides the slots more than `w` back.
                         let first = window.map_or(0, |w| limit.saturating_sub(w));
+                        let o = seq * heads * hd + head * hd;
                         // SAFETY: `qkv` is read only in this phase; this task
-                        // alone writes this head of row `i` of `att`.
+                        // alone writes this head of row `seq` of `att`.
                         unsafe {
-                            let q =
-                                qkv.get(i * qkv_width + head * hd..i * qkv_width + (head + 1) * hd);
-                            let o = att.x.get_mut(
-                                i * heads * hd + head * hd..i * heads * hd + (head + 1) * hd,
+                            let q = qkv.get(
+                                seq * qkv_width + head * hd..seq * qkv_width + (head + 1) * hd,
                             );
                             attend(
                                 q,
@@ -592,9 +704,34 @@ impl Llama {
                                 limit,
                                 &input.valid[seq],
                                 &mut local.scores,
-                                o,
+                                att.x.get_mut(o..o + hd),
                             );
                         }
+                    }
+                } else {
+                    // A prompt pass: tasks of (sequence, KV head, tokens),
+                    // every query head of the group at once.
+                    for task in m.tasks(b * kvh * chunks) {
+                        let (seq, g, chunk) =
+                            (task / (kvh * chunks), (task / chunks) % kvh, task % chunks);
+                        let tokens =
+                            chunk * ATTENTION_TOKENS..((chunk + 1) * ATTENTION_TOKENS).min(s);
+                        let chunk = PromptChunk {
+                            heads,
+                            kv_heads: kvh,
+                            head_dim: hd,
+                            seq_len: s,
+                            window,
+                            seq,
+                            kv_head: g,
+                            tokens,
+                            start: starts[seq],
+                            base: (input.rows[seq] * kvh + g) * capacity * hd,
+                            valid: &input.valid[seq],
+                        };
+                        // SAFETY: `qkv` and the cache are read only in this
+                        // phase; this task alone writes its heads of its rows.
+                        unsafe { chunk.attend(&qkv, &keys[l], &values[l], &att.x, &mut local) };
                     }
                 }
                 m.sync();
@@ -702,6 +839,62 @@ mod tests {
                 unsafe {
                     ks.store(0, &k);
                     vs.store(0, &v);
+                }
+                // The prompt path: each (sequence, KV head) in chunks of 2
+                // tokens, from a Q/K/V buffer laid out as the pass lays it out.
+                let heads = kvh * group;
+                let width = (heads + 2 * kvh) * hd;
+                let mut qkv = vec![0f32; b * s * width];
+                for (row, q) in q.chunks_exact(hd).enumerate() {
+                    let (seq, g, m, t) = (
+                        row / (kvh * group * s),
+                        (row / (group * s)) % kvh,
+                        (row / s) % group,
+                        row % s,
+                    );
+                    let at = (seq * s + t) * width + (g * group + m) * hd;
+                    qkv[at..at + hd].copy_from_slice(q);
+                }
+                let mut att = vec![0f32; b * s * heads * hd];
+                {
+                    let (qkv, out) = (Shared::new(&mut qkv), Shared::new(&mut att));
+                    let mut local = Local::default();
+                    for seq in 0..b {
+                        for g in 0..kvh {
+                            for t0 in (0..s).step_by(2) {
+                                let chunk = PromptChunk {
+                                    heads,
+                                    kv_heads: kvh,
+                                    head_dim: hd,
+                                    seq_len: s,
+                                    window,
+                                    seq,
+                                    kv_head: g,
+                                    tokens: t0..(t0 + 2).min(s),
+                                    start,
+                                    base: (seq * kvh + g) * capacity * hd,
+                                    valid: &valid[seq],
+                                };
+                                // SAFETY: one thread.
+                                unsafe { chunk.attend(&qkv, &ks, &vs, &out, &mut local) };
+                            }
+                        }
+                    }
+                }
+                for (row, want) in want.chunks_exact(hd).enumerate() {
+                    let (seq, g, m, t) = (
+                        row / (kvh * group * s),
+                        (row / (group * s)) % kvh,
+                        (row / s) % group,
+                        row % s,
+                    );
+                    let at = (seq * s + t) * heads * hd + (g * group + m) * hd;
+                    for (g, w) in att[at..at + hd].iter().zip(want) {
+                        assert!(
+                            (g - w).abs() < tolerance,
+                            "prompt path, {dtype:?}, window {window:?}, row {row}: {g} != {w}"
+                        );
+                    }
                 }
                 let mut scores = Vec::new();
                 let mut out = vec![0f32; hd];
