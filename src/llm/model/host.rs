@@ -859,7 +859,7 @@ mod tests {
                 {
                     let (qkv, out) = (Shared::new(&mut qkv), Shared::new(&mut att));
                     let mut local = Local::default();
-                    for seq in 0..b {
+                    for (seq, valid) in valid.iter().enumerate() {
                         for g in 0..kvh {
                             for t0 in (0..s).step_by(2) {
                                 let chunk = PromptChunk {
@@ -873,7 +873,7 @@ mod tests {
                                     tokens: t0..(t0 + 2).min(s),
                                     start,
                                     base: (seq * kvh + g) * capacity * hd,
-                                    valid: &valid[seq],
+                                    valid,
                                 };
                                 // SAFETY: one thread.
                                 unsafe { chunk.attend(&qkv, &ks, &vs, &out, &mut local) };
