@@ -375,6 +375,22 @@ pub fn dots(q: &[f32], slots: Slots<'_>, out: &mut [f32]) {
     }
 }
 
+/// `scores[j] = exp(scores[j] - max)`, and their sum: a softmax's numerators
+/// (a score of -∞, a masked slot, becomes 0).
+pub fn softmax_exp(scores: &mut [f32], max: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if avx512() {
+        // SAFETY: AVX-512F and VL checked.
+        return unsafe { avx512_att::softmax_exp(scores, max) };
+    }
+    let mut total = 0f32;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        total += *s;
+    }
+    total
+}
+
 /// `out += (p[j] / total) × slot j`, in order, for every slot with `p[j] > 0`.
 pub fn weighted_sum(p: &[f32], total: f32, slots: Slots<'_>, out: &mut [f32]) {
     let hd = out.len();
@@ -422,13 +438,83 @@ mod avx512_att {
     #[target_feature(enable = "avx512f,avx512vl")]
     pub unsafe fn weighted<T: Lanes>(p: &[f32], total: f32, slots: &[T], out: &mut [f32]) {
         let hd = out.len();
-        assert!(slots.len() >= p.len() * hd);
-        for (j, &p) in p.iter().enumerate() {
-            if p > 0.0 {
-                // SAFETY: the caller's: the CPU has the instructions.
-                unsafe { axpy(p / total, &slots[j * hd..(j + 1) * hd], out) };
+        assert!(slots.len() >= p.len() * hd && hd.is_multiple_of(16));
+        // 64 outputs at a time kept in registers over every slot: the same
+        // multiply-adds in the same order as one pass over the outputs per slot, without
+        // storing and reloading the outputs between slots.
+        let mut at = 0;
+        while at < hd {
+            let width = (hd - at).min(64) / 16;
+            let o = out.as_mut_ptr().wrapping_add(at);
+            let mut acc = [_mm512_setzero_ps(); 4];
+            for (i, acc) in acc.iter_mut().enumerate().take(width) {
+                // SAFETY: `at + 16 * (i + 1) <= hd`.
+                *acc = unsafe { _mm512_loadu_ps(o.wrapping_add(16 * i)) };
             }
+            for (j, &p) in p.iter().enumerate() {
+                if p > 0.0 {
+                    let a = _mm512_set1_ps(p / total);
+                    let v = slots.as_ptr().wrapping_add(j * hd + at);
+                    for (i, acc) in acc.iter_mut().enumerate().take(width) {
+                        // SAFETY: slot `j`'s values `at + 16 i..at + 16 (i + 1)`.
+                        *acc =
+                            _mm512_fmadd_ps(a, unsafe { T::load16(v.wrapping_add(16 * i)) }, *acc);
+                    }
+                }
+            }
+            for (i, acc) in acc.iter().enumerate().take(width) {
+                // SAFETY: as above.
+                unsafe { _mm512_storeu_ps(o.wrapping_add(16 * i), *acc) };
+            }
+            at += 16 * width;
         }
+    }
+
+    /// [`super::softmax_exp`]: 16 at a time, `exp` as Cephes computes it
+    /// (a degree-5 polynomial on `[-ln 2 / 2, ln 2 / 2]`, scaled by `2^n`).
+    #[target_feature(enable = "avx512f,avx512vl")]
+    pub unsafe fn softmax_exp(scores: &mut [f32], max: f32) -> f32 {
+        let (m, log2e) = (
+            _mm512_set1_ps(max),
+            _mm512_set1_ps(std::f32::consts::LOG2_E),
+        );
+        let (c1, c2) = (_mm512_set1_ps(0.693_359_4), _mm512_set1_ps(-2.121_944_4e-4));
+        let coefficients = [
+            1.987_569_2e-4,
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            5.000_000_1e-1,
+        ];
+        let mut total = _mm512_setzero_ps();
+        let mut chunks = scores.chunks_exact_mut(16);
+        for chunk in &mut chunks {
+            // SAFETY: 16 values.
+            let x = _mm512_sub_ps(unsafe { _mm512_loadu_ps(chunk.as_ptr()) }, m);
+            // exp(x) is 0 in f32 below -103 (and for -inf, a masked slot).
+            let live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-88.0), _CMP_GE_OQ);
+            let n = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT);
+            let r = _mm512_fnmadd_ps(n, c2, _mm512_fnmadd_ps(n, c1, x));
+            let mut y = _mm512_set1_ps(coefficients[0]);
+            for &c in &coefficients[1..] {
+                y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(c));
+            }
+            let y = _mm512_add_ps(
+                _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), r),
+                _mm512_set1_ps(1.0),
+            );
+            let e = _mm512_maskz_mov_ps(live, _mm512_scalef_ps(y, n));
+            // SAFETY: 16 values.
+            unsafe { _mm512_storeu_ps(chunk.as_mut_ptr(), e) };
+            total = _mm512_add_ps(total, e);
+        }
+        let mut sum = _mm512_reduce_add_ps(total);
+        for s in chunks.into_remainder() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        sum
     }
 
     /// Cache elements as 16 f32 lanes.
@@ -472,29 +558,31 @@ mod avx512_att {
         }
         _mm512_reduce_add_ps(acc)
     }
-
-    /// `out += alpha * x`, both of a length that is a multiple of 16.
-    #[target_feature(enable = "avx512f,avx512vl")]
-    #[inline]
-    pub unsafe fn axpy<T: Lanes>(alpha: f32, x: &[T], out: &mut [f32]) {
-        assert!(x.len() == out.len() && x.len().is_multiple_of(16));
-        let a = _mm512_set1_ps(alpha);
-        let mut i = 0;
-        while i < x.len() {
-            // SAFETY: `i + 16 <= len` for both slices.
-            unsafe {
-                let o = out.as_mut_ptr().wrapping_add(i);
-                let v = T::load16(x.as_ptr().wrapping_add(i));
-                _mm512_storeu_ps(o, _mm512_fmadd_ps(a, v, _mm512_loadu_ps(o)));
-            }
-            i += 16;
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The vectorised exponential of the softmax against the library's, over
+    /// the range scores take, masked slots (-∞) and a tail shorter than 16.
+    #[test]
+    fn softmax_exp_matches_the_library_exp() {
+        let mut scores: Vec<f32> = (0..4001).map(|i| -80.0 + i as f32 * 0.02).collect();
+        scores.extend([f32::NEG_INFINITY, -200.0, -87.9, 0.0, -1e-7]);
+        let max = 0.0;
+        let want: Vec<f32> = scores.iter().map(|&s| (s - max).exp()).collect();
+        let total = softmax_exp(&mut scores, max);
+        for (got, want) in scores.iter().zip(&want) {
+            assert!(
+                (got - want).abs() <= 2e-7 * want.max(1e-30),
+                "{got} != {want}"
+            );
+        }
+        assert_eq!(scores[4001], 0.0, "a masked slot weighs nothing");
+        let sum: f64 = want.iter().map(|&w| f64::from(w)).sum();
+        assert!((f64::from(total) - sum).abs() < 1e-5 * sum);
+    }
 
     #[test]
     fn kernel_matches_a_plain_product() {

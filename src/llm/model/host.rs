@@ -410,11 +410,7 @@ fn attend(
     if max == f32::NEG_INFINITY {
         return;
     }
-    let mut total = 0f32;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        total += *s;
-    }
+    let total = cpu::softmax_exp(scores, max);
     cpu::weighted_sum(scores, total, v, out);
 }
 
@@ -525,11 +521,7 @@ impl PromptChunk<'_> {
             if max == f32::NEG_INFINITY {
                 continue; // nothing to attend (a padding position): zeros
             }
-            let mut total = 0f32;
-            for score in scores.iter_mut() {
-                *score = (*score - max).exp();
-                total += *score;
-            }
+            let total = cpu::softmax_exp(scores, max);
             cpu::weighted_sum(scores, total, v, o);
         }
     }
