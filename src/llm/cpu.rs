@@ -485,15 +485,20 @@ mod avx512_att {
             8.333_452e-3,
             4.166_579_6e-2,
             1.666_666_5e-1,
-            5.000_000_1e-1,
+            0.5,
         ];
         let mut total = _mm512_setzero_ps();
-        let mut chunks = scores.chunks_exact_mut(16);
-        for chunk in &mut chunks {
-            // SAFETY: 16 values.
-            let x = _mm512_sub_ps(unsafe { _mm512_loadu_ps(chunk.as_ptr()) }, m);
+        // Every value through the same polynomial, the last few too (masked
+        // loads and stores): a value's exponential and the lane it is summed
+        // in depend only on its index, not on how long the row is.
+        for at in (0..scores.len()).step_by(16) {
+            let n = (scores.len() - at).min(16);
+            let lanes: __mmask16 = if n == 16 { !0 } else { (1 << n) - 1 };
+            let p = scores.as_mut_ptr().wrapping_add(at);
+            // SAFETY: the `n` values at `p`, masked.
+            let x = _mm512_sub_ps(unsafe { _mm512_maskz_loadu_ps(lanes, p) }, m);
             // exp(x) is 0 in f32 below -103 (and for -inf, a masked slot).
-            let live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-88.0), _CMP_GE_OQ);
+            let live = lanes & _mm512_cmp_ps_mask(x, _mm512_set1_ps(-88.0), _CMP_GE_OQ);
             let n = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT);
             let r = _mm512_fnmadd_ps(n, c2, _mm512_fnmadd_ps(n, c1, x));
             let mut y = _mm512_set1_ps(coefficients[0]);
@@ -505,16 +510,11 @@ mod avx512_att {
                 _mm512_set1_ps(1.0),
             );
             let e = _mm512_maskz_mov_ps(live, _mm512_scalef_ps(y, n));
-            // SAFETY: 16 values.
-            unsafe { _mm512_storeu_ps(chunk.as_mut_ptr(), e) };
+            // SAFETY: as above.
+            unsafe { _mm512_mask_storeu_ps(p, lanes, e) };
             total = _mm512_add_ps(total, e);
         }
-        let mut sum = _mm512_reduce_add_ps(total);
-        for s in chunks.into_remainder() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        sum
+        _mm512_reduce_add_ps(total)
     }
 
     /// Cache elements as 16 f32 lanes.

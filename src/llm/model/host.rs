@@ -367,6 +367,20 @@ fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
+/// The softmax's numerators from the first slot attended on (the masked
+/// slots before it, a left-padded prompt's padding, become 0), and their sum.
+/// Starting there, a sequence's exponentials and sum are computed in the same
+/// lanes and order whether or not it was padded to share a prompt pass, so
+/// batching never changes an answer.
+fn softmax_from_first_slot(scores: &mut [f32], max: f32) -> f32 {
+    let from = scores
+        .iter()
+        .position(|s| s.is_finite())
+        .unwrap_or(scores.len());
+    scores[..from].fill(0.0);
+    cpu::softmax_exp(&mut scores[from..], max)
+}
+
 /// One query's attention over the slots `first..limit` of a cache row (those
 /// `valid`), into `out`. A query with nothing to attend (padding) gets zeros.
 #[allow(clippy::too_many_arguments)]
@@ -410,7 +424,7 @@ fn attend(
     if max == f32::NEG_INFINITY {
         return;
     }
-    let total = cpu::softmax_exp(scores, max);
+    let total = softmax_from_first_slot(scores, max);
     cpu::weighted_sum(scores, total, v, out);
 }
 
@@ -521,7 +535,7 @@ impl PromptChunk<'_> {
             if max == f32::NEG_INFINITY {
                 continue; // nothing to attend (a padding position): zeros
             }
-            let total = cpu::softmax_exp(scores, max);
+            let total = softmax_from_first_slot(scores, max);
             cpu::weighted_sum(scores, total, v, o);
         }
     }
