@@ -90,10 +90,11 @@ impl Member<'_> {
 
     /// Tasks `0..n` handed out one at a time to whichever member asks first
     /// (uneven tasks, a busy core). Every member must call this for every
-    /// phase, in the same order, and run the iterator to its end: the counter
-    /// is never reset, each member knowing where a phase starts on it because
-    /// each phase takes exactly `n + threads` draws (the tasks, and one draw
-    /// per member that finds none left).
+    /// phase, in the same order, run the iterator to its end, and
+    /// [`Member::sync`] before the next phase's tasks: the counter is never
+    /// reset, each member knowing where a phase starts on it because each
+    /// phase takes exactly `n + threads` draws (the tasks, and one draw per
+    /// member that finds none left).
     pub fn tasks(&self, n: usize) -> impl Iterator<Item = usize> + '_ {
         let base = self.base.get();
         self.base.set(base + n + self.threads);
