@@ -571,11 +571,15 @@ fn shards_plus_a_commit_equal_one_run_on_object_storage() {
 
     // Credentials in the pipeline file (none in the environment) are used and
     // never recorded: not in the report, the runs' records or the debug logs.
-    fs::write(
-        dir.join("inline.toml"),
-        format!("[collection]\nname = \"c\"\ndb = \"s3://moulin/inline\"\n\n[collection.storage]\naws_endpoint = \"{}\"\naws_region = \"us-east-1\"\nallow_http = \"true\"\naws_access_key_id = \"test\"\naws_secret_access_key = \"{SECRET}\"\n\n[[sources]]\ntype = \"files\"\npath = \"src\"\n", server.endpoint),
-    )
-    .unwrap();
+    pipeline(
+        dir,
+        "inline.toml",
+        "s3://moulin/inline",
+        &format!(
+            "[collection.storage]\naws_endpoint = \"{}\"\naws_region = \"us-east-1\"\nallow_http = \"true\"\naws_access_key_id = \"test\"\naws_secret_access_key = \"{SECRET}\"\n",
+            server.endpoint
+        ),
+    );
     let out = run_env(
         dir,
         &["run", "inline.toml", "-vv", "--report", "inline.json"],
@@ -762,11 +766,15 @@ fn shards_plus_a_commit_equal_one_run_on_azure_blob_storage() {
 
     // The key in the pipeline file (none in the environment) serves and is
     // never recorded; it is nowhere in what the server stored.
-    fs::write(
-        dir.join("inline.toml"),
-        format!("[collection]\nname = \"c\"\ndb = \"az://moulin/inline\"\n\n[collection.storage]\nazure_storage_account_name = \"{AZURE_ACCOUNT}\"\nazure_storage_endpoint = \"{}\"\nallow_http = \"true\"\nazure_storage_account_key = \"{AZURE_SECRET}\"\n\n[[sources]]\ntype = \"files\"\npath = \"src\"\n", server.endpoint),
-    )
-    .unwrap();
+    pipeline(
+        dir,
+        "inline.toml",
+        "az://moulin/inline",
+        &format!(
+            "[collection.storage]\nazure_storage_account_name = \"{AZURE_ACCOUNT}\"\nazure_storage_endpoint = \"{}\"\nallow_http = \"true\"\nazure_storage_account_key = \"{AZURE_SECRET}\"\n",
+            server.endpoint
+        ),
+    );
     let out = run_env(
         dir,
         &["run", "inline.toml", "--quiet", "--report", "inline.json"],

@@ -128,31 +128,14 @@ impl Linear {
         }
     }
 
+    /// burn's product, for the burn pass (GPUs, `MOULIN_LLM_KERNEL=0`); the
+    /// CPU pass computes the other layouts itself.
     fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         match self {
-            Linear::Blocks(parts) => {
-                let [rows, inner] = x.dims();
-                let device = x.device();
-                let data = x.into_data().convert::<f32>();
-                let values = data.as_slice::<f32>().expect("f32 activations");
-                debug_assert_eq!(values.len(), rows * inner);
-                let parts: Vec<&QuantMatrix> = parts.iter().map(|p| p.as_ref()).collect();
-                let cols = parts.iter().map(|p| p.rows()).sum::<usize>();
-                let out = moulin_quant::matmul(values, rows, &parts);
-                Tensor::from_data(TensorData::new(out, [rows, cols]), &device)
-            }
-            Linear::Dense {
-                weight,
-                dtype,
-                cpu_kernel: true,
-                ..
-            } => {
-                let w = weight.clone().transpose();
-                match dtype {
-                    WeightDtype::F32 => x.matmul(w),
-                    WeightDtype::F16 => x.cast(DType::F16).matmul(w).cast(DType::F32),
-                }
-            }
+            Linear::Blocks(_)
+            | Linear::Dense {
+                cpu_kernel: true, ..
+            } => unreachable!("weights laid out for the CPU pass"),
             Linear::Dense { weight, dtype, .. } => match dtype {
                 WeightDtype::F32 => x.matmul(weight.clone()),
                 WeightDtype::F16 => x.cast(DType::F16).matmul(weight.clone()).cast(DType::F32),
@@ -197,8 +180,6 @@ pub struct Llama {
     rotate: Tensor<2>,
     /// The rotary tables and final norm on the host.
     host: ModelHost,
-    /// Forward passes run on the host ([`host`]), not through burn.
-    use_host: bool,
     kv_dtype: KvDtype,
 }
 
@@ -236,19 +217,6 @@ impl KvCache {
     /// Empty `row` for a new sequence (its old slots are simply overwritten).
     pub fn reset(&mut self, row: usize) {
         self.lens[row] = 0;
-    }
-
-    /// Bytes the keys and values take.
-    pub fn bytes(&self) -> usize {
-        match &self.store {
-            KvStore::Host { keys, values } => keys.iter().chain(values).map(KvBuffer::bytes).sum(),
-            KvStore::Burn { keys, values } => keys
-                .iter()
-                .chain(values)
-                .flatten()
-                .map(|t| 4 * t.dims().iter().product::<usize>())
-                .sum(),
-        }
     }
 }
 
@@ -445,7 +413,7 @@ impl Llama {
             rotate[(i + half) * hd + i] = -1.0;
             rotate[i * hd + i + half] = 1.0;
         }
-        let mut model = Llama {
+        let model = Llama {
             cos: Tensor::from_data(TensorData::new(cos.clone(), [positions, hd]), device),
             sin: Tensor::from_data(TensorData::new(sin.clone(), [positions, hd]), device),
             rotate: Tensor::from_data(TensorData::new(rotate, [hd, hd]), device),
@@ -462,10 +430,15 @@ impl Llama {
                 sin,
                 norm: norm_host.values,
             },
-            use_host: false,
             kv_dtype,
         };
-        model.use_host = model.host_ready();
+        // With the CPU kernels, every pass runs on the host ([`host`]).
+        if cpu_kernel && !model.host_ready() {
+            return Err(Error::Llm {
+                model: model.config.architecture.clone(),
+                reason: "weights not laid out for the CPU pass (a bug)".into(),
+            });
+        }
         Ok(model)
     }
 
@@ -525,7 +498,7 @@ impl Llama {
             });
         }
         let shape = [rows, c.num_kv_heads, capacity, c.head_dim];
-        let store = if self.use_host {
+        let store = if self.cpu_kernel {
             let len = shape.iter().product();
             let zeros = || KvBuffer::zeros(len, self.kv_dtype);
             KvStore::Host {
@@ -640,7 +613,7 @@ impl Llama {
             input.tokens.iter().map(|&t| i64::from(t)).collect(),
             &self.device,
         );
-        let mut x = self.embed(tokens)?; // [n, hidden]
+        let mut x = self.embed(tokens); // [n, hidden]
         for (l, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(x.clone(), &layer.attn_norm, c.rms_norm_eps);
             let mut qkv = layer.qkv.forward(h);
@@ -729,30 +702,11 @@ impl Llama {
 
 impl Llama {
     /// The embeddings of `tokens`, `[n, hidden]` in f32.
-    fn embed(&self, tokens: Tensor<1, Int>) -> Result<Tensor<2>> {
-        Ok(match &self.embed {
+    fn embed(&self, tokens: Tensor<1, Int>) -> Tensor<2> {
+        match &self.embed {
             Embedding::Dense(table, _) => table.clone().select(0, tokens).cast(DType::F32),
-            Embedding::Blocks(table) => {
-                let ids = tokens.into_data().convert::<i64>();
-                let ids = ids.as_slice::<i64>().expect("token ids");
-                let hidden = table.cols();
-                let mut values = vec![0f32; ids.len() * hidden];
-                for (row, &id) in values.chunks_exact_mut(hidden).zip(ids) {
-                    let id = usize::try_from(id)
-                        .ok()
-                        .filter(|&id| id < table.rows())
-                        .ok_or_else(|| Error::Llm {
-                            model: self.config.architecture.clone(),
-                            reason: format!(
-                                "token id {id} is outside the vocabulary of {}",
-                                table.rows()
-                            ),
-                        })?;
-                    table.dequantize_row(id, row);
-                }
-                Tensor::from_data(TensorData::new(values, [ids.len(), hidden]), &self.device)
-            }
-        })
+            Embedding::Blocks(_) => unreachable!("a table in blocks is read by the CPU pass"),
+        }
     }
 }
 

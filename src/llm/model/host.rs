@@ -48,13 +48,6 @@ impl KvBuffer {
         }
     }
 
-    pub fn bytes(&self) -> usize {
-        match self {
-            KvBuffer::F32(v) => 4 * v.len(),
-            KvBuffer::F16(v) => 2 * v.len(),
-        }
-    }
-
     fn share(&mut self) -> KvShared<'_> {
         match self {
             KvBuffer::F32(v) => KvShared::F32(Shared::new(v)),
@@ -431,12 +424,7 @@ fn attend(
 /// The queries of a prompt pass's tokens `tokens` of sequence `seq` whose
 /// heads share KV head `kv_head`.
 struct PromptChunk<'a> {
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
-    /// Tokens per sequence in this pass.
-    seq_len: usize,
-    window: Option<usize>,
+    pass: &'a PassShape,
     seq: usize,
     kv_head: usize,
     tokens: std::ops::Range<usize>,
@@ -445,6 +433,17 @@ struct PromptChunk<'a> {
     /// Where the KV head's slots start in the cache.
     base: usize,
     valid: &'a [bool],
+}
+
+/// What every attention task of a pass shares.
+#[derive(Clone, Copy)]
+struct PassShape {
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    /// Tokens per sequence in this pass.
+    seq_len: usize,
+    window: Option<usize>,
 }
 
 impl PromptChunk<'_> {
@@ -464,13 +463,13 @@ impl PromptChunk<'_> {
         out: &Shared<'_, f32>,
         local: &mut Local,
     ) {
-        let (heads, kvh, hd, s, window) = (
-            self.heads,
-            self.kv_heads,
-            self.head_dim,
-            self.seq_len,
-            self.window,
-        );
+        let PassShape {
+            heads,
+            kv_heads: kvh,
+            head_dim: hd,
+            seq_len: s,
+            window,
+        } = *self.pass;
         let group = heads / kvh;
         let width = (heads + 2 * kvh) * hd;
         let scale = 1.0 / (hd as f32).sqrt();
@@ -636,6 +635,13 @@ impl Llama {
         let head = self.head.host().expect("checked by host_ready");
         let kernel = Kernel::detect();
         let chunks = s.div_ceil(ATTENTION_TOKENS);
+        let pass = PassShape {
+            heads,
+            kv_heads: kvh,
+            head_dim: hd,
+            seq_len: s,
+            window,
+        };
 
         team::run(rayon::current_num_threads(), |m| {
             let mut local = Local::default();
@@ -723,11 +729,7 @@ impl Llama {
                         let tokens =
                             chunk * ATTENTION_TOKENS..((chunk + 1) * ATTENTION_TOKENS).min(s);
                         let chunk = PromptChunk {
-                            heads,
-                            kv_heads: kvh,
-                            head_dim: hd,
-                            seq_len: s,
-                            window,
+                            pass: &pass,
                             seq,
                             kv_head: g,
                             tokens,
@@ -865,15 +867,18 @@ mod tests {
                 {
                     let (qkv, out) = (Shared::new(&mut qkv), Shared::new(&mut att));
                     let mut local = Local::default();
+                    let pass = PassShape {
+                        heads,
+                        kv_heads: kvh,
+                        head_dim: hd,
+                        seq_len: s,
+                        window,
+                    };
                     for (seq, valid) in valid.iter().enumerate() {
                         for g in 0..kvh {
                             for t0 in (0..s).step_by(2) {
                                 let chunk = PromptChunk {
-                                    heads,
-                                    kv_heads: kvh,
-                                    head_dim: hd,
-                                    seq_len: s,
-                                    window,
+                                    pass: &pass,
                                     seq,
                                     kv_head: g,
                                     tokens: t0..(t0 + 2).min(s),
