@@ -3,6 +3,9 @@
 //! 5 trials), for 1, 4 and 16 input rows.
 //!
 //!     cargo bench -p moulin-quant --profile dev --bench kernels [-- TYPE...]
+//!
+//! `QUANT_BENCH_KERNEL` (a kernel's name) and `QUANT_BENCH_ROWS` (numbers of
+//! input rows, space-separated; default "1 4 16 64") narrow the cases.
 
 use std::time::Instant;
 
@@ -15,6 +18,12 @@ fn main() {
         .collect();
     // SmolLM2's gate+up projection: 3072 outputs of 576 inputs; and a wider
     // one of 8B-model proportions, scaled down (4096 × 4096 / 4).
+    let kernel_only = std::env::var("QUANT_BENCH_KERNEL").ok();
+    let row_counts: Vec<usize> = std::env::var("QUANT_BENCH_ROWS")
+        .unwrap_or_else(|_| "1 4 16 64".into())
+        .split_whitespace()
+        .map(|r| r.parse().expect("QUANT_BENCH_ROWS: numbers"))
+        .collect();
     let shapes = [(3072usize, 576usize), (2048, 2048)];
     let mut seed = 0x1234_5678_u64;
     let mut next = || {
@@ -39,8 +48,11 @@ fn main() {
                 *b &= 0x3B;
             }
             let w = QuantMatrix::new(kind, outs, cols, data).unwrap();
-            for &kernel in Kernel::supported() {
-                for rows in [1usize, 4, 16] {
+            for &kernel in Kernel::supported()
+                .iter()
+                .filter(|k| kernel_only.as_ref().is_none_or(|o| o == k.name()))
+            {
+                for &rows in &row_counts {
                     let x: Vec<f32> = (0..rows * cols)
                         .map(|i| ((i % 17) as f32 - 8.0) / 8.0)
                         .collect();

@@ -10,11 +10,19 @@
 use std::sync::OnceLock;
 
 use crate::activations::{ActivationRow, LANE};
-use crate::formats::GgmlType;
+use crate::formats::{GgmlType, QK_K};
 use crate::unpack::{GROUP, Unpacked, unpack_row};
 
 /// Activation rows one weight row is multiplied with at a time.
 pub const MAX_ROWS: usize = 4;
+
+/// Weight rows multiplied together with the same inputs (many inputs: a
+/// prompt pass or a batch), so that each input's bytes, once loaded, serve
+/// several rows.
+pub const TILE_ROWS: usize = 4;
+
+/// A tile's dot products: weight row `i` times input `r` at `[i][r]`.
+type Tile = [[f32; MAX_ROWS]; TILE_ROWS];
 
 /// The instruction set the matrix products use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +104,20 @@ trait Dot {
     /// # Safety
     /// The CPU must have the kernel's instructions; every input as long as `w`.
     unsafe fn dot(w: &Unpacked, a: &[ActivationRow<'_>], out: &mut [f32]);
+
+    /// The dot products of up to [`TILE_ROWS`] weight rows with up to
+    /// [`MAX_ROWS`] inputs, with the same bits as [`Dot::dot`] row by row
+    /// (which is what this default does).
+    ///
+    /// # Safety
+    /// As [`Dot::dot`], for every row of `w`.
+    #[inline(always)]
+    unsafe fn tile(w: &[Unpacked], a: &[ActivationRow<'_>], out: &mut Tile) {
+        for (w, out) in w.iter().zip(out.iter_mut()) {
+            // SAFETY: the caller's.
+            unsafe { Self::dot(w, a, &mut out[..a.len()]) };
+        }
+    }
 }
 
 /// Call `$body` with `$t` bound to `kind`'s id as a constant, so that the
@@ -262,9 +284,18 @@ unsafe fn rows_of<const T: u32, D: Dot>(
     for (row, w) in weights.chunks_exact(row_bytes).zip(scratch.iter_mut()) {
         unpack_row(kind, D::F16C, row, w);
     }
+    let mut tile: Tile = [[0.0; MAX_ROWS]; TILE_ROWS];
     for (c, chunk) in inputs.chunks(MAX_ROWS).enumerate() {
-        for (j, w) in scratch[..width].iter().enumerate() {
-            one(w, j, c, chunk);
+        for (t, rows) in scratch[..width].chunks(TILE_ROWS).enumerate() {
+            // SAFETY: the caller's.
+            unsafe { D::tile(rows, chunk, &mut tile) };
+            for (i, dots) in tile[..rows.len()].iter().enumerate() {
+                for (r, &d) in dots[..chunk.len()].iter().enumerate() {
+                    // SAFETY: the caller's: input row `c * MAX_ROWS + r`,
+                    // this task's column `t * TILE_ROWS + i`.
+                    unsafe { acc.write(c * MAX_ROWS + r, t * TILE_ROWS + i, d) };
+                }
+            }
         }
     }
 }
@@ -307,27 +338,41 @@ fn portable(w: &Unpacked, a: &[ActivationRow<'_>], out: &mut [f32]) {
 /// and its [`weight_rows`], compiled with its `target_feature`s.
 #[cfg(target_arch = "x86_64")]
 macro_rules! entry {
-    ($dot:ident, $features:literal, $safety:literal) => {
+    ($dot:ident, $features:literal, $safety:literal $(, $tile:ident)?) => {
         struct $dot;
 
         impl Dot for $dot {
             const F16C: bool = true;
             #[inline(always)]
             unsafe fn dot(w: &Unpacked, a: &[ActivationRow<'_>], out: &mut [f32]) {
+                macro_rules! by_inputs {
+                    ($s:literal, $k:literal) => {
+                        match a.len() {
+                            1 => rows::<1, $s, $k>(w, a, out),
+                            2 => rows::<2, $s, $k>(w, a, out),
+                            3 => rows::<3, $s, $k>(w, a, out),
+                            _ => rows::<MAX_ROWS, $s, $k>(w, a, out),
+                        }
+                    };
+                }
                 // SAFETY: the caller's: the CPU has the instructions.
                 unsafe {
-                    match (a.len(), w.signed) {
-                        (1, false) => rows::<1, false>(w, a, out),
-                        (2, false) => rows::<2, false>(w, a, out),
-                        (3, false) => rows::<3, false>(w, a, out),
-                        (_, false) => rows::<MAX_ROWS, false>(w, a, out),
-                        (1, true) => rows::<1, true>(w, a, out),
-                        (2, true) => rows::<2, true>(w, a, out),
-                        (3, true) => rows::<3, true>(w, a, out),
-                        (_, true) => rows::<MAX_ROWS, true>(w, a, out),
+                    match (w.signed, w.superblocks) {
+                        (false, false) => by_inputs!(false, false),
+                        (true, false) => by_inputs!(true, false),
+                        (false, true) => by_inputs!(false, true),
+                        (true, true) => by_inputs!(true, true),
                     }
                 }
             }
+
+            $(
+            #[inline(always)]
+            unsafe fn tile(w: &[Unpacked], a: &[ActivationRow<'_>], out: &mut Tile) {
+                // SAFETY: the caller's: the CPU has the instructions.
+                unsafe { $tile(w, a, out) }
+            }
+            )?
         }
 
         /// [`super::weight_rows`] compiled for this instruction set.
@@ -355,18 +400,274 @@ macro_rules! entry {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{ActivationRow, Dot, GgmlType, LANE, MAX_ROWS, OutBlock, Unpacked, rows_of};
+    use super::{
+        ActivationRow, Dot, GgmlType, LANE, MAX_ROWS, OutBlock, QK_K, Tile, Unpacked, rows_of,
+    };
 
     entry!(
         Vnni,
         "avx512f,avx512bw,avx512vl,avx512vnni,f16c",
-        "The CPU must have AVX-512 F, BW, VL and VNNI, and F16C; lengths as checked there."
+        "The CPU must have AVX-512 F, BW, VL and VNNI, and F16C; lengths as checked there.",
+        tiles
     );
+
+    /// [`Dot::tile`]: [`tile`] for as many rows and inputs as given.
+    ///
+    /// # Safety
+    /// As [`Dot::tile`]; the CPU has AVX-512 F, BW, VL and VNNI.
+    #[inline(always)]
+    unsafe fn tiles(w: &[Unpacked], a: &[ActivationRow<'_>], out: &mut Tile) {
+        macro_rules! by_inputs {
+            ($w:literal, $s:literal, $k:literal) => {
+                match a.len() {
+                    1 => tile::<$w, 1, $s, $k>(w, a, out),
+                    2 => tile::<$w, 2, $s, $k>(w, a, out),
+                    3 => tile::<$w, 3, $s, $k>(w, a, out),
+                    _ => tile::<$w, MAX_ROWS, $s, $k>(w, a, out),
+                }
+            };
+        }
+        macro_rules! by_rows {
+            ($s:literal, $k:literal) => {
+                match w.len() {
+                    1 => by_inputs!(1, $s, $k),
+                    2 => by_inputs!(2, $s, $k),
+                    3 => by_inputs!(3, $s, $k),
+                    _ => by_inputs!(4, $s, $k),
+                }
+            };
+        }
+        // SAFETY: the caller's.
+        unsafe {
+            match (w[0].signed, w[0].superblocks) {
+                (false, false) => by_rows!(false, false),
+                (true, false) => by_rows!(true, false),
+                (false, true) => by_rows!(false, true),
+                (true, true) => by_rows!(true, true),
+            }
+        }
+    }
+
+    /// `W` weight rows times `R` inputs at once: [`rows`]'s arithmetic, pair
+    /// by pair (same integer sums, same float operations in the same order,
+    /// so the same bits), with each input's bytes and scales loaded once per
+    /// step for the `W` rows. Signed weights (`S`) are the signed operand
+    /// here and the inputs, offset by 128, the unsigned one: each sum starts
+    /// at −128 × the weights' sum, which leaves Σ q x exactly, and spares
+    /// [`rows`]'s per-pair sign flip.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn tile<const W: usize, const R: usize, const S: bool, const K: bool>(
+        w: &[Unpacked],
+        a: &[ActivationRow<'_>],
+        out: &mut Tile,
+    ) {
+        let n = w[0].q.len();
+        assert!(w.len() >= W && a.len() >= R && w[..W].iter().all(|w| w.q.len() == n));
+        let spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+        let zero = _mm512_setzero_si512();
+        let offset = _mm512_set1_epi8(-128);
+        let mut acc = [[_mm512_setzero_ps(); R]; W];
+        let wq: [*const u8; W] = std::array::from_fn(|i| w[i].q.as_ptr());
+        let ws: [*const f32; W] = std::array::from_fn(|i| w[i].scale.as_ptr());
+        let aq: [*const i8; R] = std::array::from_fn(|r| a[r].q.as_ptr());
+        let asc: [*const f32; R] = std::array::from_fn(|r| a[r].lane_scale.as_ptr());
+        let mut k = 0;
+        // SAFETY: every load reads values `k..k + 64` (lanes `k/4..k/4 + 16`,
+        // groups `k/16..k/16 + 4`), inside rows of length `n`.
+        unsafe {
+            while K && k + QK_K <= n {
+                let mut sb = [[_mm512_setzero_ps(); R]; W];
+                for k in (k..k + QK_K).step_by(64) {
+                    let x: [__m512i; R] = std::array::from_fn(|r| {
+                        let v = _mm512_loadu_si512(aq[r].add(k) as *const __m512i);
+                        if S { _mm512_xor_si512(v, offset) } else { v }
+                    });
+                    for i in 0..W {
+                        let q = _mm512_loadu_si512(wq[i].add(k) as *const __m512i);
+                        let scale = _mm512_permutexvar_ps(
+                            spread,
+                            _mm512_castps128_ps512(_mm_loadu_ps(ws[i].add(k / 16))),
+                        );
+                        let start = if S {
+                            _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, q))
+                        } else {
+                            zero
+                        };
+                        for r in 0..R {
+                            let dot = if S {
+                                _mm512_dpbusd_epi32(start, x[r], q)
+                            } else {
+                                _mm512_dpbusd_epi32(zero, q, x[r])
+                            };
+                            sb[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, sb[i][r]);
+                        }
+                    }
+                }
+                for i in 0..W {
+                    for r in 0..R {
+                        acc[i][r] = superblock(sb[i][r], asc[r], k, acc[i][r]);
+                    }
+                }
+                k += QK_K;
+            }
+            while !K && k + 64 <= n {
+                let mut x = [zero; R];
+                let mut s = [_mm512_setzero_ps(); R];
+                for r in 0..R {
+                    let v = _mm512_loadu_si512(aq[r].add(k) as *const __m512i);
+                    x[r] = if S { _mm512_xor_si512(v, offset) } else { v };
+                    s[r] = _mm512_loadu_ps(asc[r].add(k / LANE));
+                }
+                for i in 0..W {
+                    let q = _mm512_loadu_si512(wq[i].add(k) as *const __m512i);
+                    let scale = _mm512_permutexvar_ps(
+                        spread,
+                        _mm512_castps128_ps512(_mm_loadu_ps(ws[i].add(k / 16))),
+                    );
+                    let start = if S {
+                        _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, q))
+                    } else {
+                        zero
+                    };
+                    for r in 0..R {
+                        let dot = if S {
+                            _mm512_dpbusd_epi32(start, x[r], q)
+                        } else {
+                            _mm512_dpbusd_epi32(zero, q, x[r])
+                        };
+                        let sc = _mm512_mul_ps(scale, s[r]);
+                        acc[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc[i][r]);
+                    }
+                }
+                k += 64;
+            }
+        }
+        // `finish`'s ending for every pair, its reductions done 16 at a time.
+        let mut sums = [[0f32; R]; W];
+        let mut flat = [_mm512_setzero_ps(); 16];
+        for i in 0..W {
+            flat[i * R..(i + 1) * R].copy_from_slice(&acc[i]);
+        }
+        let total = reduce16(&flat);
+        if S {
+            for (i, sums) in sums.iter_mut().enumerate() {
+                for (r, sum) in sums.iter_mut().enumerate() {
+                    *sum = total[i * R + r];
+                }
+            }
+        } else {
+            let groups = w[0].min.len();
+            let mut g = 0;
+            let mut accm = [_mm512_setzero_ps(); 16];
+            // SAFETY: groups `g..g + 16`, inside every row's mins and input's sums.
+            unsafe {
+                while g + 16 <= groups {
+                    let sum: [__m512; R] =
+                        std::array::from_fn(|r| _mm512_loadu_ps(a[r].group_sum.as_ptr().add(g)));
+                    for i in 0..W {
+                        let m = _mm512_loadu_ps(w[i].min.as_ptr().add(g));
+                        for r in 0..R {
+                            accm[i * R + r] = _mm512_fmadd_ps(m, sum[r], accm[i * R + r]);
+                        }
+                    }
+                    g += 16;
+                }
+            }
+            let mins = reduce16(&accm);
+            for (i, sums) in sums.iter_mut().enumerate() {
+                for (r, sum) in sums.iter_mut().enumerate() {
+                    *sum = total[i * R + r] - mins[i * R + r];
+                    for (g, &m) in w[i].min.iter().enumerate().skip(g) {
+                        *sum -= m * a[r].group_sum[g];
+                    }
+                }
+            }
+        }
+        for i in 0..W {
+            if k < n {
+                // A last 32 values (two groups), as `finish` adds them.
+                // SAFETY: values `k..k + 32`, groups `k/16`, `k/16 + 1`,
+                // inside the rows and inputs.
+                unsafe {
+                    let spread8 = _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0);
+                    let q = _mm256_loadu_si256(wq[i].add(k) as *const __m256i);
+                    let g = k / 16;
+                    let scale = _mm256_permutevar8x32_ps(
+                        _mm256_castps128_ps256(_mm_setr_ps(
+                            *ws[i].add(g),
+                            *ws[i].add(g + 1),
+                            0.0,
+                            0.0,
+                        )),
+                        spread8,
+                    );
+                    let (q, neg) = if S {
+                        (_mm256_abs_epi8(q), _mm256_movepi8_mask(q))
+                    } else {
+                        (q, 0)
+                    };
+                    for r in 0..R {
+                        let x = _mm256_loadu_si256(aq[r].add(k) as *const __m256i);
+                        let x = _mm256_mask_sub_epi8(x, neg, _mm256_setzero_si256(), x);
+                        let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, x);
+                        let s = _mm256_mul_ps(scale, _mm256_loadu_ps(asc[r].add(k / LANE)));
+                        sums[i][r] += reduce8(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), s));
+                    }
+                }
+            }
+            out[i][..R].copy_from_slice(&sums[i]);
+        }
+    }
+
+    /// `_mm512_reduce_add_ps` of 16 vectors at once, with its very sums (lane
+    /// `i` plus lane `i + 8`, then `+ 4`, `+ 2`, `+ 1`), shuffled across the
+    /// vectors instead of within each: 45 instructions instead of 16 × 7.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(super) fn reduce16(v: &[__m512; 16]) -> [f32; 16] {
+        // Halves of 256 bits: vectors 2m and 2m + 1 side by side.
+        let l1: [__m512; 8] = std::array::from_fn(|m| {
+            let (a, b) = (v[2 * m], v[2 * m + 1]);
+            _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
+                _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
+            )
+        });
+        // Quarters: vector 4n + c in 128-bit chunk c.
+        let l2: [__m512; 4] = std::array::from_fn(|n| {
+            let (a, b) = (l1[2 * n], l1[2 * n + 1]);
+            _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b),
+                _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
+            )
+        });
+        let l3: [__m512; 2] = std::array::from_fn(|p| {
+            let (a, b) = (l2[2 * p], l2[2 * p + 1]);
+            _mm512_add_ps(
+                _mm512_shuffle_ps::<0b01_00_01_00>(a, b),
+                _mm512_shuffle_ps::<0b11_10_11_10>(a, b),
+            )
+        });
+        let l4 = _mm512_add_ps(
+            _mm512_shuffle_ps::<0b10_00_10_00>(l3[0], l3[1]),
+            _mm512_shuffle_ps::<0b11_01_11_01>(l3[0], l3[1]),
+        );
+        let mut lanes = [0f32; 16];
+        // SAFETY: 16 floats.
+        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), l4) };
+        // Lane 4c + j holds vector c + 4j.
+        std::array::from_fn(|i| lanes[4 * (i % 4) + i / 4])
+    }
 
     /// `S`: the weights are signed bytes (a symmetric type, no mins): their
     /// magnitudes are the unsigned operand and their signs go onto the inputs.
+    /// `K`: a K-quant's row (see [`superblock`]).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    fn rows<const R: usize, const S: bool>(w: &Unpacked, a: &[ActivationRow<'_>], out: &mut [f32]) {
+    fn rows<const R: usize, const S: bool, const K: bool>(
+        w: &Unpacked,
+        a: &[ActivationRow<'_>],
+        out: &mut [f32],
+    ) {
         let n = w.q.len();
         // Lane l of a 64-value step belongs to scale group l / 4.
         let spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
@@ -378,7 +679,26 @@ mod avx512 {
         // SAFETY: every load reads values `k..k + 64` (lanes `k/4..k/4 + 16`,
         // groups `k/16..k/16 + 4`), inside rows of length `n`.
         unsafe {
-            while k + 64 <= n {
+            while K && k + QK_K <= n {
+                let mut sb = [_mm512_setzero_ps(); R];
+                for k in (k..k + QK_K).step_by(64) {
+                    let (q, neg) = magnitude::<S>(_mm512_loadu_si512(wq.add(k) as *const __m512i));
+                    let scale = _mm512_permutexvar_ps(
+                        spread,
+                        _mm512_castps128_ps512(_mm_loadu_ps(ws.add(k / 16))),
+                    );
+                    for r in 0..R {
+                        let x = signs::<S>(_mm512_loadu_si512(aq[r].add(k) as *const __m512i), neg);
+                        let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, x);
+                        sb[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, sb[r]);
+                    }
+                }
+                for r in 0..R {
+                    acc[r] = superblock(sb[r], asc[r], k, acc[r]);
+                }
+                k += QK_K;
+            }
+            while !K && k + 64 <= n {
                 let (q, neg) = magnitude::<S>(_mm512_loadu_si512(wq.add(k) as *const __m512i));
                 let g = k / 16;
                 let scale =
@@ -457,6 +777,21 @@ mod avx512 {
         } else {
             x
         }
+    }
+
+    /// A K-quant's products over one block of 256 values, `sb` (the integer
+    /// products times the weights' group scales), times its inputs' one scale
+    /// (`Q8_K`), added to `acc`: that scale applied once per 256 values, as
+    /// llama.cpp applies it, instead of to every product.
+    ///
+    /// # Safety
+    /// `scales` holds the lane scales of values `k..k + 256`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn superblock(sb: __m512, scales: *const f32, k: usize, acc: __m512) -> __m512 {
+        // SAFETY: the caller's.
+        let d = unsafe { *scales.add(k / LANE) };
+        _mm512_fmadd_ps(sb, _mm512_set1_ps(d), acc)
     }
 
     /// The dot products' ends, shared by [`rows`] and [`fused`] so that both
@@ -750,9 +1085,14 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
-    /// `S`: signed weight bytes (no mins), widened as signed.
+    /// `S`: signed weight bytes (no mins), widened as signed. (`K`, a
+    /// K-quant's row, makes no difference here.)
     #[target_feature(enable = "avx2,fma")]
-    fn rows<const R: usize, const S: bool>(w: &Unpacked, a: &[ActivationRow<'_>], out: &mut [f32]) {
+    fn rows<const R: usize, const S: bool, const K: bool>(
+        w: &Unpacked,
+        a: &[ActivationRow<'_>],
+        out: &mut [f32],
+    ) {
         let n = w.q.len();
         let mut acc = [_mm256_setzero_ps(); R];
         let (wq, ws) = (w.q.as_ptr(), w.scale.as_ptr());
@@ -807,6 +1147,38 @@ mod avx2 {
             for g in g..groups {
                 out[r] -= w.min[g] * a[r].group_sum[g];
             }
+        }
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    #[test]
+    fn sixteen_reductions_at_once_give_the_same_bits() {
+        use std::arch::x86_64::*;
+        if !Kernel::supported().contains(&Kernel::Avx512Vnni) {
+            return;
+        }
+        let mut s = 0x9E37_79B9_u32;
+        let mut next = || {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            // Magnitudes over many binades, so that the order of sums shows.
+            f32::from_bits((s & 0x8000_0000) | ((100 + (s >> 8) % 60) << 23) | (s & 0x7F_FFFF))
+        };
+        use super::Kernel;
+        for _ in 0..200 {
+            let vals: Vec<[f32; 16]> = (0..16).map(|_| std::array::from_fn(|_| next())).collect();
+            // SAFETY: the CPU has AVX-512 F (checked above).
+            let (got, want) = unsafe {
+                let v: [__m512; 16] = std::array::from_fn(|j| _mm512_loadu_ps(vals[j].as_ptr()));
+                (
+                    super::avx512::reduce16(&v),
+                    v.map(|v| _mm512_reduce_add_ps(v)),
+                )
+            };
+            assert_eq!(got.map(f32::to_bits), want.map(f32::to_bits));
         }
     }
 }

@@ -20,6 +20,9 @@ pub struct Unpacked {
     pub min: Vec<f32>,
     /// `q` holds signed bytes and `min` is zero (a symmetric type).
     pub signed: bool,
+    /// A K-quant's row: its inputs (`Q8_K`) have one scale per 256 values,
+    /// which the kernels apply once per 256 values instead of per product.
+    pub superblocks: bool,
 }
 
 /// What a symmetric type's stored value is offset by (`value = d (q - offset)`).
@@ -41,6 +44,7 @@ impl Unpacked {
             scale: vec![0.0; values / GROUP],
             min: vec![0.0; values / GROUP],
             signed: false,
+            superblocks: false,
         }
     }
 }
@@ -51,6 +55,47 @@ impl Unpacked {
 #[inline(always)]
 pub fn unpack_row(kind: GgmlType, f16c: bool, bytes: &[u8], out: &mut Unpacked) {
     let (per, size) = (kind.block_size(), kind.block_bytes());
+    out.superblocks = per == crate::formats::QK_K;
+    #[cfg(target_arch = "x86_64")]
+    if f16c
+        && matches!(
+            kind,
+            GgmlType::Q4_0
+                | GgmlType::Q4_1
+                | GgmlType::Q8_0
+                | GgmlType::Q4K
+                | GgmlType::Q5K
+                | GgmlType::Q6K
+        )
+    {
+        assert!(out.q.len() >= bytes.len() / size * per);
+        for (i, block) in bytes.chunks_exact(size).enumerate() {
+            let (q, g) = (&mut out.q[i * per..], i * per / GROUP);
+            // SAFETY: `f16c` is only set by kernels compiled with (and chosen
+            // for CPUs with) AVX2 and F16C; one whole block in, one block's
+            // values and groups out (checked above).
+            unsafe {
+                match kind {
+                    GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 => {
+                        simd::small(kind, block, q, &mut out.scale[g..], &mut out.min[g..])
+                    }
+                    GgmlType::Q6K => simd::q6k(block, q, &mut out.scale[g..]),
+                    _ => simd::q4k(
+                        block,
+                        kind == GgmlType::Q5K,
+                        q,
+                        &mut out.scale[g..],
+                        &mut out.min[g..],
+                    ),
+                }
+            }
+        }
+        out.signed = offset(kind).is_some();
+        if out.signed && out.superblocks {
+            out.min[..bytes.len() / size * per / GROUP].fill(0.0);
+        }
+        return;
+    }
     let groups = per / GROUP;
     for (i, block) in bytes.chunks_exact(size).enumerate() {
         let q = &mut out.q[i * per..(i + 1) * per];
@@ -246,6 +291,179 @@ fn unpack_block(
     }
 }
 
+/// The K-quants' blocks unpacked with AVX2, into the very bytes and floats
+/// [`unpack_block`] gives (and, for Q6_K, `unpack_row`'s signed bytes): the
+/// same scale arithmetic, in vectors.
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    use crate::formats::GgmlType;
+
+    /// Eight f32 `v[j]` as sixteen, `v[j]` at `2j` and `2j + 1`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn store_pairs(v: __m256, out: &mut [f32]) {
+        assert!(out.len() >= 16);
+        let lo = _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3));
+        let hi = _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7));
+        // SAFETY: sixteen floats (asserted).
+        unsafe {
+            _mm256_storeu_ps(out.as_mut_ptr(), lo);
+            _mm256_storeu_ps(out.as_mut_ptr().add(8), hi);
+        }
+    }
+
+    /// Eight bytes as f32, times `d`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn times(bytes: u64, d: f32) -> __m256 {
+        let v = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(bytes as i64));
+        _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_set1_ps(d))
+    }
+
+    /// One Q4_K (or, `five`, Q5_K) block: 256 values into `q`, 16 scales
+    /// and mins.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and F16C.
+    #[target_feature(enable = "avx2,f16c")]
+    #[inline]
+    pub unsafe fn q4k(b: &[u8], five: bool, q: &mut [u8], scale: &mut [f32], min: &mut [f32]) {
+        assert!(b.len() >= if five { 176 } else { 144 } && q.len() >= 256);
+        let (d, dmin) = (super::half(true, b, 0), super::half(true, b, 2));
+        // The twelve bytes of 6-bit scales and mins, as `scale_min_k4` reads
+        // them, eight of each at once.
+        let word = |i: usize| u32::from_le_bytes(b[4 + 4 * i..8 + 4 * i].try_into().expect("4"));
+        let (w0, w1, w2) = (word(0), word(1), word(2));
+        const LOW6: u32 = 0x3F3F_3F3F;
+        const LOW4: u32 = 0x0F0F_0F0F;
+        const LOW2: u32 = 0x0303_0303;
+        let scales =
+            u64::from(w0 & LOW6) | u64::from((w2 & LOW4) | (((w0 >> 6) & LOW2) << 4)) << 32;
+        let mins =
+            u64::from(w1 & LOW6) | u64::from(((w2 >> 4) & LOW4) | (((w1 >> 6) & LOW2) << 4)) << 32;
+        // SAFETY: sixteen floats each (the caller's).
+        unsafe {
+            store_pairs(times(scales, d), scale);
+            store_pairs(times(mins, dmin), min);
+        }
+        let low = _mm256_set1_epi8(0x0F);
+        let one = _mm256_set1_epi8(1);
+        let at = if five { 48 } else { 16 };
+        // SAFETY: bytes `at..at + 128` (and the high bits at 16..48) inside
+        // the block, values `0..256` inside `q` (asserted).
+        unsafe {
+            let high = _mm256_loadu_si256(b.as_ptr().add(16) as *const __m256i);
+            for j in 0..4 {
+                let v = _mm256_loadu_si256(b.as_ptr().add(at + 32 * j) as *const __m256i);
+                let mut lo = _mm256_and_si256(v, low);
+                let mut hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                if five {
+                    let bit = |s: usize| {
+                        let h = _mm256_srl_epi16(high, _mm_cvtsi32_si128(s as i32));
+                        _mm256_slli_epi16(_mm256_and_si256(h, one), 4)
+                    };
+                    lo = _mm256_or_si256(lo, bit(2 * j));
+                    hi = _mm256_or_si256(hi, bit(2 * j + 1));
+                }
+                _mm256_storeu_si256(q.as_mut_ptr().add(64 * j) as *mut __m256i, lo);
+                _mm256_storeu_si256(q.as_mut_ptr().add(64 * j + 32) as *mut __m256i, hi);
+            }
+        }
+    }
+
+    /// One Q4_0, Q4_1 or Q8_0 block: 32 values into `q` (signed bytes for
+    /// Q4_0 and Q8_0, with no min), two scales and mins.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and F16C.
+    #[target_feature(enable = "avx2,f16c")]
+    #[inline]
+    pub unsafe fn small(
+        kind: GgmlType,
+        b: &[u8],
+        q: &mut [u8],
+        scale: &mut [f32],
+        min: &mut [f32],
+    ) {
+        assert!(b.len() >= kind.block_bytes() && q.len() >= 32 && scale.len() >= 2);
+        let d = super::half(true, b, 0);
+        scale[..2].copy_from_slice(&[d, d]);
+        // SAFETY: the block's bytes and 32 values (asserted).
+        unsafe {
+            let v = match kind {
+                GgmlType::Q8_0 => _mm256_loadu_si256(b.as_ptr().add(2) as *const __m256i),
+                _ => {
+                    let at = if kind == GgmlType::Q4_0 { 2 } else { 4 };
+                    let v = _mm_loadu_si128(b.as_ptr().add(at) as *const __m128i);
+                    let low = _mm_set1_epi8(0x0F);
+                    let v = _mm256_set_m128i(
+                        _mm_and_si128(_mm_srli_epi16(v, 4), low),
+                        _mm_and_si128(v, low),
+                    );
+                    if kind == GgmlType::Q4_0 {
+                        _mm256_sub_epi8(v, _mm256_set1_epi8(8))
+                    } else {
+                        v
+                    }
+                }
+            };
+            _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, v);
+        }
+        let m = if kind == GgmlType::Q4_1 {
+            -super::half(true, b, 2)
+        } else {
+            0.0
+        };
+        min[..2].copy_from_slice(&[m, m]);
+    }
+
+    /// One Q6_K block: 256 values as signed bytes (`q - 32`) into `q`, 16
+    /// scales.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and F16C.
+    #[target_feature(enable = "avx2,f16c")]
+    #[inline]
+    pub unsafe fn q6k(b: &[u8], q: &mut [u8], scale: &mut [f32]) {
+        assert!(b.len() >= 210 && q.len() >= 256 && scale.len() >= 16);
+        let d = _mm256_set1_ps(super::half(true, b, 208));
+        let low = _mm256_set1_epi8(0x0F);
+        let three = _mm256_set1_epi8(3);
+        let offset = _mm256_set1_epi8(32);
+        // SAFETY: bytes `0..210` of the block, values `0..256` and sixteen
+        // scales (asserted).
+        unsafe {
+            for k in 0..2 {
+                let s = _mm_loadl_epi64(b.as_ptr().add(192 + 8 * k) as *const __m128i);
+                let s = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(s));
+                _mm256_storeu_ps(scale.as_mut_ptr().add(8 * k), _mm256_mul_ps(d, s));
+            }
+            for n in 0..2 {
+                let p = b.as_ptr();
+                let l0 = _mm256_loadu_si256(p.add(64 * n) as *const __m256i);
+                let l1 = _mm256_loadu_si256(p.add(64 * n + 32) as *const __m256i);
+                let h = _mm256_loadu_si256(p.add(128 + 32 * n) as *const __m256i);
+                let top = |s: i32| {
+                    let h = _mm256_srl_epi16(h, _mm_cvtsi32_si128(s));
+                    _mm256_slli_epi16(_mm256_and_si256(h, three), 4)
+                };
+                let parts = [
+                    _mm256_or_si256(_mm256_and_si256(l0, low), top(0)),
+                    _mm256_or_si256(_mm256_and_si256(l1, low), top(2)),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low), top(4)),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low), top(6)),
+                ];
+                for (i, v) in parts.into_iter().enumerate() {
+                    let v = _mm256_sub_epi8(v, offset);
+                    _mm256_storeu_si256(q.as_mut_ptr().add(128 * n + 32 * i) as *mut __m256i, v);
+                }
+            }
+        }
+    }
+}
+
 /// The eight bits of `bits`, one per byte (bit i → bit 0 of byte i).
 #[inline(always)]
 fn spread(bits: u8) -> u64 {
@@ -253,4 +471,46 @@ fn spread(bits: u8) -> u64 {
     // (adding 0x7F sets bit 7 of a non-zero byte without carrying over).
     let kept = u64::from(bits).wrapping_mul(ONES) & 0x8040_2010_0804_0201;
     (kept.wrapping_add(0x7F7F_7F7F_7F7F_7F7F) >> 7) & ONES
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Unpacked, unpack_row};
+    use crate::formats::GgmlType;
+
+    /// The vector unpacking (what the AVX2 and AVX-512 kernels use) gives
+    /// the scalar code's very bytes, scales and mins.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vector_unpacking_gives_the_scalar_bits() {
+        use std::arch::is_x86_feature_detected as has;
+        assert!(
+            has!("avx2") && has!("f16c"),
+            "this test needs AVX2 and F16C"
+        );
+        let mut s = 0x2545_F491_4F6C_DD1D_u64;
+        for kind in GgmlType::ALL.into_iter().filter(|k| k.is_quantized()) {
+            let values = 512;
+            let mut bytes: Vec<u8> = (0..kind.bytes_for(values).unwrap())
+                .map(|_| {
+                    s ^= s << 13;
+                    s ^= s >> 7;
+                    s ^= s << 17;
+                    s as u8
+                })
+                .collect();
+            // Finite f16 scales: clear the exponent's top bit everywhere.
+            for b in bytes.iter_mut().skip(1).step_by(2) {
+                *b &= 0xBF;
+            }
+            let (mut a, mut b) = (Unpacked::with_len(values), Unpacked::with_len(values));
+            unpack_row(kind, false, &bytes, &mut a);
+            unpack_row(kind, true, &bytes, &mut b);
+            assert_eq!(a.q, b.q, "{}", kind.name());
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a.scale), bits(&b.scale), "{}", kind.name());
+            assert_eq!(bits(&a.min), bits(&b.min), "{}", kind.name());
+            assert_eq!((a.signed, a.superblocks), (b.signed, b.superblocks));
+        }
+    }
 }
