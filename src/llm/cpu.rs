@@ -419,6 +419,31 @@ pub fn weighted_sum(p: &[f32], total: f32, slots: Slots<'_>, out: &mut [f32]) {
     }
 }
 
+/// [`weighted_sum`] for several rows at once, with the same bits: row `r` of
+/// `out` (`[rows, head_dim]`, zeros in) gets `p` row `r` (`[rows, slots]`)
+/// over `total[r]` times the slots. `p` is divided by the totals in place.
+/// Each slot's values are read once for every four rows (the queries of a
+/// prompt chunk see the same slots).
+pub fn weighted_rows(p: &mut [f32], totals: &[f32], slots: Slots<'_>, out: &mut [f32]) {
+    let rows = totals.len();
+    let (n, hd) = (p.len() / rows.max(1), out.len() / rows.max(1));
+    assert!(p.len() == rows * n && out.len() == rows * hd);
+    #[cfg(target_arch = "x86_64")]
+    if avx512() && hd.is_multiple_of(16) {
+        // SAFETY: AVX-512F and VL checked; lengths checked inside.
+        unsafe {
+            match slots {
+                Slots::F32(v) => avx512_att::weighted_rows(p, totals, v, out),
+                Slots::F16(v) => avx512_att::weighted_rows(p, totals, v, out),
+            }
+        }
+        return;
+    }
+    for ((p, &total), out) in p.chunks_exact(n).zip(totals).zip(out.chunks_exact_mut(hd)) {
+        weighted_sum(p, total, slots, out);
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512_att {
     use std::arch::x86_64::*;
@@ -465,6 +490,99 @@ mod avx512_att {
             for (i, acc) in acc.iter().enumerate().take(width) {
                 // SAFETY: as above.
                 unsafe { _mm512_storeu_ps(o.wrapping_add(16 * i), *acc) };
+            }
+            at += 16 * width;
+        }
+    }
+
+    /// [`super::weighted_rows`]: the divisions 16 at a time (a division is
+    /// exact, so the quotients are [`weighted`]'s), then up to four rows
+    /// against each slot's values, loaded once.
+    #[target_feature(enable = "avx512f,avx512vl")]
+    pub unsafe fn weighted_rows<T: Lanes>(
+        p: &mut [f32],
+        totals: &[f32],
+        slots: &[T],
+        out: &mut [f32],
+    ) {
+        let rows = totals.len();
+        let (n, hd) = (p.len() / rows, out.len() / rows);
+        assert!(slots.len() >= n * hd && hd.is_multiple_of(16));
+        for (p, &total) in p.chunks_exact_mut(n).zip(totals) {
+            let t = _mm512_set1_ps(total);
+            let mut chunks = p.chunks_exact_mut(16);
+            for c in &mut chunks {
+                // SAFETY: 16 values.
+                unsafe {
+                    _mm512_storeu_ps(
+                        c.as_mut_ptr(),
+                        _mm512_div_ps(_mm512_loadu_ps(c.as_ptr()), t),
+                    )
+                };
+            }
+            for v in chunks.into_remainder() {
+                *v /= total;
+            }
+        }
+        let mut r = 0;
+        while r < rows {
+            let (p, out) = (&p[r * n..], &mut out[r * hd..]);
+            // SAFETY: the caller's: the CPU has the instructions; rows `r..`
+            // of `p` and `out` are whole.
+            unsafe {
+                match rows - r {
+                    1 => weighted_block::<T, 1>(p, n, slots, hd, out),
+                    2 => weighted_block::<T, 2>(p, n, slots, hd, out),
+                    3 => weighted_block::<T, 3>(p, n, slots, hd, out),
+                    _ => weighted_block::<T, 4>(p, n, slots, hd, out),
+                }
+            }
+            r += 4;
+        }
+    }
+
+    /// `R` rows of [`weighted_rows`], 64 outputs at a time in registers;
+    /// each row's multiply-adds in [`weighted`]'s order, skipping the same
+    /// slots.
+    #[target_feature(enable = "avx512f,avx512vl")]
+    #[inline]
+    unsafe fn weighted_block<T: Lanes, const R: usize>(
+        p: &[f32],
+        n: usize,
+        slots: &[T],
+        hd: usize,
+        out: &mut [f32],
+    ) {
+        assert!(p.len() >= R * n && out.len() >= R * hd && hd.is_multiple_of(16));
+        let mut at = 0;
+        while at < hd {
+            let width = (hd - at).min(64) / 16;
+            let mut acc = [[_mm512_setzero_ps(); 4]; R];
+            for j in 0..n {
+                let v = slots.as_ptr().wrapping_add(j * hd + at);
+                // SAFETY: slot `j`'s values `at..at + 16 width` (asserted).
+                let vals: [__m512; 4] = std::array::from_fn(|i| {
+                    if i < width {
+                        unsafe { T::load16(v.wrapping_add(16 * i)) }
+                    } else {
+                        _mm512_setzero_ps()
+                    }
+                });
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let a = p[r * n + j];
+                    if a > 0.0 {
+                        let a = _mm512_set1_ps(a);
+                        for i in 0..width {
+                            acc[i] = _mm512_fmadd_ps(a, vals[i], acc[i]);
+                        }
+                    }
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                for (i, acc) in acc.iter().enumerate().take(width) {
+                    // SAFETY: row `r`'s outputs `at + 16 i..at + 16 (i + 1)`.
+                    unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(r * hd + at + 16 * i), *acc) };
+                }
             }
             at += 16 * width;
         }
@@ -582,6 +700,46 @@ mod tests {
         assert_eq!(scores[4001], 0.0, "a masked slot weighs nothing");
         let sum: f64 = want.iter().map(|&w| f64::from(w)).sum();
         assert!((f64::from(total) - sum).abs() < 1e-5 * sum);
+    }
+
+    /// Several rows at once give each row's [`weighted_sum`] bit for bit,
+    /// masked slots (zeros) and head sizes of one to five vectors included.
+    #[test]
+    fn weighted_rows_give_each_rows_bits() {
+        for (rows, n, hd) in [(1, 5, 16), (4, 33, 64), (7, 20, 80), (6, 1, 48)] {
+            let p: Vec<f32> = (0..rows * n)
+                .map(|i| {
+                    if i % 7 == 3 {
+                        0.0
+                    } else {
+                        ((i * 13 % 17) as f32 + 0.5) / 9.0
+                    }
+                })
+                .collect();
+            let totals: Vec<f32> = p
+                .chunks_exact(n)
+                .map(|r| r.iter().sum::<f32>() + 0.25)
+                .collect();
+            let v: Vec<f32> = (0..n * hd)
+                .map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.1)
+                .collect();
+            let v16: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
+            for slots in [Slots::F32(&v), Slots::F16(&v16)] {
+                let mut want = vec![0f32; rows * hd];
+                for ((p, &t), out) in p
+                    .chunks_exact(n)
+                    .zip(&totals)
+                    .zip(want.chunks_exact_mut(hd))
+                {
+                    weighted_sum(p, t, slots, out);
+                }
+                let mut got = vec![0f32; rows * hd];
+                let mut q = p.clone();
+                weighted_rows(&mut q, &totals, slots, &mut got);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{rows} rows, {n} slots, {hd} wide");
+            }
+        }
     }
 
     #[test]

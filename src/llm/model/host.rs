@@ -241,6 +241,8 @@ struct Local {
     scores: Vec<f32>,
     /// A prompt chunk's queries, gathered.
     queries: Vec<f32>,
+    /// The softmax sums of a prompt chunk's rows.
+    totals: Vec<f32>,
 }
 
 /// `out[r, c] (+)= input[r] · weight[c]` for every input row, the columns
@@ -510,8 +512,9 @@ impl PromptChunk<'_> {
         };
         local.scores.resize(rows * n, 0.0);
         cpu::outputs(&local.queries, rows, hd, k, n, &mut local.scores);
+        local.totals.clear();
         for (r, scores) in local.scores.chunks_exact_mut(n).enumerate() {
-            let (m, t) = (r / count, self.tokens.start + r % count);
+            let t = self.tokens.start + r % count;
             let limit = self.start + t + 1;
             let first = window.map_or(0, |w| limit.saturating_sub(w));
             let mut max = f32::NEG_INFINITY;
@@ -524,18 +527,28 @@ impl PromptChunk<'_> {
                 };
                 max = max.max(*score);
             }
+            local.totals.push(if max == f32::NEG_INFINITY {
+                // Nothing to attend (a padding position): zeros.
+                scores.fill(0.0);
+                1.0
+            } else {
+                softmax_from_first_slot(scores, max)
+            });
+        }
+        // The weighted values of every row at once, each slot's read once
+        // for four rows.
+        local.dense.clear();
+        local.dense.resize(rows * hd, 0.0);
+        cpu::weighted_rows(&mut local.scores, &local.totals, v, &mut local.dense);
+        for (r, row) in local.dense.chunks_exact(hd).enumerate() {
+            let (m, t) = (r / count, self.tokens.start + r % count);
             let i = self.seq * s + t;
             let head = self.kv_head * group + m;
             // SAFETY: the caller's: this head of row `i` is this task's.
-            let o = unsafe {
+            unsafe {
                 out.get_mut(i * heads * hd + head * hd..i * heads * hd + (head + 1) * hd)
+                    .copy_from_slice(row)
             };
-            o.fill(0.0);
-            if max == f32::NEG_INFINITY {
-                continue; // nothing to attend (a padding position): zeros
-            }
-            let total = softmax_from_first_slot(scores, max);
-            cpu::weighted_sum(scores, total, v, o);
         }
     }
 }
