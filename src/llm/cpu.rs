@@ -352,29 +352,6 @@ pub enum Slots<'a> {
     F16(&'a [f16]),
 }
 
-/// `out[j] = q · slot j` for every slot (`out` as long as the slots).
-pub fn dots(q: &[f32], slots: Slots<'_>, out: &mut [f32]) {
-    let hd = q.len();
-    #[cfg(target_arch = "x86_64")]
-    if avx512() && hd.is_multiple_of(16) {
-        // SAFETY: AVX-512F and VL checked; lengths checked inside.
-        unsafe {
-            match slots {
-                Slots::F32(k) => avx512_att::dots(q, k, out),
-                Slots::F16(k) => avx512_att::dots(q, k, out),
-            }
-        }
-        return;
-    }
-    for (j, o) in out.iter_mut().enumerate() {
-        let at = j * hd..(j + 1) * hd;
-        *o = match slots {
-            Slots::F32(k) => q.iter().zip(&k[at]).map(|(x, y)| x * y).sum(),
-            Slots::F16(k) => q.iter().zip(&k[at]).map(|(x, y)| x * y.to_f32()).sum(),
-        };
-    }
-}
-
 /// `scores[j] = exp(scores[j] - max)`, and their sum: a softmax's numerators
 /// (a score of -∞, a masked slot, becomes 0).
 pub fn softmax_exp(scores: &mut [f32], max: f32) -> f32 {
@@ -448,18 +425,7 @@ pub fn weighted_rows(p: &mut [f32], totals: &[f32], slots: Slots<'_>, out: &mut 
 mod avx512_att {
     use std::arch::x86_64::*;
 
-    /// [`super::dots`]: the whole row in one call, its dot products inlined.
-    #[target_feature(enable = "avx512f,avx512vl")]
-    pub unsafe fn dots<T: Lanes>(q: &[f32], slots: &[T], out: &mut [f32]) {
-        let hd = q.len();
-        assert!(slots.len() >= out.len() * hd);
-        for (j, o) in out.iter_mut().enumerate() {
-            // SAFETY: the caller's: the CPU has the instructions.
-            *o = unsafe { dot(q, &slots[j * hd..(j + 1) * hd]) };
-        }
-    }
-
-    /// [`super::weighted_sum`], likewise.
+    /// [`super::weighted_sum`]: the whole row in one call.
     #[target_feature(enable = "avx512f,avx512vl")]
     pub unsafe fn weighted<T: Lanes>(p: &[f32], total: f32, slots: &[T], out: &mut [f32]) {
         let hd = out.len();
@@ -656,25 +622,6 @@ mod avx512_att {
             // SAFETY: the caller's.
             unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)) }
         }
-    }
-
-    /// `a · b`, both of a length that is a multiple of 16.
-    #[target_feature(enable = "avx512f,avx512vl")]
-    #[inline]
-    pub unsafe fn dot<T: Lanes>(a: &[f32], b: &[T]) -> f32 {
-        assert!(a.len() == b.len() && a.len().is_multiple_of(16));
-        let mut acc = _mm512_setzero_ps();
-        let mut i = 0;
-        while i < a.len() {
-            // SAFETY: `i + 16 <= len` for both slices.
-            unsafe {
-                let x = _mm512_loadu_ps(a.as_ptr().wrapping_add(i));
-                let y = T::load16(b.as_ptr().wrapping_add(i));
-                acc = _mm512_fmadd_ps(x, y, acc);
-            }
-            i += 16;
-        }
-        _mm512_reduce_add_ps(acc)
     }
 }
 

@@ -376,53 +376,6 @@ fn softmax_from_first_slot(scores: &mut [f32], max: f32) -> f32 {
     cpu::softmax_exp(&mut scores[from..], max)
 }
 
-/// One query's attention over the slots `first..limit` of a cache row (those
-/// `valid`), into `out`. A query with nothing to attend (padding) gets zeros.
-#[allow(clippy::too_many_arguments)]
-fn attend(
-    q: &[f32],
-    keys: &KvShared<'_>,
-    values: &KvShared<'_>,
-    base: usize,
-    first: usize,
-    limit: usize,
-    valid: &[bool],
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-) {
-    let hd = q.len();
-    let scale = 1.0 / (hd as f32).sqrt();
-    let n = limit - first;
-    let range = base + first * hd..base + limit * hd;
-    // SAFETY: keys and values are written in an earlier phase only.
-    let (k, v) = unsafe {
-        (
-            match keys {
-                KvShared::F32(k) => cpu::Slots::F32(k.get(range.clone())),
-                KvShared::F16(k) => cpu::Slots::F16(k.get(range.clone())),
-            },
-            match values {
-                KvShared::F32(v) => cpu::Slots::F32(v.get(range)),
-                KvShared::F16(v) => cpu::Slots::F16(v.get(range)),
-            },
-        )
-    };
-    scores.clear();
-    scores.resize(n, 0.0);
-    cpu::dots(q, k, scores);
-    let mut max = f32::NEG_INFINITY;
-    for (s, &valid) in scores.iter_mut().zip(&valid[first..limit]) {
-        *s = if valid { *s * scale } else { f32::NEG_INFINITY };
-        max = max.max(*s);
-    }
-    out.fill(0.0);
-    if max == f32::NEG_INFINITY {
-        return;
-    }
-    let total = softmax_from_first_slot(scores, max);
-    cpu::weighted_sum(scores, total, v, out);
-}
-
 /// The queries of a prompt pass's tokens `tokens` of sequence `seq` whose
 /// heads share KV head `kv_head`.
 struct PromptChunk<'a> {
@@ -607,7 +560,6 @@ impl Llama {
         let (b, s) = (input.batch, input.seq);
         let n = b * s;
         let (heads, kvh, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
-        let group = heads / kvh;
         let (hidden, f, vocab) = (c.hidden_size, c.intermediate_size, c.vocab_size);
         let qkv_width = (heads + 2 * kvh) * hd;
         let eps = c.rms_norm_eps;
@@ -705,55 +657,25 @@ impl Llama {
                     }
                 }
                 m.sync();
-                if s == 1 {
-                    // A decoding step: tasks of (sequence, query head).
-                    for task in m.tasks(b * heads) {
-                        let (seq, head) = (task / heads, task % heads);
-                        let base = (input.rows[seq] * kvh + head / group) * capacity * hd;
-                        let limit = starts[seq] + 1;
-                        // A sliding window hides the slots more than `w` back.
-                        let first = window.map_or(0, |w| limit.saturating_sub(w));
-                        let o = seq * heads * hd + head * hd;
-                        // SAFETY: `qkv` is read only in this phase; this task
-                        // alone writes this head of row `seq` of `att`.
-                        unsafe {
-                            let q = qkv.get(
-                                seq * qkv_width + head * hd..seq * qkv_width + (head + 1) * hd,
-                            );
-                            attend(
-                                q,
-                                &keys[l],
-                                &values[l],
-                                base,
-                                first,
-                                limit,
-                                &input.valid[seq],
-                                &mut local.scores,
-                                att.x.get_mut(o..o + hd),
-                            );
-                        }
-                    }
-                } else {
-                    // A prompt pass: tasks of (sequence, KV head, tokens),
-                    // every query head of the group at once.
-                    for task in m.tasks(b * kvh * chunks) {
-                        let (seq, g, chunk) =
-                            (task / (kvh * chunks), (task / chunks) % kvh, task % chunks);
-                        let tokens =
-                            chunk * ATTENTION_TOKENS..((chunk + 1) * ATTENTION_TOKENS).min(s);
-                        let chunk = PromptChunk {
-                            pass: &pass,
-                            seq,
-                            kv_head: g,
-                            tokens,
-                            start: starts[seq],
-                            base: (input.rows[seq] * kvh + g) * capacity * hd,
-                            valid: &input.valid[seq],
-                        };
-                        // SAFETY: `qkv` and the cache are read only in this
-                        // phase; this task alone writes its heads of its rows.
-                        unsafe { chunk.attend(&qkv, &keys[l], &values[l], &att.x, &mut local) };
-                    }
+                // Tasks of (sequence, KV head, up to 16 tokens), every query
+                // head of the group at once: each key and value is read once
+                // for the group's heads (a decoding step's too).
+                for task in m.tasks(b * kvh * chunks) {
+                    let (seq, g, chunk) =
+                        (task / (kvh * chunks), (task / chunks) % kvh, task % chunks);
+                    let tokens = chunk * ATTENTION_TOKENS..((chunk + 1) * ATTENTION_TOKENS).min(s);
+                    let chunk = PromptChunk {
+                        pass: &pass,
+                        seq,
+                        kv_head: g,
+                        tokens,
+                        start: starts[seq],
+                        base: (input.rows[seq] * kvh + g) * capacity * hd,
+                        valid: &input.valid[seq],
+                    };
+                    // SAFETY: `qkv` and the cache are read only in this
+                    // phase; this task alone writes its heads of its rows.
+                    unsafe { chunk.attend(&qkv, &keys[l], &values[l], &att.x, &mut local) };
                 }
                 m.sync();
                 for r in m.share(n) {
@@ -876,74 +798,51 @@ mod tests {
                     let at = (seq * s + t) * width + (g * group + m) * hd;
                     qkv[at..at + hd].copy_from_slice(q);
                 }
-                let mut att = vec![0f32; b * s * heads * hd];
-                {
-                    let (qkv, out) = (Shared::new(&mut qkv), Shared::new(&mut att));
-                    let mut local = Local::default();
-                    let pass = PassShape {
-                        heads,
-                        kv_heads: kvh,
-                        head_dim: hd,
-                        seq_len: s,
-                        window,
-                    };
-                    for (seq, valid) in valid.iter().enumerate() {
-                        for g in 0..kvh {
-                            for t0 in (0..s).step_by(2) {
-                                let chunk = PromptChunk {
-                                    pass: &pass,
-                                    seq,
-                                    kv_head: g,
-                                    tokens: t0..(t0 + 2).min(s),
-                                    start,
-                                    base: (seq * kvh + g) * capacity * hd,
-                                    valid,
-                                };
-                                // SAFETY: one thread.
-                                unsafe { chunk.attend(&qkv, &ks, &vs, &out, &mut local) };
+                // Chunks of one token (a decoding step's) and of two.
+                for size in [1, 2] {
+                    let mut att = vec![0f32; b * s * heads * hd];
+                    {
+                        let (qkv, out) = (Shared::new(&mut qkv), Shared::new(&mut att));
+                        let mut local = Local::default();
+                        let pass = PassShape {
+                            heads,
+                            kv_heads: kvh,
+                            head_dim: hd,
+                            seq_len: s,
+                            window,
+                        };
+                        for (seq, valid) in valid.iter().enumerate() {
+                            for g in 0..kvh {
+                                for t0 in (0..s).step_by(size) {
+                                    let chunk = PromptChunk {
+                                        pass: &pass,
+                                        seq,
+                                        kv_head: g,
+                                        tokens: t0..(t0 + size).min(s),
+                                        start,
+                                        base: (seq * kvh + g) * capacity * hd,
+                                        valid,
+                                    };
+                                    // SAFETY: one thread.
+                                    unsafe { chunk.attend(&qkv, &ks, &vs, &out, &mut local) };
+                                }
                             }
                         }
                     }
-                }
-                for (row, want) in want.chunks_exact(hd).enumerate() {
-                    let (seq, g, m, t) = (
-                        row / (kvh * group * s),
-                        (row / (group * s)) % kvh,
-                        (row / s) % group,
-                        row % s,
-                    );
-                    let at = (seq * s + t) * heads * hd + (g * group + m) * hd;
-                    for (g, w) in att[at..at + hd].iter().zip(want) {
-                        assert!(
-                            (g - w).abs() < tolerance,
-                            "prompt path, {dtype:?}, window {window:?}, row {row}: {g} != {w}"
+                    for (row, want) in want.chunks_exact(hd).enumerate() {
+                        let (seq, g, m, t) = (
+                            row / (kvh * group * s),
+                            (row / (group * s)) % kvh,
+                            (row / s) % group,
+                            row % s,
                         );
-                    }
-                }
-                let mut scores = Vec::new();
-                let mut out = vec![0f32; hd];
-                for (row, want) in want.chunks_exact(hd).enumerate() {
-                    let (seq, head, t) =
-                        (row / (kvh * group * s), (row / (group * s)) % kvh, row % s);
-                    let limit = start + t + 1;
-                    let first = window.map_or(0, |w| limit.saturating_sub(w));
-                    let base = (seq * kvh + head) * capacity * hd;
-                    attend(
-                        &q[row * hd..(row + 1) * hd],
-                        &ks,
-                        &vs,
-                        base,
-                        first,
-                        limit,
-                        &valid[seq],
-                        &mut scores,
-                        &mut out,
-                    );
-                    for (g, w) in out.iter().zip(want) {
-                        assert!(
-                            (g - w).abs() < tolerance,
-                            "{dtype:?}, window {window:?}, row {row}: {g} != {w}"
-                        );
+                        let at = (seq * s + t) * heads * hd + (g * group + m) * hd;
+                        for (g, w) in att[at..at + hd].iter().zip(want) {
+                            assert!(
+                                (g - w).abs() < tolerance,
+                                "chunks of {size}, {dtype:?}, window {window:?}, row {row}: {g} != {w}"
+                            );
+                        }
                     }
                 }
             }
