@@ -62,6 +62,8 @@ pub fn unpack_row(kind: GgmlType, f16c: bool, bytes: &[u8], out: &mut Unpacked) 
             kind,
             GgmlType::Q4_0
                 | GgmlType::Q4_1
+                | GgmlType::Q5_0
+                | GgmlType::Q5_1
                 | GgmlType::Q8_0
                 | GgmlType::Q4K
                 | GgmlType::Q5K
@@ -76,7 +78,11 @@ pub fn unpack_row(kind: GgmlType, f16c: bool, bytes: &[u8], out: &mut Unpacked) 
             // values and groups out (checked above).
             unsafe {
                 match kind {
-                    GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 => {
+                    GgmlType::Q4_0
+                    | GgmlType::Q4_1
+                    | GgmlType::Q5_0
+                    | GgmlType::Q5_1
+                    | GgmlType::Q8_0 => {
                         simd::small(kind, block, q, &mut out.scale[g..], &mut out.min[g..])
                     }
                     GgmlType::Q6K => simd::q6k(block, q, &mut out.scale[g..]),
@@ -373,8 +379,9 @@ mod simd {
         }
     }
 
-    /// One Q4_0, Q4_1 or Q8_0 block: 32 values into `q` (signed bytes for
-    /// Q4_0 and Q8_0, with no min), two scales and mins.
+    /// One block of 32 values (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) into `q`
+    /// (signed bytes for the symmetric Q4_0, Q5_0 and Q8_0, with no min),
+    /// two scales and mins.
     ///
     /// # Safety
     /// The CPU has AVX2 and F16C.
@@ -395,23 +402,42 @@ mod simd {
             let v = match kind {
                 GgmlType::Q8_0 => _mm256_loadu_si256(b.as_ptr().add(2) as *const __m256i),
                 _ => {
-                    let at = if kind == GgmlType::Q4_0 { 2 } else { 4 };
+                    // Where the nibbles are, and for Q5 the 32 high bits.
+                    let (at, high) = match kind {
+                        GgmlType::Q4_0 => (2, None),
+                        GgmlType::Q4_1 => (4, None),
+                        GgmlType::Q5_0 => (6, Some(2)),
+                        _ => (8, Some(4)),
+                    };
                     let v = _mm_loadu_si128(b.as_ptr().add(at) as *const __m128i);
                     let low = _mm_set1_epi8(0x0F);
-                    let v = _mm256_set_m128i(
+                    let mut v = _mm256_set_m128i(
                         _mm_and_si128(_mm_srli_epi16(v, 4), low),
                         _mm_and_si128(v, low),
                     );
-                    if kind == GgmlType::Q4_0 {
-                        _mm256_sub_epi8(v, _mm256_set1_epi8(8))
-                    } else {
-                        v
+                    if let Some(h) = high {
+                        // Bit j of the word onto value j: byte j / 8 of it
+                        // in byte j, tested against bit j % 8.
+                        let h = u32::from_le_bytes(b[h..h + 4].try_into().expect("4 bytes"));
+                        let which = _mm256_setr_epi8(
+                            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2,
+                            3, 3, 3, 3, 3, 3, 3, 3,
+                        );
+                        let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(h as i32), which);
+                        let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201_u64 as i64);
+                        let set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit);
+                        v = _mm256_or_si256(v, _mm256_and_si256(set, _mm256_set1_epi8(0x10)));
+                    }
+                    match kind {
+                        GgmlType::Q4_0 => _mm256_sub_epi8(v, _mm256_set1_epi8(8)),
+                        GgmlType::Q5_0 => _mm256_sub_epi8(v, _mm256_set1_epi8(16)),
+                        _ => v,
                     }
                 }
             };
             _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, v);
         }
-        let m = if kind == GgmlType::Q4_1 {
+        let m = if matches!(kind, GgmlType::Q4_1 | GgmlType::Q5_1) {
             -super::half(true, b, 2)
         } else {
             0.0
