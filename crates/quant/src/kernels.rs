@@ -211,6 +211,7 @@ pub unsafe fn weight_rows(
     inputs: &[ActivationRow<'_>],
     scratch: &mut Vec<Unpacked>,
     acc: &OutBlock,
+    next: &[u8],
 ) {
     for r in inputs {
         assert!(r.q.len() == scratch[0].q.len() && r.lane_scale.len() == scratch[0].q.len() / LANE);
@@ -224,16 +225,16 @@ pub unsafe fn weight_rows(
             if inputs.len() <= 2 * MAX_ROWS && avx512::fuses(kind) {
                 avx512::fused_weight_rows(kind, weights, row_bytes, inputs, scratch, acc)
             } else {
-                avx512::weight_rows(kind, weights, row_bytes, inputs, scratch, acc)
+                avx512::weight_rows(kind, weights, row_bytes, inputs, scratch, acc, next)
             }
         },
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => unsafe {
-            avx2::weight_rows(kind, weights, row_bytes, inputs, scratch, acc)
+            avx2::weight_rows(kind, weights, row_bytes, inputs, scratch, acc, next)
         },
         // SAFETY: scalar code.
         _ => per_kind!(kind, T => unsafe {
-            rows_of::<T, Portable>(weights, row_bytes, inputs, scratch, acc)
+            rows_of::<T, Portable>(weights, row_bytes, inputs, scratch, acc, next)
         }),
     }
 }
@@ -250,6 +251,7 @@ unsafe fn rows_of<const T: u32, D: Dot>(
     inputs: &[ActivationRow<'_>],
     scratch: &mut Vec<Unpacked>,
     acc: &OutBlock,
+    next: &[u8],
 ) {
     let kind = GgmlType::from_supported_id(T);
     let width = weights.len() / row_bytes;
@@ -285,8 +287,14 @@ unsafe fn rows_of<const T: u32, D: Dot>(
         unpack_row(kind, D::F16C, row, w);
     }
     let mut tile: Tile = [[0.0; MAX_ROWS]; TILE_ROWS];
+    // The next task's weights asked for a few lines per tile, so that they
+    // come from memory while these are multiplied, not when they are
+    // unpacked (whichever thread takes that task).
+    let tiles = inputs.len().div_ceil(MAX_ROWS) * width.div_ceil(TILE_ROWS);
+    let mut ahead = next.chunks(64 * (next.len().div_ceil(64).div_ceil(tiles)).max(1));
     for (c, chunk) in inputs.chunks(MAX_ROWS).enumerate() {
         for (t, rows) in scratch[..width].chunks(TILE_ROWS).enumerate() {
+            prefetch(ahead.next());
             // SAFETY: the caller's.
             unsafe { D::tile(rows, chunk, &mut tile) };
             for (i, dots) in tile[..rows.len()].iter().enumerate() {
@@ -298,6 +306,22 @@ unsafe fn rows_of<const T: u32, D: Dot>(
             }
         }
     }
+}
+
+/// Ask for `bytes` (if any) to be brought into the second-level cache.
+#[inline(always)]
+fn prefetch(bytes: Option<&[u8]>) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(bytes) = bytes {
+        use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
+        for at in (0..bytes.len()).step_by(64) {
+            // SAFETY: a prefetch reads nothing and faults on nothing; the
+            // address is inside `bytes` anyway.
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(bytes.as_ptr().add(at) as *const i8) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
 }
 
 struct Portable;
@@ -387,10 +411,11 @@ macro_rules! entry {
             inputs: &[ActivationRow<'_>],
             scratch: &mut Vec<Unpacked>,
             acc: &OutBlock,
+            next: &[u8],
         ) {
             // SAFETY: the caller's.
             per_kind!(kind, T => unsafe {
-                rows_of::<T, $dot>(weights, row_bytes, inputs, scratch, acc)
+                rows_of::<T, $dot>(weights, row_bytes, inputs, scratch, acc, next)
             })
         }
     };

@@ -270,6 +270,9 @@ impl<'a> Product<'a> {
                         &self.inputs[part],
                         scratch.for_len(p.cols),
                         &block,
+                        // Twice as many rows after these: most likely the
+                        // next tasks of the two threads (or of one).
+                        &p.data()[r1 * n..(3 * r1 - 2 * r0).min(p.rows) * n],
                     )
                 };
             }
