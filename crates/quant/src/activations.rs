@@ -136,6 +136,31 @@ pub fn quantize_into(
             && group_sum.len() == x.len() / GROUP,
         "activation buffers"
     );
+    #[cfg(target_arch = "x86_64")]
+    if scheme != Scheme::Q8K && avx512::available() {
+        for (((x, q), scales), sums) in x
+            .chunks_exact(block)
+            .zip(q.chunks_exact_mut(block))
+            .zip(lane_scale.chunks_exact_mut(block / LANE))
+            .zip(group_sum.chunks_exact_mut(block / GROUP))
+        {
+            // SAFETY: the CPU has AVX-512 F and BW (checked); whole blocks.
+            unsafe { avx512::block32(x, scheme == Scheme::Q8_1, q, scales, sums) };
+        }
+        return;
+    }
+    quantize_scalar(x, scheme, q, lane_scale, group_sum);
+}
+
+/// [`quantize_into`] in scalar code, for every CPU and scheme.
+fn quantize_scalar(
+    x: &[f32],
+    scheme: Scheme,
+    q: &mut [i8],
+    lane_scale: &mut [f32],
+    group_sum: &mut [f32],
+) {
+    let block = scheme.block();
     for (((x, q), scales), sums) in x
         .chunks_exact(block)
         .zip(q.chunks_exact_mut(block))
@@ -193,6 +218,83 @@ pub fn quantize_into(
     }
 }
 
+/// The 32-value schemes with AVX-512: the scalar code's operations on 16
+/// values at a time (a maximum and integer sums are exact in any order, the
+/// rest is value by value), so the same bytes and scales.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use half::f16;
+
+    use super::{BLOCK, GROUP, LANE};
+    use crate::formats::f16_to_f32;
+
+    pub fn available() -> bool {
+        use std::sync::OnceLock;
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| {
+            is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw")
+        })
+    }
+
+    /// One block of 32 values (`Q8_0`, or with `q8_1` its sum).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F and BW.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn block32(
+        x: &[f32],
+        q8_1: bool,
+        q: &mut [i8],
+        scales: &mut [f32],
+        sums: &mut [f32],
+    ) {
+        assert!(
+            x.len() == BLOCK
+                && q.len() == BLOCK
+                && scales.len() == BLOCK / LANE
+                && sums.len() == BLOCK / GROUP
+        );
+        // SAFETY: 32 values in each (asserted).
+        let (v0, v1) = unsafe {
+            (
+                _mm512_loadu_ps(x.as_ptr()),
+                _mm512_loadu_ps(x.as_ptr().add(16)),
+            )
+        };
+        let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        let magic = _mm512_set1_ps(12_582_912.0);
+        let round = |v: __m512| {
+            let r = _mm512_sub_ps(
+                _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(id)), magic),
+                magic,
+            );
+            _mm512_cvtps_epi32(r)
+        };
+        let (i0, i1) = (round(v0), round(v1));
+        // SAFETY: 16 bytes each, inside `q`.
+        unsafe {
+            _mm_storeu_si128(q.as_mut_ptr() as *mut __m128i, _mm512_cvtepi32_epi8(i0));
+            _mm_storeu_si128(
+                q.as_mut_ptr().add(16) as *mut __m128i,
+                _mm512_cvtepi32_epi8(i1),
+            );
+        }
+        let d = f16_to_f32(f16::from_f32(amax / 127.0).to_bits());
+        scales.fill(d);
+        let (s0, s1) = (_mm512_reduce_add_epi32(i0), _mm512_reduce_add_epi32(i1));
+        if q8_1 {
+            sums.fill(0.0);
+            sums[0] = f16_to_f32(f16::from_f32((s0 + s1) as f32 * (amax / 127.0)).to_bits());
+        } else {
+            sums[0] = d * s0 as f32;
+            sums[1] = d * s1 as f32;
+        }
+    }
+}
+
 /// One quantized row.
 #[derive(Clone, Copy)]
 pub struct ActivationRow<'a> {
@@ -204,6 +306,42 @@ pub struct ActivationRow<'a> {
 #[cfg(test)]
 mod tests {
     use super::round_even;
+
+    /// The AVX-512 quantization gives the scalar code's very bytes, scales
+    /// and sums.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vector_quantization_gives_the_scalar_bits() {
+        use super::{Scheme, quantize_into, quantize_scalar};
+        assert!(super::avx512::available(), "this test needs AVX-512");
+        let mut s = 0x9E37_79B9_7F4A_7C15_u64;
+        let mut x: Vec<f32> = (0..32 * 64)
+            .map(|i| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                // Magnitudes from 1e-3 to 1e3, and one block of zeros.
+                let m = 10f32.powi((s % 7) as i32 - 3);
+                if i < 32 {
+                    0.0
+                } else {
+                    ((s >> 11) as f32 / (1u64 << 53) as f32 - 0.5) * m
+                }
+            })
+            .collect();
+        x[100] = 2.5 * 127.0 / 3.0; // a value that rounds on a tie-ish edge
+        for scheme in [Scheme::Q8_0, Scheme::Q8_1] {
+            let n = x.len();
+            let mut a = (vec![0i8; n], vec![0f32; n / 4], vec![0f32; n / 16]);
+            let mut b = (vec![0i8; n], vec![0f32; n / 4], vec![0f32; n / 16]);
+            quantize_scalar(&x, scheme, &mut a.0, &mut a.1, &mut a.2);
+            quantize_into(&x, scheme, &mut b.0, &mut b.1, &mut b.2);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(a.0, b.0, "{scheme:?}");
+            assert_eq!(bits(&a.1), bits(&b.1), "{scheme:?}");
+            assert_eq!(bits(&a.2), bits(&b.2), "{scheme:?}");
+        }
+    }
 
     #[test]
     fn rounding_is_ties_to_even() {
