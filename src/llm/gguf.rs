@@ -106,12 +106,33 @@ impl std::fmt::Debug for Gguf {
     }
 }
 
+/// The file's bytes, for as long as the model lives. On Linux they are read
+/// into anonymous memory that the kernel may back with 2 MiB pages: every
+/// decoding step streams the whole model, and through a file's 4 KiB pages
+/// each page costs a TLB miss (single-stream generation ran 13–23% slower).
+/// The resident size is the same. `MOULIN_LLM_MMAP=1` maps the file
+/// instead, so that processes loading the same file share its pages.
+fn load(file: &File) -> std::io::Result<Mmap> {
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("MOULIN_LLM_MMAP").is_none_or(|v| v != "1") {
+        use std::io::Read;
+        let len = usize::try_from(file.metadata()?.len()).map_err(std::io::Error::other)?;
+        let mut bytes = memmap2::MmapMut::map_anon(len)?;
+        // A hint: without transparent huge pages the bytes still load.
+        let _ = bytes.advise(memmap2::Advice::HugePage);
+        let mut file = file;
+        file.read_exact(&mut bytes[..])?;
+        return bytes.make_read_only();
+    }
+    // SAFETY: the map is read-only and lives as long as `Gguf`; a file changed
+    // underneath us is the user's doing, as with any memory-mapped model file.
+    unsafe { Mmap::map(file) }
+}
+
 impl Gguf {
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        // SAFETY: the map is read-only and lives as long as `Gguf`; a file changed
-        // underneath us is the user's doing, as with any memory-mapped model file.
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let map = load(&file).map_err(|e| Error::io(path, e))?;
         let fail = |reason: String| Error::Llm {
             model: path.display().to_string(),
             reason,
