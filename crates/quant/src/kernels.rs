@@ -6,6 +6,12 @@
 //! Three versions, chosen at run time: AVX-512 VNNI (`vpdpbusd`: 64 products
 //! per instruction), AVX2 (bytes widened to 16 bits, `vpmaddwd`), and portable
 //! scalar code for every other CPU.
+//!
+//! With many inputs (a prompt pass, a batch), a task unpacks its weight rows
+//! once and multiplies them in tiles of [`TILE_ROWS`] rows × [`MAX_ROWS`]
+//! inputs; with few (decoding), AVX-512 decodes the 32-value block types in
+//! registers instead. Both give the same bits (tests/matmul.rs), so a
+//! sequence's tokens never depend on how many others share its steps.
 
 use std::sync::OnceLock;
 
