@@ -138,18 +138,29 @@ pub fn quantize_into(
     );
     #[cfg(target_arch = "x86_64")]
     if scheme != Scheme::Q8K && avx512::available() {
-        for (((x, q), scales), sums) in x
-            .chunks_exact(block)
-            .zip(q.chunks_exact_mut(block))
-            .zip(lane_scale.chunks_exact_mut(block / LANE))
-            .zip(group_sum.chunks_exact_mut(block / GROUP))
-        {
+        for (x, q, scales, sums) in blocks(x, block, q, lane_scale, group_sum) {
             // SAFETY: the CPU has AVX-512 F and BW (checked); whole blocks.
             unsafe { avx512::block32(x, scheme == Scheme::Q8_1, q, scales, sums) };
         }
         return;
     }
     quantize_scalar(x, scheme, q, lane_scale, group_sum);
+}
+
+/// The blocks of `block` values of `x` with their bytes, lane scales and
+/// group sums.
+fn blocks<'a>(
+    x: &'a [f32],
+    block: usize,
+    q: &'a mut [i8],
+    lane_scale: &'a mut [f32],
+    group_sum: &'a mut [f32],
+) -> impl Iterator<Item = (&'a [f32], &'a mut [i8], &'a mut [f32], &'a mut [f32])> {
+    x.chunks_exact(block)
+        .zip(q.chunks_exact_mut(block))
+        .zip(lane_scale.chunks_exact_mut(block / LANE))
+        .zip(group_sum.chunks_exact_mut(block / GROUP))
+        .map(|(((x, q), scales), sums)| (x, q, scales, sums))
 }
 
 /// [`quantize_into`] in scalar code, for every CPU and scheme.
@@ -160,13 +171,7 @@ fn quantize_scalar(
     lane_scale: &mut [f32],
     group_sum: &mut [f32],
 ) {
-    let block = scheme.block();
-    for (((x, q), scales), sums) in x
-        .chunks_exact(block)
-        .zip(q.chunks_exact_mut(block))
-        .zip(lane_scale.chunks_exact_mut(block / LANE))
-        .zip(group_sum.chunks_exact_mut(block / GROUP))
-    {
+    for (x, q, scales, sums) in blocks(x, scheme.block(), q, lane_scale, group_sum) {
         let d = match scheme {
             Scheme::Q8_0 | Scheme::Q8_1 => {
                 // ggml's AVX code: `id = 127 / amax`, rounding to nearest

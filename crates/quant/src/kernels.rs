@@ -494,9 +494,6 @@ mod avx512 {
     ) {
         let n = w[0].q.len();
         assert!(w.len() >= W && a.len() >= R && w[..W].iter().all(|w| w.q.len() == n));
-        let spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-        let zero = _mm512_setzero_si512();
-        let offset = _mm512_set1_epi8(-128);
         let mut acc = [[_mm512_setzero_ps(); R]; W];
         let wq: [*const u8; W] = std::array::from_fn(|i| w[i].q.as_ptr());
         let ws: [*const f32; W] = std::array::from_fn(|i| w[i].scale.as_ptr());
@@ -509,30 +506,10 @@ mod avx512 {
             while K && k + QK_K <= n {
                 let mut sb = [[_mm512_setzero_ps(); R]; W];
                 for k in (k..k + QK_K).step_by(64) {
-                    let x: [__m512i; R] = std::array::from_fn(|r| {
-                        let v = _mm512_loadu_si512(aq[r].add(k) as *const __m512i);
-                        if S { _mm512_xor_si512(v, offset) } else { v }
+                    let x = tile_inputs::<R, S>(&aq, k);
+                    tile_step::<W, R, S>(&wq, &ws, &x, k, |i, r, dot, scale| {
+                        sb[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, sb[i][r]);
                     });
-                    for i in 0..W {
-                        let q = _mm512_loadu_si512(wq[i].add(k) as *const __m512i);
-                        let scale = _mm512_permutexvar_ps(
-                            spread,
-                            _mm512_castps128_ps512(_mm_loadu_ps(ws[i].add(k / 16))),
-                        );
-                        let start = if S {
-                            _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, q))
-                        } else {
-                            zero
-                        };
-                        for r in 0..R {
-                            let dot = if S {
-                                _mm512_dpbusd_epi32(start, x[r], q)
-                            } else {
-                                _mm512_dpbusd_epi32(zero, q, x[r])
-                            };
-                            sb[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, sb[i][r]);
-                        }
-                    }
                 }
                 for i in 0..W {
                     for r in 0..R {
@@ -542,34 +519,12 @@ mod avx512 {
                 k += QK_K;
             }
             while !K && k + 64 <= n {
-                let mut x = [zero; R];
-                let mut s = [_mm512_setzero_ps(); R];
-                for r in 0..R {
-                    let v = _mm512_loadu_si512(aq[r].add(k) as *const __m512i);
-                    x[r] = if S { _mm512_xor_si512(v, offset) } else { v };
-                    s[r] = _mm512_loadu_ps(asc[r].add(k / LANE));
-                }
-                for i in 0..W {
-                    let q = _mm512_loadu_si512(wq[i].add(k) as *const __m512i);
-                    let scale = _mm512_permutexvar_ps(
-                        spread,
-                        _mm512_castps128_ps512(_mm_loadu_ps(ws[i].add(k / 16))),
-                    );
-                    let start = if S {
-                        _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, q))
-                    } else {
-                        zero
-                    };
-                    for r in 0..R {
-                        let dot = if S {
-                            _mm512_dpbusd_epi32(start, x[r], q)
-                        } else {
-                            _mm512_dpbusd_epi32(zero, q, x[r])
-                        };
-                        let sc = _mm512_mul_ps(scale, s[r]);
-                        acc[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc[i][r]);
-                    }
-                }
+                let x = tile_inputs::<R, S>(&aq, k);
+                let s: [__m512; R] = std::array::from_fn(|r| _mm512_loadu_ps(asc[r].add(k / LANE)));
+                tile_step::<W, R, S>(&wq, &ws, &x, k, |i, r, dot, scale| {
+                    let sc = _mm512_mul_ps(scale, s[r]);
+                    acc[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc[i][r]);
+                });
                 k += 64;
             }
         }
@@ -647,6 +602,73 @@ mod avx512 {
                 }
             }
             out[i][..R].copy_from_slice(&sums[i]);
+        }
+    }
+
+    /// The inputs' values `k..k + 64` for [`tile_step`], offset by 128 for
+    /// signed weights (`S`).
+    ///
+    /// # Safety
+    /// Every input holds values `k..k + 64`.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    unsafe fn tile_inputs<const R: usize, const S: bool>(
+        aq: &[*const i8; R],
+        k: usize,
+    ) -> [__m512i; R] {
+        std::array::from_fn(|r| {
+            // SAFETY: the caller's.
+            let v = unsafe { _mm512_loadu_si512(aq[r].add(k) as *const __m512i) };
+            if S {
+                _mm512_xor_si512(v, _mm512_set1_epi8(-128))
+            } else {
+                v
+            }
+        })
+    }
+
+    /// One 64-value step of [`tile`]: the integer products of `W` weight rows
+    /// with the inputs `x`, handed to `f(row, input, products, the row's
+    /// per-lane scales)`. Signed weights (`S`) start each sum at −128 × their
+    /// own sum, which leaves Σ q x from the offset inputs.
+    ///
+    /// # Safety
+    /// Every weight row holds values `k..k + 64` and groups `k/16..k/16 + 4`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn tile_step<const W: usize, const R: usize, const S: bool>(
+        wq: &[*const u8; W],
+        ws: &[*const f32; W],
+        x: &[__m512i; R],
+        k: usize,
+        mut f: impl FnMut(usize, usize, __m512i, __m512),
+    ) {
+        let spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+        let (zero, offset) = (_mm512_setzero_si512(), _mm512_set1_epi8(-128));
+        for i in 0..W {
+            // SAFETY: the caller's.
+            let (q, scale) = unsafe {
+                (
+                    _mm512_loadu_si512(wq[i].add(k) as *const __m512i),
+                    _mm512_permutexvar_ps(
+                        spread,
+                        _mm512_castps128_ps512(_mm_loadu_ps(ws[i].add(k / 16))),
+                    ),
+                )
+            };
+            let start = if S {
+                _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, q))
+            } else {
+                zero
+            };
+            for (r, &x) in x.iter().enumerate() {
+                let dot = if S {
+                    _mm512_dpbusd_epi32(start, x, q)
+                } else {
+                    _mm512_dpbusd_epi32(zero, q, x)
+                };
+                f(i, r, dot, scale);
+            }
         }
     }
 
