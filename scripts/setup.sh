@@ -8,12 +8,18 @@
 # Every download is pinned by version and checked by sha256 (scripts/*-requirements.txt),
 # and so is the converted model. Results are cached in $MOULIN_HOME (~/.cache/moulin):
 # a second run does nothing. Source it to get CARGO_TARGET_DIR set as the scripts use it.
-set -euo pipefail
-
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 MOULIN_HOME=${MOULIN_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/moulin}
 export MOULIN_HOME
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$MOULIN_HOME/target}
+# Sourced from one's own terminal (the README's benchmark commands): the work runs in a
+# child shell, so that its strict mode and its exit on an error stay there.
+if [[ "${BASH_SOURCE[0]}" != "$0" && $- == *i* ]]; then
+  bash "${BASH_SOURCE[0]}" || return
+  return 0
+fi
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 model_dir=$MOULIN_HOME/models/multilingual-e5-small
 ort_dir=$MOULIN_HOME/onnxruntime
 llm_dir=$MOULIN_HOME/models/smollm2-135m-instruct
