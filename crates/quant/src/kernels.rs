@@ -203,7 +203,8 @@ impl OutBlock {
 
 /// For each weight row in `weights` (rows of `row_bytes`, type `kind`): unpack
 /// it into `scratch` (at least one row long, grown as needed), then its dot
-/// product with every input, written to `out`.
+/// product with every input, written to `out`. `next`: weight bytes to ask
+/// the cache for meanwhile (the next tasks' rows), or nothing.
 ///
 /// # Safety
 /// `out` must have `inputs.len()` rows of `stride` values, the columns
