@@ -368,39 +368,12 @@ pub fn softmax_exp(scores: &mut [f32], max: f32) -> f32 {
     total
 }
 
-/// `out += (p[j] / total) × slot j`, in order, for every slot with `p[j] > 0`.
-pub fn weighted_sum(p: &[f32], total: f32, slots: Slots<'_>, out: &mut [f32]) {
-    let hd = out.len();
-    #[cfg(target_arch = "x86_64")]
-    if avx512() && hd.is_multiple_of(16) {
-        // SAFETY: AVX-512F and VL checked; lengths checked inside.
-        unsafe {
-            match slots {
-                Slots::F32(v) => avx512_att::weighted(p, total, v, out),
-                Slots::F16(v) => avx512_att::weighted(p, total, v, out),
-            }
-        }
-        return;
-    }
-    for (j, &p) in p.iter().enumerate() {
-        if p > 0.0 {
-            let (a, at) = (p / total, j * hd..(j + 1) * hd);
-            match slots {
-                Slots::F32(v) => out.iter_mut().zip(&v[at]).for_each(|(o, v)| *o += a * v),
-                Slots::F16(v) => out
-                    .iter_mut()
-                    .zip(&v[at])
-                    .for_each(|(o, v)| *o += a * v.to_f32()),
-            }
-        }
-    }
-}
-
-/// [`weighted_sum`] for several rows at once, with the same bits: row `r` of
-/// `out` (`[rows, head_dim]`, zeros in) gets `p` row `r` (`[rows, slots]`)
-/// over `total[r]` times the slots. `p` is divided by the totals in place.
-/// Each slot's values are read once for every four rows (the queries of a
-/// prompt chunk see the same slots).
+/// Attention's weighted values: row `r` of `out` (`[rows, head_dim]`, zeros
+/// in) gets `Σ_j (p[r, j] / total[r]) × slot j` over the slots with a weight
+/// above 0, in slot order (`p` is `[rows, slots]`, divided by the totals in
+/// place). Each slot's values are read once for every four rows (the queries
+/// of a chunk see the same slots); a row's result does not depend on which
+/// rows share its call.
 pub fn weighted_rows(p: &mut [f32], totals: &[f32], slots: Slots<'_>, out: &mut [f32]) {
     let rows = totals.len();
     let (n, hd) = (p.len() / rows.max(1), out.len() / rows.max(1));
@@ -417,7 +390,18 @@ pub fn weighted_rows(p: &mut [f32], totals: &[f32], slots: Slots<'_>, out: &mut 
         return;
     }
     for ((p, &total), out) in p.chunks_exact(n).zip(totals).zip(out.chunks_exact_mut(hd)) {
-        weighted_sum(p, total, slots, out);
+        for (j, &p) in p.iter().enumerate() {
+            if p > 0.0 {
+                let (a, at) = (p / total, j * hd..(j + 1) * hd);
+                match slots {
+                    Slots::F32(v) => out.iter_mut().zip(&v[at]).for_each(|(o, v)| *o += a * v),
+                    Slots::F16(v) => out
+                        .iter_mut()
+                        .zip(&v[at])
+                        .for_each(|(o, v)| *o += a * v.to_f32()),
+                }
+            }
+        }
     }
 }
 
@@ -425,45 +409,8 @@ pub fn weighted_rows(p: &mut [f32], totals: &[f32], slots: Slots<'_>, out: &mut 
 mod avx512_att {
     use std::arch::x86_64::*;
 
-    /// [`super::weighted_sum`]: the whole row in one call.
-    #[target_feature(enable = "avx512f,avx512vl")]
-    pub unsafe fn weighted<T: Lanes>(p: &[f32], total: f32, slots: &[T], out: &mut [f32]) {
-        let hd = out.len();
-        assert!(slots.len() >= p.len() * hd && hd.is_multiple_of(16));
-        // 64 outputs at a time kept in registers over every slot: the same
-        // multiply-adds in the same order as one pass over the outputs per slot, without
-        // storing and reloading the outputs between slots.
-        let mut at = 0;
-        while at < hd {
-            let width = (hd - at).min(64) / 16;
-            let o = out.as_mut_ptr().wrapping_add(at);
-            let mut acc = [_mm512_setzero_ps(); 4];
-            for (i, acc) in acc.iter_mut().enumerate().take(width) {
-                // SAFETY: `at + 16 * (i + 1) <= hd`.
-                *acc = unsafe { _mm512_loadu_ps(o.wrapping_add(16 * i)) };
-            }
-            for (j, &p) in p.iter().enumerate() {
-                if p > 0.0 {
-                    let a = _mm512_set1_ps(p / total);
-                    let v = slots.as_ptr().wrapping_add(j * hd + at);
-                    for (i, acc) in acc.iter_mut().enumerate().take(width) {
-                        // SAFETY: slot `j`'s values `at + 16 i..at + 16 (i + 1)`.
-                        *acc =
-                            _mm512_fmadd_ps(a, unsafe { T::load16(v.wrapping_add(16 * i)) }, *acc);
-                    }
-                }
-            }
-            for (i, acc) in acc.iter().enumerate().take(width) {
-                // SAFETY: as above.
-                unsafe { _mm512_storeu_ps(o.wrapping_add(16 * i), *acc) };
-            }
-            at += 16 * width;
-        }
-    }
-
-    /// [`super::weighted_rows`]: the divisions 16 at a time (a division is
-    /// exact, so the quotients are [`weighted`]'s), then up to four rows
-    /// against each slot's values, loaded once.
+    /// [`super::weighted_rows`]: the divisions 16 at a time, then up to four
+    /// rows against each slot's values, loaded once.
     #[target_feature(enable = "avx512f,avx512vl")]
     pub unsafe fn weighted_rows<T: Lanes>(
         p: &mut [f32],
@@ -508,8 +455,7 @@ mod avx512_att {
     }
 
     /// `R` rows of [`weighted_rows`], 64 outputs at a time in registers;
-    /// each row's multiply-adds in [`weighted`]'s order, skipping the same
-    /// slots.
+    /// each row's multiply-adds in slot order, the same whatever `R`.
     #[target_feature(enable = "avx512f,avx512vl")]
     #[inline]
     unsafe fn weighted_block<T: Lanes, const R: usize>(
@@ -649,10 +595,11 @@ mod tests {
         assert!((f64::from(total) - sum).abs() < 1e-5 * sum);
     }
 
-    /// Several rows at once give each row's [`weighted_sum`] bit for bit,
+    /// The weighted values against a plain f64 sum, and each row's bits the
+    /// same whether it shares its call (and its block of four) or not:
     /// masked slots (zeros) and head sizes of one to five vectors included.
     #[test]
-    fn weighted_rows_give_each_rows_bits() {
+    fn weighted_rows_match_a_plain_sum_and_each_row_alone() {
         for (rows, n, hd) in [(1, 5, 16), (4, 33, 64), (7, 20, 80), (6, 1, 48)] {
             let p: Vec<f32> = (0..rows * n)
                 .map(|i| {
@@ -672,19 +619,30 @@ mod tests {
                 .collect();
             let v16: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
             for slots in [Slots::F32(&v), Slots::F16(&v16)] {
-                let mut want = vec![0f32; rows * hd];
-                for ((p, &t), out) in p
-                    .chunks_exact(n)
-                    .zip(&totals)
-                    .zip(want.chunks_exact_mut(hd))
-                {
-                    weighted_sum(p, t, slots, out);
+                let value = |j: usize, d: usize| match slots {
+                    Slots::F32(v) => f64::from(v[j * hd + d]),
+                    Slots::F16(v) => f64::from(v[j * hd + d].to_f32()),
+                };
+                let mut all = vec![0f32; rows * hd];
+                weighted_rows(&mut p.clone(), &totals, slots, &mut all);
+                for r in 0..rows {
+                    let mut alone = vec![0f32; hd];
+                    let mut q = p[r * n..(r + 1) * n].to_vec();
+                    weighted_rows(&mut q, &totals[r..r + 1], slots, &mut alone);
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&alone),
+                        bits(&all[r * hd..(r + 1) * hd]),
+                        "row {r} of {rows}"
+                    );
+                    for d in 0..hd {
+                        let want: f64 = (0..n)
+                            .map(|j| f64::from(p[r * n + j]) / f64::from(totals[r]) * value(j, d))
+                            .sum();
+                        let got = f64::from(all[r * hd + d]);
+                        assert!((got - want).abs() < 1e-5, "row {r}, {d}: {got} != {want}");
+                    }
                 }
-                let mut got = vec![0f32; rows * hd];
-                let mut q = p.clone();
-                weighted_rows(&mut q, &totals, slots, &mut got);
-                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&got), bits(&want), "{rows} rows, {n} slots, {hd} wide");
             }
         }
     }

@@ -239,9 +239,9 @@ struct Local {
     scratch: Scratch,
     dense: Vec<f32>,
     scores: Vec<f32>,
-    /// A prompt chunk's queries, gathered.
+    /// A query chunk's queries, gathered.
     queries: Vec<f32>,
-    /// The softmax sums of a prompt chunk's rows.
+    /// The softmax sums of a query chunk's rows.
     totals: Vec<f32>,
 }
 
@@ -376,9 +376,10 @@ fn softmax_from_first_slot(scores: &mut [f32], max: f32) -> f32 {
     cpu::softmax_exp(&mut scores[from..], max)
 }
 
-/// The queries of a prompt pass's tokens `tokens` of sequence `seq` whose
-/// heads share KV head `kv_head`.
-struct PromptChunk<'a> {
+/// The queries of a pass's tokens `tokens` (up to 16 of a prompt, or a
+/// decoding step's one) of sequence `seq` whose heads share KV head
+/// `kv_head`.
+struct QueryChunk<'a> {
     pass: &'a PassShape,
     seq: usize,
     kv_head: usize,
@@ -401,7 +402,7 @@ struct PassShape {
     window: Option<usize>,
 }
 
-impl PromptChunk<'_> {
+impl QueryChunk<'_> {
     /// Attention of every query of the chunk: their scores against the slots
     /// any of them sees in one product (each key read once for all of them,
     /// by the projection kernel), then each query's causal slots through the
@@ -664,7 +665,7 @@ impl Llama {
                     let (seq, g, chunk) =
                         (task / (kvh * chunks), (task / chunks) % kvh, task % chunks);
                     let tokens = chunk * ATTENTION_TOKENS..((chunk + 1) * ATTENTION_TOKENS).min(s);
-                    let chunk = PromptChunk {
+                    let chunk = QueryChunk {
                         pass: &pass,
                         seq,
                         kv_head: g,
@@ -725,8 +726,8 @@ mod tests {
 
     use super::*;
 
-    /// `attend` against burn's attention with the mask the burn pass builds:
-    /// a prompt chunk after earlier tokens, a left-padded sequence, the whole
+    /// [`QueryChunk::attend`] against burn's attention with the mask the burn
+    /// pass builds: a chunk after earlier tokens, a left-padded sequence, the whole
     /// context and a sliding window, keys and values in f32 and in f16.
     #[test]
     fn attention_matches_the_masked_product() {
@@ -788,13 +789,24 @@ mod tests {
                 let heads = kvh * group;
                 let width = (heads + 2 * kvh) * hd;
                 let mut qkv = vec![0f32; b * s * width];
-                for (row, q) in q.chunks_exact(hd).enumerate() {
-                    let (seq, g, m, t) = (
+                // Reference row `row`: (sequence, KV head, head in its group, token).
+                let place = |row: usize| {
+                    (
                         row / (kvh * group * s),
                         (row / (group * s)) % kvh,
                         (row / s) % group,
                         row % s,
-                    );
+                    )
+                };
+                let pass = PassShape {
+                    heads,
+                    kv_heads: kvh,
+                    head_dim: hd,
+                    seq_len: s,
+                    window,
+                };
+                for (row, q) in q.chunks_exact(hd).enumerate() {
+                    let (seq, g, m, t) = place(row);
                     let at = (seq * s + t) * width + (g * group + m) * hd;
                     qkv[at..at + hd].copy_from_slice(q);
                 }
@@ -804,17 +816,10 @@ mod tests {
                     {
                         let (qkv, out) = (Shared::new(&mut qkv), Shared::new(&mut att));
                         let mut local = Local::default();
-                        let pass = PassShape {
-                            heads,
-                            kv_heads: kvh,
-                            head_dim: hd,
-                            seq_len: s,
-                            window,
-                        };
                         for (seq, valid) in valid.iter().enumerate() {
                             for g in 0..kvh {
                                 for t0 in (0..s).step_by(size) {
-                                    let chunk = PromptChunk {
+                                    let chunk = QueryChunk {
                                         pass: &pass,
                                         seq,
                                         kv_head: g,
@@ -830,12 +835,7 @@ mod tests {
                         }
                     }
                     for (row, want) in want.chunks_exact(hd).enumerate() {
-                        let (seq, g, m, t) = (
-                            row / (kvh * group * s),
-                            (row / (group * s)) % kvh,
-                            (row / s) % group,
-                            row % s,
-                        );
+                        let (seq, g, m, t) = place(row);
                         let at = (seq * s + t) * heads * hd + (g * group + m) * hd;
                         for (g, w) in att[at..at + hd].iter().zip(want) {
                             assert!(
