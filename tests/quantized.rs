@@ -39,14 +39,13 @@ fn same_prefix(a: &[u32], b: &[u32]) -> usize {
 }
 
 /// Greedy tokens that must equal llama.cpp's, per file. Every file but Q5_1
-/// gives llama.cpp's first logits to the fifth decimal, and all but Q4_1 and
-/// Q5_0 follow it for all 40 tokens; on those two this chaotic random model's
-/// greedy path leaves llama.cpp's after 18 and 6 tokens, when a near tie
-/// falls the other way (see README.md, "Generating text with a local model").
+/// gives llama.cpp's first logits to the fifth decimal, and all but Q5_0
+/// follow it for all 40 tokens; on Q5_0 this chaotic random model's greedy
+/// path leaves llama.cpp's after 34 tokens, when a near tie falls the other
+/// way (see README.md, "Generating text with a local model").
 fn must_follow(name: &str) -> usize {
     match name {
-        "tiny/tiny-llama.Q4_1.gguf" => 16,
-        "tiny/tiny-llama.Q5_0.gguf" => 5,
+        "tiny/tiny-llama.Q5_0.gguf" => 32,
         _ => 40,
     }
 }

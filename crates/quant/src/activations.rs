@@ -1,7 +1,8 @@
 //! Activations quantized for the integer dot products: signed bytes with a
-//! scale per block, repeated per lane of 4 values (what the kernels multiply
-//! the weights' per-lane scales with), and per group of 16 values the scaled
-//! sum of their bytes (what the weights' mins multiply).
+//! scale per block, repeated per group of 16 values (what the kernels
+//! multiply the weights' group scales with), both in the kernels' panel
+//! order ([`crate::layout`]), and per group of 16 values, in order, the
+//! scaled sum of their bytes (what the weights' mins multiply).
 //!
 //! The scales are rounded as llama.cpp's x86 code rounds them ([`Scheme`]), so
 //! that the integer products are the same ones llama.cpp computes on the same
@@ -10,11 +11,10 @@
 use half::f16;
 
 use crate::formats::{GgmlType, QK_K, f16_to_f32};
+use crate::layout::{self, padded};
 
 /// Values per activation block of the 32-value schemes.
 pub const BLOCK: usize = 32;
-/// Values per lane: what one 32-bit integer accumulator sums.
-pub const LANE: usize = 4;
 /// Values per weight scale group.
 pub const GROUP: usize = 16;
 
@@ -64,11 +64,12 @@ fn round_even(x: f32) -> f32 {
 pub struct Activations {
     pub rows: usize,
     pub len: usize,
-    /// `rows * len` signed bytes, within ±127.
+    /// Per row, `padded(len)` signed bytes within ±127, in panel order.
     pub q: Vec<i8>,
-    /// `rows * len / 4`: the scale of the block each lane belongs to.
-    pub lane_scale: Vec<f32>,
-    /// `rows * len / 16`: scale × the sum of the group's sixteen bytes.
+    /// Per row, `padded(len) / 16`: the scale of the block each group
+    /// belongs to, in panel order.
+    pub scale: Vec<f32>,
+    /// Per row, `len / 16`: scale × the sum of the group's sixteen bytes.
     pub group_sum: Vec<f32>,
 }
 
@@ -83,17 +84,18 @@ impl Activations {
             0,
             "activation rows are whole blocks of {block}"
         );
-        let mut q = vec![0i8; rows * len];
-        let mut lane_scale = vec![0f32; rows * len / LANE];
-        let mut group_sum = vec![0f32; rows * len / GROUP];
-        quantize_into(x, scheme, &mut q, &mut lane_scale, &mut group_sum);
-        Activations {
-            rows,
-            len,
-            q,
-            lane_scale,
-            group_sum,
+        let mut a = Activations::zeros(rows, len);
+        let (p, g) = (padded(len), len / GROUP);
+        for (r, x) in x.chunks_exact(len).enumerate() {
+            quantize_into(
+                x,
+                scheme,
+                &mut a.q[r * p..(r + 1) * p],
+                &mut a.scale[r * p / GROUP..(r + 1) * p / GROUP],
+                &mut a.group_sum[r * g..(r + 1) * g],
+            );
         }
+        a
     }
 
     /// `rows` rows of `len` values, all zero: a buffer for [`quantize_into`].
@@ -101,77 +103,83 @@ impl Activations {
         Activations {
             rows,
             len,
-            q: vec![0; rows * len],
-            lane_scale: vec![0.0; rows * len / LANE],
+            q: vec![0; rows * padded(len)],
+            scale: vec![0.0; rows * padded(len) / GROUP],
             group_sum: vec![0.0; rows * len / GROUP],
         }
     }
 
     pub fn row(&self, r: usize) -> ActivationRow<'_> {
-        let (n, l) = (self.len, self.len / LANE);
+        let (n, p) = (self.len, padded(self.len));
         ActivationRow {
-            q: &self.q[r * n..(r + 1) * n],
-            lane_scale: &self.lane_scale[r * l..(r + 1) * l],
+            q: &self.q[r * p..(r + 1) * p],
+            scale: &self.scale[r * p / GROUP..(r + 1) * p / GROUP],
             group_sum: &self.group_sum[r * n / GROUP..(r + 1) * n / GROUP],
         }
     }
 }
 
-/// Quantize `x` (whole blocks of the scheme's size) into `q` (as long as `x`),
-/// `lane_scale` (a quarter of it) and `group_sum` (a sixteenth): the rows of an
-/// [`Activations`], or any run of whole rows of one, which lets several
-/// threads each quantize their own rows of one buffer.
+/// Quantize the row `x` (whole blocks of the scheme's size) into `q`
+/// ([`padded`] from its length), `scale` (a sixteenth of that) and
+/// `group_sum` (a sixteenth of `x`'s length): a row of an [`Activations`],
+/// which lets several threads each quantize their own rows of one buffer.
 pub fn quantize_into(
     x: &[f32],
     scheme: Scheme,
     q: &mut [i8],
-    lane_scale: &mut [f32],
+    scale: &mut [f32],
     group_sum: &mut [f32],
 ) {
-    let block = scheme.block();
+    let (block, n) = (scheme.block(), x.len());
     assert!(
-        x.len().is_multiple_of(block)
-            && q.len() == x.len()
-            && lane_scale.len() == x.len() / LANE
-            && group_sum.len() == x.len() / GROUP,
+        n.is_multiple_of(block)
+            && q.len() == padded(n)
+            && scale.len() == padded(n) / GROUP
+            && group_sum.len() == n / GROUP,
         "activation buffers"
     );
     #[cfg(target_arch = "x86_64")]
     if scheme != Scheme::Q8K && avx512::available() {
-        for (x, q, scales, sums) in blocks(x, block, q, lane_scale, group_sum) {
+        for (x, q, scales, sums) in
+            blocks(x, block, &mut q[..n], &mut scale[..n / GROUP], group_sum)
+        {
             // SAFETY: the CPU has AVX-512 F and BW (checked); whole blocks.
             unsafe { avx512::block32(x, scheme == Scheme::Q8_1, q, scales, sums) };
         }
-        return;
+    } else {
+        quantize_scalar(x, scheme, &mut q[..n], &mut scale[..n / GROUP], group_sum);
     }
-    quantize_scalar(x, scheme, q, lane_scale, group_sum);
+    #[cfg(not(target_arch = "x86_64"))]
+    quantize_scalar(x, scheme, &mut q[..n], &mut scale[..n / GROUP], group_sum);
+    layout::to_panels(q, n);
+    layout::scales_to_panels(scale, n);
 }
 
-/// The blocks of `block` values of `x` with their bytes, lane scales and
-/// group sums.
+/// The blocks of `block` values of `x` with their bytes, group scales and
+/// group sums, in order.
 fn blocks<'a>(
     x: &'a [f32],
     block: usize,
     q: &'a mut [i8],
-    lane_scale: &'a mut [f32],
+    scale: &'a mut [f32],
     group_sum: &'a mut [f32],
 ) -> impl Iterator<Item = (&'a [f32], &'a mut [i8], &'a mut [f32], &'a mut [f32])> {
     x.chunks_exact(block)
         .zip(q.chunks_exact_mut(block))
-        .zip(lane_scale.chunks_exact_mut(block / LANE))
+        .zip(scale.chunks_exact_mut(block / GROUP))
         .zip(group_sum.chunks_exact_mut(block / GROUP))
         .map(|(((x, q), scales), sums)| (x, q, scales, sums))
 }
 
-/// [`quantize_into`] in scalar code, for every CPU and scheme.
+/// [`quantize_into`] in scalar code, for every CPU and scheme, in order.
 fn quantize_scalar(
     x: &[f32],
     scheme: Scheme,
     q: &mut [i8],
-    lane_scale: &mut [f32],
+    scale: &mut [f32],
     group_sum: &mut [f32],
 ) {
-    for (x, q, scales, sums) in blocks(x, scheme.block(), q, lane_scale, group_sum) {
+    for (x, q, scales, sums) in blocks(x, scheme.block(), q, scale, group_sum) {
         let d = match scheme {
             Scheme::Q8_0 | Scheme::Q8_1 => {
                 // ggml's AVX code: `id = 127 / amax`, rounding to nearest
@@ -232,7 +240,7 @@ mod avx512 {
 
     use half::f16;
 
-    use super::{BLOCK, GROUP, LANE};
+    use super::{BLOCK, GROUP};
     use crate::formats::f16_to_f32;
 
     pub fn available() -> bool {
@@ -258,7 +266,7 @@ mod avx512 {
         assert!(
             x.len() == BLOCK
                 && q.len() == BLOCK
-                && scales.len() == BLOCK / LANE
+                && scales.len() == BLOCK / GROUP
                 && sums.len() == BLOCK / GROUP
         );
         // SAFETY: 32 values in each (asserted).
@@ -300,12 +308,26 @@ mod avx512 {
     }
 }
 
-/// One quantized row.
+/// One quantized row, as [`Activations`] keeps it.
 #[derive(Clone, Copy)]
 pub struct ActivationRow<'a> {
+    /// Signed bytes in panel order, padded.
     pub q: &'a [i8],
-    pub lane_scale: &'a [f32],
+    /// Per group, in panel order, padded: its block's scale.
+    pub scale: &'a [f32],
+    /// Per group, in order: scale × the sum of its bytes.
     pub group_sum: &'a [f32],
+}
+
+impl ActivationRow<'_> {
+    /// Values in the row.
+    pub fn len(&self) -> usize {
+        self.group_sum.len() * GROUP
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.group_sum.is_empty()
+    }
 }
 
 #[cfg(test)]
@@ -337,9 +359,11 @@ mod tests {
         x[100] = 2.5 * 127.0 / 3.0; // a value that rounds on a tie-ish edge
         for scheme in [Scheme::Q8_0, Scheme::Q8_1] {
             let n = x.len();
-            let mut a = (vec![0i8; n], vec![0f32; n / 4], vec![0f32; n / 16]);
-            let mut b = (vec![0i8; n], vec![0f32; n / 4], vec![0f32; n / 16]);
+            let mut a = (vec![0i8; n], vec![0f32; n / 16], vec![0f32; n / 16]);
+            let mut b = (vec![0i8; n], vec![0f32; n / 16], vec![0f32; n / 16]);
             quantize_scalar(&x, scheme, &mut a.0, &mut a.1, &mut a.2);
+            crate::layout::to_panels(&mut a.0, n);
+            crate::layout::scales_to_panels(&mut a.1, n);
             quantize_into(&x, scheme, &mut b.0, &mut b.1, &mut b.2);
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(a.0, b.0, "{scheme:?}");

@@ -1,7 +1,9 @@
 //! Dot products of one unpacked weight row with up to four quantized
-//! activation rows: integer products summed per lane of 4 values, scaled by
-//! the weight group's scale times the activation block's scale; then, once per
-//! row, minus the weight groups' mins times the activations' group sums.
+//! activation rows: integer products summed per group of 16 values (one
+//! 32-bit lane per group, the bytes in panel order: [`crate::layout`]),
+//! scaled by the weight group's scale times the activation block's scale;
+//! then, once per row, minus the weight groups' mins times the activations'
+//! group sums.
 //!
 //! Three versions, chosen at run time: AVX-512 VNNI (`vpdpbusd`: 64 products
 //! per instruction), AVX2 (bytes widened to 16 bits, `vpmaddwd`), and portable
@@ -15,8 +17,9 @@
 
 use std::sync::OnceLock;
 
-use crate::activations::{ActivationRow, LANE};
-use crate::formats::{GgmlType, QK_K};
+use crate::activations::ActivationRow;
+use crate::formats::GgmlType;
+use crate::layout::{MINI, PANEL, padded};
 use crate::unpack::{GROUP, Unpacked, unpack_row};
 
 /// Activation rows one weight row is multiplied with at a time.
@@ -220,10 +223,11 @@ pub unsafe fn weight_rows(
     acc: &OutBlock,
     next: &[u8],
 ) {
+    let len = scratch[0].len;
     for r in inputs {
-        assert!(r.q.len() == scratch[0].q.len() && r.lane_scale.len() == scratch[0].q.len() / LANE);
-        assert_eq!(kind.bytes_for(scratch[0].q.len()), Ok(row_bytes));
+        assert!(r.len() == len && r.q.len() == padded(len) && r.scale.len() == padded(len) / GROUP);
     }
+    assert_eq!(kind.bytes_for(len), Ok(row_bytes));
     match kernel {
         // SAFETY: `Kernel::detect` and `Kernel::supported` only offer kernels
         // whose instructions the CPU has; lengths were checked above.
@@ -262,7 +266,7 @@ unsafe fn rows_of<const T: u32, D: Dot>(
 ) {
     let kind = GgmlType::from_supported_id(T);
     let width = weights.len() / row_bytes;
-    let len = scratch[0].q.len();
+    let len = scratch[0].len;
     let mut dots = [0f32; MAX_ROWS];
     let mut one = |w: &Unpacked, j: usize, c: usize, chunk: &[ActivationRow<'_>]| {
         let dots = &mut dots[..chunk.len()];
@@ -341,24 +345,40 @@ impl Dot for Portable {
 }
 
 fn portable(w: &Unpacked, a: &[ActivationRow<'_>], out: &mut [f32]) {
-    let w_signed = w.signed;
+    let (n, signed) = (w.len, w.signed);
+    let full = n / PANEL * PANEL;
+    // Panels (16 lanes a step), then mini-panels (4).
+    let units = (0..full)
+        .step_by(PANEL)
+        .map(|at| (at, PANEL))
+        .chain((full..padded(n)).step_by(MINI).map(|at| (at, MINI)));
     for (a, out) in a.iter().zip(out.iter_mut()) {
         let mut acc = 0f32;
-        for g in 0..w.q.len() / GROUP {
-            let range = g * GROUP..(g + 1) * GROUP;
-            let dot: i32 = w.q[range.clone()]
-                .iter()
-                .zip(&a.q[range])
-                .map(|(&w, &a)| {
-                    let w = if w_signed {
-                        i32::from(w as i8)
-                    } else {
-                        i32::from(w)
-                    };
-                    w * i32::from(a)
-                })
-                .sum();
-            acc += w.scale[g] * a.lane_scale[g * GROUP / LANE] * dot as f32;
+        for (at, unit) in units.clone() {
+            let lanes = unit / GROUP;
+            let mut sums = [0i32; 16];
+            for (i, (w4, a4)) in w.q[at..at + unit]
+                .chunks_exact(4)
+                .zip(a.q[at..at + unit].chunks_exact(4))
+                .enumerate()
+            {
+                sums[i % lanes] += w4
+                    .iter()
+                    .zip(a4)
+                    .map(|(&w, &a)| {
+                        let w = if signed {
+                            i32::from(w as i8)
+                        } else {
+                            i32::from(w)
+                        };
+                        w * i32::from(a)
+                    })
+                    .sum::<i32>();
+            }
+            for (l, &sum) in sums[..lanes].iter().enumerate() {
+                let g = at / GROUP + l;
+                acc += w.scale[g] * a.scale[g] * sum as f32;
+            }
         }
         let mins: f32 = w.min.iter().zip(a.group_sum).map(|(m, s)| m * s).sum();
         *out = acc - mins;
@@ -433,7 +453,8 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{
-        ActivationRow, Dot, GgmlType, LANE, MAX_ROWS, OutBlock, QK_K, Tile, Unpacked, rows_of,
+        ActivationRow, Dot, GROUP, GgmlType, MAX_ROWS, MINI, OutBlock, PANEL, Tile, Unpacked,
+        padded, rows_of,
     };
 
     entry!(
@@ -480,62 +501,170 @@ mod avx512 {
         }
     }
 
-    /// `W` weight rows times `R` inputs at once: [`rows`]'s arithmetic, pair
-    /// by pair (same integer sums, same float operations in the same order,
-    /// so the same bits), with each input's bytes and scales loaded once per
-    /// step for the `W` rows. Signed weights (`S`) are the signed operand
-    /// here and the inputs, offset by 128, the unsigned one: each sum starts
-    /// at −128 × the weights' sum, which leaves Σ q x exactly, and spares
-    /// [`rows`]'s per-pair sign flip.
+    /// A panel's float work for one weight row and one input: its 16 group
+    /// sums `sums` times the row's group scales `ws` and the input's `xs`,
+    /// added to `acc`. `K` (a K-quant's row, its input one `Q8_K` block of
+    /// 256 values): `xs` is that block's one scale, applied after the
+    /// weights' as llama.cpp applies it.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn panel_end<const K: bool>(sums: __m512i, ws: __m512, xs: __m512, acc: __m512) -> __m512 {
+        let sums = _mm512_cvtepi32_ps(sums);
+        if K {
+            _mm512_fmadd_ps(_mm512_mul_ps(sums, ws), xs, acc)
+        } else {
+            _mm512_fmadd_ps(sums, _mm512_mul_ps(ws, xs), acc)
+        }
+    }
+
+    /// The input's scales for the panel whose groups start at `g` (see
+    /// [`panel_end`]).
+    ///
+    /// # Safety
+    /// `scale` holds groups `g..g + 16`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn input_scales<const K: bool>(scale: *const f32, g: usize) -> __m512 {
+        // SAFETY: the caller's.
+        unsafe {
+            if K {
+                _mm512_set1_ps(*scale.add(g))
+            } else {
+                _mm512_loadu_ps(scale.add(g))
+            }
+        }
+    }
+
+    /// [`panel_end`] for a mini-panel: its 4 groups into lanes 0 to 3.
+    #[target_feature(enable = "avx512f,avx512vl")]
+    #[inline]
+    fn mini_end(sums: __m128i, ws: __m128, xs: __m128, acc: __m512) -> __m512 {
+        let sums = _mm512_zextps128_ps512(_mm_cvtepi32_ps(sums));
+        let scale = _mm512_zextps128_ps512(_mm_mul_ps(ws, xs));
+        _mm512_mask3_fmadd_ps(sums, scale, acc, 0x000F)
+    }
+
+    /// The 4×4 transposition of 32-bit lanes within each 128-bit chunk:
+    /// four natural 64-value vectors into a panel's four steps.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn transpose(v: [__m512i; 4]) -> [__m512i; 4] {
+        let t0 = _mm512_unpacklo_epi32(v[0], v[1]);
+        let t1 = _mm512_unpackhi_epi32(v[0], v[1]);
+        let t2 = _mm512_unpacklo_epi32(v[2], v[3]);
+        let t3 = _mm512_unpackhi_epi32(v[2], v[3]);
+        [
+            _mm512_unpacklo_epi64(t0, t2),
+            _mm512_unpackhi_epi64(t0, t2),
+            _mm512_unpacklo_epi64(t1, t3),
+            _mm512_unpackhi_epi64(t1, t3),
+        ]
+    }
+
+    /// `W` weight rows times `R` inputs at once. Each step's input bytes are
+    /// loaded once for the `W` rows, and the float work is done once per
+    /// panel and pair ([`panel_end`], the same as [`rows`] and [`fused`],
+    /// whose integer sums are the same: so the same bits). Signed weights
+    /// (`S`) are the signed operand here and the inputs, offset by 128, the
+    /// unsigned one: minus 128 × the weights' sum leaves Σ q x exactly, and
+    /// spares [`rows`]'s per-pair sign flip.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     fn tile<const W: usize, const R: usize, const S: bool, const K: bool>(
         w: &[Unpacked],
         a: &[ActivationRow<'_>],
         out: &mut Tile,
     ) {
-        let n = w[0].q.len();
-        assert!(w.len() >= W && a.len() >= R && w[..W].iter().all(|w| w.q.len() == n));
+        let n = w[0].len;
+        assert!(w.len() >= W && a.len() >= R && w[..W].iter().all(|w| w.len == n));
+        let full = n / PANEL * PANEL;
         let mut acc = [[_mm512_setzero_ps(); R]; W];
         let wq: [*const u8; W] = std::array::from_fn(|i| w[i].q.as_ptr());
         let ws: [*const f32; W] = std::array::from_fn(|i| w[i].scale.as_ptr());
         let aq: [*const i8; R] = std::array::from_fn(|r| a[r].q.as_ptr());
-        let asc: [*const f32; R] = std::array::from_fn(|r| a[r].lane_scale.as_ptr());
-        let mut k = 0;
-        // SAFETY: every load reads values `k..k + 64` (lanes `k/4..k/4 + 16`,
-        // groups `k/16..k/16 + 4`), inside rows of length `n`.
+        let asc: [*const f32; R] = std::array::from_fn(|r| a[r].scale.as_ptr());
+        let offset = _mm512_set1_epi8(-128);
+        // SAFETY: every load reads bytes `p..p + 256` (groups `p/16..p/16 +
+        // 16`) of rows and inputs that hold `padded(n)`.
         unsafe {
-            while K && k + QK_K <= n {
-                let mut sb = [[_mm512_setzero_ps(); R]; W];
-                for k in (k..k + QK_K).step_by(64) {
-                    let x = tile_inputs::<R, S>(&aq, k);
-                    tile_step::<W, R, S>(&wq, &ws, &x, k, |i, r, dot, scale| {
-                        sb[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, sb[i][r]);
+            for p in (0..full).step_by(PANEL) {
+                let mut sums = [[_mm512_setzero_si512(); R]; W];
+                let mut wsum = [_mm512_setzero_si512(); W];
+                for s in (p..p + PANEL).step_by(64) {
+                    let x: [__m512i; R] = std::array::from_fn(|r| {
+                        let v = _mm512_loadu_si512(aq[r].add(s) as *const __m512i);
+                        if S { _mm512_xor_si512(v, offset) } else { v }
                     });
-                }
-                for i in 0..W {
-                    for r in 0..R {
-                        acc[i][r] = superblock(sb[i][r], asc[r], k, acc[i][r]);
+                    for i in 0..W {
+                        let q = _mm512_loadu_si512(wq[i].add(s) as *const __m512i);
+                        if S {
+                            wsum[i] = _mm512_dpbusd_epi32(wsum[i], offset, q);
+                        }
+                        for r in 0..R {
+                            sums[i][r] = if S {
+                                _mm512_dpbusd_epi32(sums[i][r], x[r], q)
+                            } else {
+                                _mm512_dpbusd_epi32(sums[i][r], q, x[r])
+                            };
+                        }
                     }
                 }
-                k += QK_K;
+                let xs: [__m512; R] = std::array::from_fn(|r| input_scales::<K>(asc[r], p / GROUP));
+                for i in 0..W {
+                    let scale = _mm512_loadu_ps(ws[i].add(p / GROUP));
+                    for r in 0..R {
+                        let sum = if S {
+                            _mm512_sub_epi32(sums[i][r], wsum[i])
+                        } else {
+                            sums[i][r]
+                        };
+                        acc[i][r] = panel_end::<K>(sum, scale, xs[r], acc[i][r]);
+                    }
+                }
             }
-            while !K && k + 64 <= n {
-                let x = tile_inputs::<R, S>(&aq, k);
-                let s: [__m512; R] = std::array::from_fn(|r| _mm512_loadu_ps(asc[r].add(k / LANE)));
-                tile_step::<W, R, S>(&wq, &ws, &x, k, |i, r, dot, scale| {
-                    let sc = _mm512_mul_ps(scale, s[r]);
-                    acc[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc[i][r]);
-                });
-                k += 64;
+            let offset = _mm_set1_epi8(-128);
+            for m in (full..padded(n)).step_by(MINI) {
+                let mut sums = [[_mm_setzero_si128(); R]; W];
+                let mut wsum = [_mm_setzero_si128(); W];
+                for s in (m..m + MINI).step_by(16) {
+                    let x: [__m128i; R] = std::array::from_fn(|r| {
+                        let v = _mm_loadu_si128(aq[r].add(s) as *const __m128i);
+                        if S { _mm_xor_si128(v, offset) } else { v }
+                    });
+                    for i in 0..W {
+                        let q = _mm_loadu_si128(wq[i].add(s) as *const __m128i);
+                        if S {
+                            wsum[i] = _mm_dpbusd_epi32(wsum[i], offset, q);
+                        }
+                        for r in 0..R {
+                            sums[i][r] = if S {
+                                _mm_dpbusd_epi32(sums[i][r], x[r], q)
+                            } else {
+                                _mm_dpbusd_epi32(sums[i][r], q, x[r])
+                            };
+                        }
+                    }
+                }
+                let xs: [__m128; R] = std::array::from_fn(|r| _mm_loadu_ps(asc[r].add(m / GROUP)));
+                for i in 0..W {
+                    let scale = _mm_loadu_ps(ws[i].add(m / GROUP));
+                    for r in 0..R {
+                        let sum = if S {
+                            _mm_sub_epi32(sums[i][r], wsum[i])
+                        } else {
+                            sums[i][r]
+                        };
+                        acc[i][r] = mini_end(sum, scale, xs[r], acc[i][r]);
+                    }
+                }
             }
         }
         // `finish`'s ending for every pair, its reductions done 16 at a time.
-        let mut sums = [[0f32; R]; W];
         let mut flat = [_mm512_setzero_ps(); 16];
         for i in 0..W {
             flat[i * R..(i + 1) * R].copy_from_slice(&acc[i]);
         }
         let total = reduce16(&flat);
+        let mut sums = [[0f32; R]; W];
         if S {
             for (i, sums) in sums.iter_mut().enumerate() {
                 for (r, sum) in sums.iter_mut().enumerate() {
@@ -571,105 +700,7 @@ mod avx512 {
             }
         }
         for i in 0..W {
-            if k < n {
-                // A last 32 values (two groups), as `finish` adds them.
-                // SAFETY: values `k..k + 32`, groups `k/16`, `k/16 + 1`,
-                // inside the rows and inputs.
-                unsafe {
-                    let spread8 = _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0);
-                    let q = _mm256_loadu_si256(wq[i].add(k) as *const __m256i);
-                    let g = k / 16;
-                    let scale = _mm256_permutevar8x32_ps(
-                        _mm256_castps128_ps256(_mm_setr_ps(
-                            *ws[i].add(g),
-                            *ws[i].add(g + 1),
-                            0.0,
-                            0.0,
-                        )),
-                        spread8,
-                    );
-                    let (q, neg) = if S {
-                        (_mm256_abs_epi8(q), _mm256_movepi8_mask(q))
-                    } else {
-                        (q, 0)
-                    };
-                    for r in 0..R {
-                        let x = _mm256_loadu_si256(aq[r].add(k) as *const __m256i);
-                        let x = _mm256_mask_sub_epi8(x, neg, _mm256_setzero_si256(), x);
-                        let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, x);
-                        let s = _mm256_mul_ps(scale, _mm256_loadu_ps(asc[r].add(k / LANE)));
-                        sums[i][r] += reduce8(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), s));
-                    }
-                }
-            }
             out[i][..R].copy_from_slice(&sums[i]);
-        }
-    }
-
-    /// The inputs' values `k..k + 64` for [`tile_step`], offset by 128 for
-    /// signed weights (`S`).
-    ///
-    /// # Safety
-    /// Every input holds values `k..k + 64`.
-    #[target_feature(enable = "avx512f,avx512bw")]
-    #[inline]
-    unsafe fn tile_inputs<const R: usize, const S: bool>(
-        aq: &[*const i8; R],
-        k: usize,
-    ) -> [__m512i; R] {
-        std::array::from_fn(|r| {
-            // SAFETY: the caller's.
-            let v = unsafe { _mm512_loadu_si512(aq[r].add(k) as *const __m512i) };
-            if S {
-                _mm512_xor_si512(v, _mm512_set1_epi8(-128))
-            } else {
-                v
-            }
-        })
-    }
-
-    /// One 64-value step of [`tile`]: the integer products of `W` weight rows
-    /// with the inputs `x`, handed to `f(row, input, products, the row's
-    /// per-lane scales)`. Signed weights (`S`) start each sum at −128 × their
-    /// own sum, which leaves Σ q x from the offset inputs.
-    ///
-    /// # Safety
-    /// Every weight row holds values `k..k + 64` and groups `k/16..k/16 + 4`.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    #[inline]
-    unsafe fn tile_step<const W: usize, const R: usize, const S: bool>(
-        wq: &[*const u8; W],
-        ws: &[*const f32; W],
-        x: &[__m512i; R],
-        k: usize,
-        mut f: impl FnMut(usize, usize, __m512i, __m512),
-    ) {
-        let spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-        let (zero, offset) = (_mm512_setzero_si512(), _mm512_set1_epi8(-128));
-        for i in 0..W {
-            // SAFETY: the caller's.
-            let (q, scale) = unsafe {
-                (
-                    _mm512_loadu_si512(wq[i].add(k) as *const __m512i),
-                    _mm512_permutexvar_ps(
-                        spread,
-                        _mm512_castps128_ps512(_mm_loadu_ps(ws[i].add(k / 16))),
-                    ),
-                )
-            };
-            let start = if S {
-                _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, q))
-            } else {
-                zero
-            };
-            for (r, &x) in x.iter().enumerate() {
-                let dot = if S {
-                    _mm512_dpbusd_epi32(start, x, q)
-                } else {
-                    _mm512_dpbusd_epi32(zero, q, x)
-                };
-                f(i, r, dot, scale);
-            }
         }
     }
 
@@ -715,98 +746,104 @@ mod avx512 {
 
     /// `S`: the weights are signed bytes (a symmetric type, no mins): their
     /// magnitudes are the unsigned operand and their signs go onto the inputs.
-    /// `K`: a K-quant's row (see [`superblock`]).
+    /// `K`: a K-quant's row (see [`panel_end`]).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     fn rows<const R: usize, const S: bool, const K: bool>(
         w: &Unpacked,
         a: &[ActivationRow<'_>],
         out: &mut [f32],
     ) {
-        let n = w.q.len();
-        // Lane l of a 64-value step belongs to scale group l / 4.
-        let spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+        let n = w.len;
+        let full = n / PANEL * PANEL;
         let mut acc = [_mm512_setzero_ps(); R];
         let (wq, ws) = (w.q.as_ptr(), w.scale.as_ptr());
         let aq: [*const i8; R] = std::array::from_fn(|r| a[r].q.as_ptr());
-        let asc: [*const f32; R] = std::array::from_fn(|r| a[r].lane_scale.as_ptr());
-        let mut k = 0;
-        // SAFETY: every load reads values `k..k + 64` (lanes `k/4..k/4 + 16`,
-        // groups `k/16..k/16 + 4`), inside rows of length `n`.
+        let asc: [*const f32; R] = std::array::from_fn(|r| a[r].scale.as_ptr());
+        // SAFETY: bytes `p..p + 256` and groups `p/16..p/16 + 16` (or a
+        // mini-panel's 64 and 4), inside rows and inputs of `padded(n)`.
         unsafe {
-            while K && k + QK_K <= n {
-                let mut sb = [_mm512_setzero_ps(); R];
-                for k in (k..k + QK_K).step_by(64) {
-                    let (q, neg) = magnitude::<S>(_mm512_loadu_si512(wq.add(k) as *const __m512i));
-                    let scale = _mm512_permutexvar_ps(
-                        spread,
-                        _mm512_castps128_ps512(_mm_loadu_ps(ws.add(k / 16))),
-                    );
-                    for r in 0..R {
-                        let x = signs::<S>(_mm512_loadu_si512(aq[r].add(k) as *const __m512i), neg);
-                        let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, x);
-                        sb[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, sb[r]);
-                    }
-                }
+            for p in (0..full).step_by(PANEL) {
+                let q = std::array::from_fn(|s| {
+                    _mm512_loadu_si512(wq.add(p + 64 * s) as *const __m512i)
+                });
+                let sums = panel_sums::<R, S>(q, aq, p);
+                let scale = _mm512_loadu_ps(ws.add(p / GROUP));
                 for r in 0..R {
-                    acc[r] = superblock(sb[r], asc[r], k, acc[r]);
+                    let xs = input_scales::<K>(asc[r], p / GROUP);
+                    acc[r] = panel_end::<K>(sums[r], scale, xs, acc[r]);
                 }
-                k += QK_K;
             }
-            while !K && k + 64 <= n {
-                let (q, neg) = magnitude::<S>(_mm512_loadu_si512(wq.add(k) as *const __m512i));
-                let g = k / 16;
-                let scale =
-                    _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_loadu_ps(ws.add(g))));
-                step::<R, S>(&mut acc, q, neg, scale, aq, asc, k);
-                k += 64;
+            for m in (full..padded(n)).step_by(MINI) {
+                let q =
+                    std::array::from_fn(|s| _mm_loadu_si128(wq.add(m + 16 * s) as *const __m128i));
+                let sums = mini_sums::<R, S>(q, aq, m);
+                let scale = _mm_loadu_ps(ws.add(m / GROUP));
+                for r in 0..R {
+                    let xs = _mm_loadu_ps(asc[r].add(m / GROUP));
+                    acc[r] = mini_end(sums[r], scale, xs, acc[r]);
+                }
             }
         }
-        let tail = (k < n).then(|| {
-            // A last 32 values (rows are whole blocks of 32): two groups.
-            // SAFETY: values `k..k + 32`, groups `k/16`, `k/16 + 1`, inside the row.
-            unsafe {
-                let spread8 = _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0);
-                let q = _mm256_loadu_si256(wq.add(k) as *const __m256i);
-                let g = k / 16;
-                let scale = _mm256_permutevar8x32_ps(
-                    _mm256_castps128_ps256(_mm_setr_ps(*ws.add(g), *ws.add(g + 1), 0.0, 0.0)),
-                    spread8,
-                );
-                (q, scale)
-            }
-        });
         // SAFETY: the inputs are as long as the row (the caller's).
-        let sums = unsafe { finish::<R, S>(acc, &w.min, a, k, tail) };
+        let sums = unsafe { finish::<R, S>(acc, &w.min, a) };
         out[..R].copy_from_slice(&sums);
     }
 
-    /// One 64-value step of [`rows`] and [`fused`]: the weights' bytes `q`
-    /// (magnitudes, with `neg`, when `S`) and per-lane scales `scale` times
-    /// every input's values `k..k + 64`, added to `acc`.
+    /// A panel's integer sums, lane `l` for group `l` in panel order: the
+    /// weights' four steps `q` (signed bytes when `S`) times every input's
+    /// bytes `p..p + 256`.
     ///
     /// # Safety
-    /// Every input holds values `k..k + 64` (and their lane scales).
+    /// Every input holds bytes `p..p + 256`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     #[inline]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn step<const R: usize, const S: bool>(
-        acc: &mut [__m512; R],
-        q: __m512i,
-        neg: __mmask64,
-        scale: __m512,
+    unsafe fn panel_sums<const R: usize, const S: bool>(
+        q: [__m512i; 4],
         aq: [*const i8; R],
-        asc: [*const f32; R],
-        k: usize,
-    ) {
-        for r in 0..R {
-            // SAFETY: the caller's.
-            unsafe {
-                let x = signs::<S>(_mm512_loadu_si512(aq[r].add(k) as *const __m512i), neg);
-                let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, x);
-                let s = _mm512_mul_ps(scale, _mm512_loadu_ps(asc[r].add(k / LANE)));
-                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc[r]);
+        p: usize,
+    ) -> [__m512i; R] {
+        let mut sums = [_mm512_setzero_si512(); R];
+        for (s, q) in q.into_iter().enumerate() {
+            let (q, neg) = magnitude::<S>(q);
+            for r in 0..R {
+                // SAFETY: the caller's.
+                let x = unsafe { _mm512_loadu_si512(aq[r].add(p + 64 * s) as *const __m512i) };
+                sums[r] = _mm512_dpbusd_epi32(sums[r], q, signs::<S>(x, neg));
             }
         }
+        sums
+    }
+
+    /// [`panel_sums`] for a mini-panel at `m`.
+    ///
+    /// # Safety
+    /// Every input holds bytes `m..m + 64`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn mini_sums<const R: usize, const S: bool>(
+        q: [__m128i; 4],
+        aq: [*const i8; R],
+        m: usize,
+    ) -> [__m128i; R] {
+        let mut sums = [_mm_setzero_si128(); R];
+        for (s, q) in q.into_iter().enumerate() {
+            let (q, neg) = if S {
+                (_mm_abs_epi8(q), _mm_movepi8_mask(q))
+            } else {
+                (q, 0)
+            };
+            for r in 0..R {
+                // SAFETY: the caller's.
+                let x = unsafe { _mm_loadu_si128(aq[r].add(m + 16 * s) as *const __m128i) };
+                let x = if S {
+                    _mm_mask_sub_epi8(x, neg, _mm_setzero_si128(), x)
+                } else {
+                    x
+                };
+                sums[r] = _mm_dpbusd_epi32(sums[r], q, x);
+            }
+        }
+        sums
     }
 
     /// Signed weight bytes (`S`) as the unsigned operand of `vpdpbusd`: their
@@ -833,28 +870,12 @@ mod avx512 {
         }
     }
 
-    /// A K-quant's products over one block of 256 values, `sb` (the integer
-    /// products times the weights' group scales), times its inputs' one scale
-    /// (`Q8_K`), added to `acc`: that scale applied once per 256 values, as
-    /// llama.cpp applies it, instead of to every product.
-    ///
-    /// # Safety
-    /// `scales` holds the lane scales of values `k..k + 256`.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    unsafe fn superblock(sb: __m512, scales: *const f32, k: usize, acc: __m512) -> __m512 {
-        // SAFETY: the caller's.
-        let d = unsafe { *scales.add(k / LANE) };
-        _mm512_fmadd_ps(sb, _mm512_set1_ps(d), acc)
-    }
-
     /// The dot products' ends, shared by [`rows`] and [`fused`] so that both
     /// give the same bits: the accumulated products minus the weights' mins
     /// times the inputs' group sums, 16 groups at a time and summed apart as
     /// llama.cpp sums them (folded into the same accumulators, the rounding
     /// differs enough to flip 8-bit inputs downstream: tests/quantized.rs
-    /// sees it on Q4_0, Q5_0 and Q5_K), then a last 32 values at `k` if the
-    /// row has them (`tail`: their bytes and per-lane scales).
+    /// sees it on Q4_0, Q5_0 and Q5_K).
     ///
     /// # Safety
     /// Every input as long as the row; `min` one per group of 16 of it.
@@ -864,30 +885,10 @@ mod avx512 {
         acc: [__m512; R],
         min: &[f32],
         a: &[ActivationRow<'_>],
-        k: usize,
-        tail: Option<(__m256i, __m256)>,
     ) -> [f32; R] {
         if S {
             // No mins: the products are the whole sum.
-            let mut sums: [f32; R] = std::array::from_fn(|r| _mm512_reduce_add_ps(acc[r]));
-            if let Some((q, scale)) = tail {
-                let neg = _mm256_movepi8_mask(q);
-                let q = _mm256_abs_epi8(q);
-                // SAFETY: values `k..k + 32`, inside the inputs (the caller's).
-                unsafe {
-                    for r in 0..R {
-                        let x = _mm256_loadu_si256(a[r].q.as_ptr().add(k) as *const __m256i);
-                        let x = _mm256_mask_sub_epi8(x, neg, _mm256_setzero_si256(), x);
-                        let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, x);
-                        let s = _mm256_mul_ps(
-                            scale,
-                            _mm256_loadu_ps(a[r].lane_scale.as_ptr().add(k / LANE)),
-                        );
-                        sums[r] += reduce8(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), s));
-                    }
-                }
-            }
-            return sums;
+            return std::array::from_fn(|r| _mm512_reduce_add_ps(acc[r]));
         }
         let mut accm = [_mm512_setzero_ps(); R];
         let groups = min.len();
@@ -908,20 +909,6 @@ mod avx512 {
         for (g, &m) in min.iter().enumerate().skip(g) {
             for r in 0..R {
                 sums[r] -= m * a[r].group_sum[g];
-            }
-        }
-        if let Some((q, scale)) = tail {
-            // SAFETY: values `k..k + 32`, inside the inputs (the caller's).
-            unsafe {
-                for r in 0..R {
-                    let x = _mm256_loadu_si256(a[r].q.as_ptr().add(k) as *const __m256i);
-                    let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, x);
-                    let s = _mm256_mul_ps(
-                        scale,
-                        _mm256_loadu_ps(a[r].lane_scale.as_ptr().add(k / LANE)),
-                    );
-                    sums[r] += reduce8(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), s));
-                }
             }
         }
         sums
@@ -1059,9 +1046,9 @@ mod avx512 {
         }
     }
 
-    /// [`rows`] on one row of blocks of type `T`, decoded as it goes; the
-    /// groups' mins are written to `mins` (two per block) and summed after,
-    /// as there.
+    /// [`rows`] on one row of blocks of type `T`, decoded as it goes and put
+    /// in panel order in registers; the groups' mins are written to `mins`
+    /// (two per block) and summed after, as there.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
     #[inline]
     unsafe fn fused<const T: u32, const R: usize, const S: bool>(
@@ -1073,49 +1060,63 @@ mod avx512 {
         let size = GgmlType::from_supported_id(T).block_bytes();
         let blocks = row.len() / size;
         let n = blocks * 32;
-        assert!(a.iter().all(|a| a.q.len() == n) && mins.len() == n / 16);
+        let full = n / PANEL * PANEL;
+        assert!(a.iter().all(|a| a.len() == n) && mins.len() == n / GROUP);
         let mut acc = [_mm512_setzero_ps(); R];
         let aq: [*const i8; R] = std::array::from_fn(|r| a[r].q.as_ptr());
-        let asc: [*const f32; R] = std::array::from_fn(|r| a[r].lane_scale.as_ptr());
-        let p = row.as_ptr();
-        let mut k = 0;
-        // SAFETY: blocks `k/32` and `k/32 + 1` lie inside the row; every load
-        // of the inputs reads values `k..k + 64` (lanes `k/4..k/4 + 16`).
+        let asc: [*const f32; R] = std::array::from_fn(|r| a[r].scale.as_ptr());
+        let p0 = row.as_ptr();
+        // Lane 4c + j of a panel is group 4j + c, of block 2j + c/2.
+        let spread = _mm512_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6, 1, 3, 5, 7, 1, 3, 5, 7);
+        // SAFETY: blocks `p/32..p/32 + 8` (or a mini-panel's one or two) lie
+        // inside the row; the inputs hold `padded(n)` bytes and their groups.
         unsafe {
-            while k + 64 <= n {
-                let blk = k / 32;
-                let (q0, d0, m0) = decode::<T>(p.add(blk * size));
-                let (q1, d1, m1) = decode::<T>(p.add((blk + 1) * size));
-                mins[2 * blk..2 * blk + 4].copy_from_slice(&[m0, m0, m1, m1]);
-                let (q, neg) =
-                    magnitude::<S>(_mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1));
-                let scale = _mm512_castpd_ps(_mm512_insertf64x4(
-                    _mm512_castps_pd(_mm512_set1_ps(d0)),
-                    _mm256_castps_pd(_mm256_set1_ps(d1)),
-                    1,
-                ));
-                step::<R, S>(&mut acc, q, neg, scale, aq, asc, k);
-                k += 64;
+            for p in (0..full).step_by(PANEL) {
+                let blk = p / 32;
+                let natural: [__m512i; 4] = std::array::from_fn(|v| {
+                    let (q0, _, m0) = decode::<T>(p0.add((blk + 2 * v) * size));
+                    let (q1, _, m1) = decode::<T>(p0.add((blk + 2 * v + 1) * size));
+                    let g = 2 * (blk + 2 * v);
+                    mins[g..g + 4].copy_from_slice(&[m0, m0, m1, m1]);
+                    _mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1)
+                });
+                let sums = panel_sums::<R, S>(transpose(natural), aq, p);
+                let d = crate::unpack::block_scales(p0.add(blk * size), size);
+                let scale = _mm512_permutexvar_ps(spread, _mm512_castps256_ps512(d));
+                for r in 0..R {
+                    let xs = _mm512_loadu_ps(asc[r].add(p / GROUP));
+                    acc[r] = panel_end::<false>(sums[r], scale, xs, acc[r]);
+                }
+            }
+            for m in (full..n).step_by(MINI) {
+                let blk = m / 32;
+                let (q0, d0, m0) = decode::<T>(p0.add(blk * size));
+                let (q1, d1, m1) = if m + MINI <= n {
+                    decode::<T>(p0.add((blk + 1) * size))
+                } else {
+                    (_mm256_setzero_si256(), 0.0, 0.0)
+                };
+                mins[2 * blk..2 * blk + 2].copy_from_slice(&[m0, m0]);
+                if m + MINI <= n {
+                    mins[2 * blk + 2..2 * blk + 4].copy_from_slice(&[m1, m1]);
+                }
+                let groups = [
+                    _mm256_castsi256_si128(q0),
+                    _mm256_extracti128_si256::<1>(q0),
+                    _mm256_castsi256_si128(q1),
+                    _mm256_extracti128_si256::<1>(q1),
+                ];
+                let sums = mini_sums::<R, S>(crate::layout::transpose_128(groups), aq, m);
+                let scale = _mm_setr_ps(d0, d0, d1, d1);
+                for r in 0..R {
+                    let xs = _mm_loadu_ps(asc[r].add(m / GROUP));
+                    acc[r] = mini_end(sums[r], scale, xs, acc[r]);
+                }
             }
         }
-        let tail = (k < n).then(|| {
-            let blk = k / 32;
-            // SAFETY: the row's last block.
-            let (q, d, m) = unsafe { decode::<T>(p.add(blk * size)) };
-            mins[2 * blk..2 * blk + 2].copy_from_slice(&[m, m]);
-            (q, _mm256_set1_ps(d))
-        });
         // SAFETY: the inputs are as long as the row (asserted above).
-        let sums = unsafe { finish::<R, S>(acc, mins, a, k, tail) };
+        let sums = unsafe { finish::<R, S>(acc, mins, a) };
         out[..R].copy_from_slice(&sums);
-    }
-
-    #[target_feature(enable = "avx512f,avx512vl")]
-    fn reduce8(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        _mm_cvtss_f32(s)
     }
 }
 
@@ -1123,7 +1124,10 @@ mod avx512 {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{ActivationRow, Dot, GgmlType, LANE, MAX_ROWS, OutBlock, Unpacked, rows_of};
+    use super::{
+        ActivationRow, Dot, GROUP, GgmlType, MAX_ROWS, MINI, OutBlock, PANEL, Unpacked, padded,
+        rows_of,
+    };
 
     entry!(
         Avx2,
@@ -1140,46 +1144,84 @@ mod avx2 {
     }
 
     /// `S`: signed weight bytes (no mins), widened as signed. (`K`, a
-    /// K-quant's row, makes no difference here.)
+    /// K-quant's row, makes no difference here: its inputs' scale is in
+    /// every group.) Bytes widened to 16 bits and multiplied in pairs
+    /// (`vpmaddwd`), summed over a panel's four steps, then the pairs of each
+    /// lane added (`vphaddd`): a group's sum per lane, as on AVX-512.
     #[target_feature(enable = "avx2,fma")]
     fn rows<const R: usize, const S: bool, const K: bool>(
         w: &Unpacked,
         a: &[ActivationRow<'_>],
         out: &mut [f32],
     ) {
-        let n = w.q.len();
+        let n = w.len;
+        let full = n / PANEL * PANEL;
         let mut acc = [_mm256_setzero_ps(); R];
         let (wq, ws) = (w.q.as_ptr(), w.scale.as_ptr());
-        let mut k = 0;
-        // SAFETY: each step reads values `k..k + 32` (lanes `k/4..k/4 + 8`,
-        // groups `k/16`, `k/16 + 1`), inside rows of length `n`, a multiple of 32.
+        let widen = |v: __m128i| {
+            if S {
+                _mm256_cvtepi8_epi16(v)
+            } else {
+                _mm256_cvtepu8_epi16(v)
+            }
+        };
+        // After `vphaddd`, lanes hold chunks c, c + 1's lanes j = 0, 1, then
+        // c's and c + 1's lanes 2, 3: their groups' places in panel order.
+        let order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
+        // SAFETY: every load reads bytes `p..p + 256` and groups `p/16..p/16
+        // + 16` (or a mini-panel's 64 and 4) of rows and inputs of `padded(n)`.
         unsafe {
-            while k + 32 <= n {
-                let widen = |v: __m128i| {
-                    if S {
-                        _mm256_cvtepi8_epi16(v)
-                    } else {
-                        _mm256_cvtepu8_epi16(v)
+            for p in (0..full).step_by(PANEL) {
+                for half in [0, 32] {
+                    let mut lo = [_mm256_setzero_si256(); R];
+                    let mut hi = [_mm256_setzero_si256(); R];
+                    for s in (p + half..p + PANEL).step_by(64) {
+                        let w0 = widen(_mm_loadu_si128(wq.add(s) as *const __m128i));
+                        let w1 = widen(_mm_loadu_si128(wq.add(s + 16) as *const __m128i));
+                        for r in 0..R {
+                            let x = a[r].q.as_ptr();
+                            let x0 =
+                                _mm256_cvtepi8_epi16(_mm_loadu_si128(x.add(s) as *const __m128i));
+                            let x1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(
+                                x.add(s + 16) as *const __m128i
+                            ));
+                            lo[r] = _mm256_add_epi32(lo[r], _mm256_madd_epi16(w0, x0));
+                            hi[r] = _mm256_add_epi32(hi[r], _mm256_madd_epi16(w1, x1));
+                        }
                     }
-                };
-                let lo = widen(_mm_loadu_si128(wq.add(k) as *const __m128i));
-                let hi = widen(_mm_loadu_si128(wq.add(k + 16) as *const __m128i));
-                let (s0, s1) = (*ws.add(k / 16), *ws.add(k / 16 + 1));
-                // After the pairwise add below, lanes hold values 0-3, 4-7,
-                // 16-19, 20-23 | 8-11, 12-15, 24-27, 28-31.
-                let scale = _mm256_setr_ps(s0, s0, s1, s1, s0, s0, s1, s1);
-                for (r, a) in a.iter().enumerate().take(R) {
-                    let x = a.q.as_ptr();
-                    let xl = _mm256_cvtepi8_epi16(_mm_loadu_si128(x.add(k) as *const __m128i));
-                    let xh = _mm256_cvtepi8_epi16(_mm_loadu_si128(x.add(k + 16) as *const __m128i));
-                    let dot =
-                        _mm256_hadd_epi32(_mm256_madd_epi16(lo, xl), _mm256_madd_epi16(hi, xh));
-                    // One activation block: the same scale in all 8 lanes.
-                    let d = _mm256_set1_ps(*a.lane_scale.as_ptr().add(k / LANE));
-                    acc[r] =
-                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(scale, d), acc[r]);
+                    let g = p / GROUP + half / 4;
+                    let scale = _mm256_permutevar8x32_ps(_mm256_loadu_ps(ws.add(g)), order);
+                    for r in 0..R {
+                        let xs = _mm256_loadu_ps(a[r].scale.as_ptr().add(g));
+                        let xs = _mm256_permutevar8x32_ps(xs, order);
+                        let sums = _mm256_cvtepi32_ps(_mm256_hadd_epi32(lo[r], hi[r]));
+                        acc[r] = _mm256_fmadd_ps(sums, _mm256_mul_ps(scale, xs), acc[r]);
+                    }
                 }
-                k += 32;
+            }
+            for m in (full..padded(n)).step_by(MINI) {
+                let mut sums = [_mm256_setzero_si256(); R];
+                for s in (m..m + MINI).step_by(16) {
+                    let w = widen(_mm_loadu_si128(wq.add(s) as *const __m128i));
+                    for r in 0..R {
+                        let x = a[r].q.as_ptr().add(s);
+                        let x = _mm256_cvtepi8_epi16(_mm_loadu_si128(x as *const __m128i));
+                        sums[r] = _mm256_add_epi32(sums[r], _mm256_madd_epi16(w, x));
+                    }
+                }
+                // Lanes 0, 1 | 4, 5 after `vphaddd`: groups 0, 1 | 2, 3.
+                let spread = _mm256_setr_epi32(0, 1, 0, 0, 2, 3, 0, 0);
+                let scale = _mm_loadu_ps(ws.add(m / GROUP));
+                for r in 0..R {
+                    let xs = _mm_loadu_ps(a[r].scale.as_ptr().add(m / GROUP));
+                    let sc = _mm256_permutevar8x32_ps(
+                        _mm256_castps128_ps256(_mm_mul_ps(scale, xs)),
+                        spread,
+                    );
+                    let sc = _mm256_blend_ps::<0b1100_1100>(sc, _mm256_setzero_ps());
+                    let sums = _mm256_cvtepi32_ps(_mm256_hadd_epi32(sums[r], sums[r]));
+                    acc[r] = _mm256_fmadd_ps(sums, sc, acc[r]);
+                }
             }
         }
         // Minus the weights' mins times the inputs' group sums, 8 groups at a time.

@@ -15,6 +15,7 @@
 pub mod activations;
 pub mod formats;
 mod kernels;
+pub mod layout;
 mod matrix;
 mod unpack;
 

@@ -212,7 +212,7 @@ impl<'a> Product<'a> {
                 (0..rows)
                     .map(|r| {
                         let row = input(scheme, r);
-                        assert_eq!(row.q.len(), p.cols, "weight columns and input width");
+                        assert_eq!(row.len(), p.cols, "weight columns and input width");
                         row
                     })
                     .collect()

@@ -1,6 +1,7 @@
 //! Products computed on the quantized blocks against the same product in f32
 //! over the dequantized weights, for every type and every kernel this CPU runs.
 
+use moulin_quant::layout::{group_position, position};
 use moulin_quant::{Activations, GgmlType, Kernel, QuantMatrix, Scheme, dequantize, matmul_with};
 
 /// A small deterministic generator (xorshift), so the test needs no crate.
@@ -53,11 +54,18 @@ fn quantized_kinds() -> impl Iterator<Item = GgmlType> {
 fn every_kernel_matches_f32_on_the_dequantized_weights() {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     // 6 input rows (a group of 4 and a group of 2; decoding's path) and 11
-    // (a prompt pass's path: weight rows unpacked together); 288 columns end
-    // on half a 64-value step for the 32-value types; K-quants need multiples
-    // of 256.
-    for (kind, rows) in quantized_kinds().flat_map(|k| [(k, 6), (k, 11)]) {
-        let cols = if kind.block_size() == 256 { 512 } else { 288 };
+    // (a prompt pass's path: weight rows unpacked together); K-quants need
+    // multiples of 256.
+    for (kind, rows, cols) in quantized_kinds().flat_map(|k| {
+        // Rows of whole 256-value panels and rows that end on one to three
+        // and a half 64-value mini-panels (576: SmolLM2's width).
+        let widths: &[usize] = if k.block_size() == 256 {
+            &[512, 768]
+        } else {
+            &[288, 480, 576]
+        };
+        widths.iter().flat_map(move |&c| [(k, 6, c), (k, 11, c)])
+    }) {
         let outs = 37;
         let w = random_matrix(kind, outs, cols, &mut rng);
         let x: Vec<f32> = (0..rows * cols).map(|_| rng.unit()).collect();
@@ -73,7 +81,8 @@ fn every_kernel_matches_f32_on_the_dequantized_weights() {
                 let mut s = 0f64;
                 let mut e = 0f64;
                 for k in 0..cols {
-                    let xq = f64::from(a.q[k]) * f64::from(a.lane_scale[k / 4]);
+                    let (at, g) = (position(cols, k), group_position(cols, k / 16));
+                    let xq = f64::from(a.q[at]) * f64::from(a.scale[g]);
                     s += f64::from(wf[k]) * xq;
                     e += f64::from(wf[k]) * f64::from(x[r * cols + k]);
                 }
@@ -124,9 +133,14 @@ fn every_kernel_matches_f32_on_the_dequantized_weights() {
 #[test]
 fn decoding_and_prompt_paths_give_identical_bits() {
     let mut rng = Rng(7);
-    for kind in quantized_kinds() {
-        // 288 columns end on half a 64-value step; K-quants need 256s.
-        let cols = if kind.block_size() == 256 { 512 } else { 288 };
+    for (kind, cols) in quantized_kinds().flat_map(|k| {
+        let widths: &[usize] = if k.block_size() == 256 {
+            &[512]
+        } else {
+            &[288, 480, 576]
+        };
+        widths.iter().map(move |&c| (k, c))
+    }) {
         let w = random_matrix(kind, 37, cols, &mut rng);
         let x: Vec<f32> = (0..9 * cols).map(|_| rng.unit()).collect();
         for &kernel in Kernel::supported() {

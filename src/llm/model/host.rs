@@ -12,6 +12,7 @@
 //! f32, inputs of quantized projections quantized per block as llama.cpp does.
 
 use half::f16;
+use moulin_quant::layout::padded;
 use moulin_quant::{ActivationRow, Kernel, Product, Scheme, Scratch, quantize_into};
 
 use super::{Embedding, KvCache, KvStore, Linear, Llama, StepInput};
@@ -136,7 +137,7 @@ struct Input<'a> {
 
 struct Acts<'a> {
     q: Shared<'a, i8>,
-    lane_scale: Shared<'a, f32>,
+    scale: Shared<'a, f32>,
     group_sum: Shared<'a, f32>,
 }
 
@@ -152,8 +153,8 @@ impl InputBuffers {
     /// Buffers for `rows` rows of `width`: the quantized ones are allocated
     /// zeroed, so the schemes never asked for take no memory.
     fn new(rows: usize, width: usize) -> Self {
-        let n = rows * width;
-        let acts = || (vec![0i8; n], vec![0f32; n / 4], vec![0f32; n / 16]);
+        let (n, p) = (rows * width, rows * padded(width));
+        let acts = || (vec![0i8; p], vec![0f32; p / 16], vec![0f32; n / 16]);
         InputBuffers {
             rows,
             width,
@@ -165,10 +166,10 @@ impl InputBuffers {
     fn share(&mut self) -> Input<'_> {
         let [a, b, c] = &mut self.acts;
         fn acts(buffers: &mut (Vec<i8>, Vec<f32>, Vec<f32>)) -> Acts<'_> {
-            let (q, l, g) = buffers;
+            let (q, s, g) = buffers;
             Acts {
                 q: Shared::new(q),
-                lane_scale: Shared::new(l),
+                scale: Shared::new(s),
                 group_sum: Shared::new(g),
             }
         }
@@ -197,7 +198,7 @@ impl Input<'_> {
     /// # Safety
     /// This thread alone touches row `r` in this phase.
     unsafe fn quantize_row(&self, r: usize, want: [bool; 3]) {
-        let w = self.width;
+        let (w, p) = (self.width, padded(self.width));
         // SAFETY: the caller's.
         let x = unsafe { self.x.get(r * w..(r + 1) * w) };
         for (i, acts) in self.acts.iter().enumerate() {
@@ -207,8 +208,8 @@ impl Input<'_> {
                     quantize_into(
                         x,
                         SCHEMES[i],
-                        acts.q.get_mut(r * w..(r + 1) * w),
-                        acts.lane_scale.get_mut(r * w / 4..(r + 1) * w / 4),
+                        acts.q.get_mut(r * p..(r + 1) * p),
+                        acts.scale.get_mut(r * p / 16..(r + 1) * p / 16),
                         acts.group_sum.get_mut(r * w / 16..(r + 1) * w / 16),
                     )
                 };
@@ -222,11 +223,12 @@ impl Input<'_> {
     /// No thread writes row `r` in this phase.
     unsafe fn quantized(&self, scheme: Scheme, r: usize) -> ActivationRow<'_> {
         let (w, a) = (self.width, &self.acts[scheme_index(scheme)]);
+        let p = padded(w);
         // SAFETY: the caller's.
         unsafe {
             ActivationRow {
-                q: a.q.get(r * w..(r + 1) * w),
-                lane_scale: a.lane_scale.get(r * w / 4..(r + 1) * w / 4),
+                q: a.q.get(r * p..(r + 1) * p),
+                scale: a.scale.get(r * p / 16..(r + 1) * p / 16),
                 group_sum: a.group_sum.get(r * w / 16..(r + 1) * w / 16),
             }
         }

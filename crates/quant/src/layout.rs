@@ -1,0 +1,228 @@
+//! The order the kernels keep a row's bytes in: **panels**, so that one
+//! 32-bit lane of a vector sums a whole group of 16 values over four steps
+//! and the float work (convert, scale, add) is done once per group instead
+//! of once per 4 values.
+//!
+//! - A **panel** is 256 values (16 groups of 16), 4 steps of 64 bytes. Lane
+//!   `4c + j` (128-bit chunk `c`, lane `j` in it) holds group `4j + c`; step
+//!   `s` holds its values `4s..4s + 4`. So byte `64s + 16c + 4j + b` of the
+//!   panel is value `16(4j + c) + 4s + b`. Four natural 64-value vectors
+//!   become the four steps by one 4×4 transposition of 32-bit lanes within
+//!   each 128-bit chunk.
+//! - What is left of a row after its whole panels (rows are whole blocks of
+//!   32, so 32 to 224 values) goes in **mini-panels** of 64 values (4 groups,
+//!   4 steps of 16 bytes): byte `16s + 4j + b` is value `16j + 4s + b`. A last
+//!   half mini-panel is padded with zeros: rows take [`padded`] bytes.
+//! - Per-group arrays that multiply the lanes (the scales) follow the same
+//!   order: a panel's group `4j + c` at `4c + j`, a mini-panel's as they are.
+//!   Those summed apart (weights' mins, inputs' group sums) stay in order.
+
+/// Values per panel.
+pub const PANEL: usize = 256;
+/// Values per mini-panel.
+pub const MINI: usize = 64;
+/// Values per group (one scale).
+const GROUP: usize = 16;
+
+/// Bytes a row of `len` values takes in panel order.
+pub const fn padded(len: usize) -> usize {
+    len.next_multiple_of(MINI)
+}
+
+/// Where value `k` of a row of `len` values lies in panel order.
+pub fn position(len: usize, k: usize) -> usize {
+    let full = len / PANEL * PANEL;
+    let (s, b) = ((k % GROUP) / 4, k % 4);
+    if k < full {
+        let group = (k % PANEL) / GROUP;
+        let (j, c) = (group / 4, group % 4);
+        k / PANEL * PANEL + 64 * s + 16 * c + 4 * j + b
+    } else {
+        let base = full + (k - full) / MINI * MINI;
+        base + 16 * s + 4 * ((k - base) / GROUP) + b
+    }
+}
+
+/// Where group `g`'s scale lies in panel order, for a row of `len` values.
+pub fn group_position(len: usize, g: usize) -> usize {
+    if g < len / PANEL * (PANEL / GROUP) {
+        let i = g % 16;
+        g - i + 4 * (i % 4) + i / 4
+    } else {
+        g
+    }
+}
+
+/// Reorder a row's `len` values, unpacked in order at the start of `q`, into
+/// panel order, zeroing the padding.
+pub fn to_panels<T: Copy + Default>(q: &mut [T], len: usize) {
+    assert!(size_of::<T>() == 1 && q.len() >= padded(len) && len.is_multiple_of(32));
+    q[len..padded(len)].fill(T::default());
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 (checked); one-byte values, `padded(len)` of them.
+        unsafe { avx2::to_panels(q.as_mut_ptr() as *mut u8, len) };
+        return;
+    }
+    let full = len / PANEL * PANEL;
+    let units = (0..full)
+        .step_by(PANEL)
+        .map(|at| (at, PANEL))
+        .chain((full..padded(len)).step_by(MINI).map(|at| (at, MINI)));
+    let mut lanes = [[T::default(); 4]; PANEL / 4];
+    for (at, unit) in units {
+        let n = unit / 4;
+        for (i, lane) in lanes[..n].iter_mut().enumerate() {
+            lane.copy_from_slice(&q[at + 4 * i..at + 4 * i + 4]);
+        }
+        for (i, lane) in lanes[..n].iter().enumerate() {
+            let to = if unit == PANEL {
+                // Natural lane 16j + 4c + s: group 4j + c, its values 4s...
+                let (j, c, s) = (i / 16, (i / 4) % 4, i % 4);
+                16 * s + 4 * c + j
+            } else {
+                let (j, s) = (i / 4, i % 4);
+                4 * s + j
+            };
+            q[at + 4 * to..at + 4 * to + 4].copy_from_slice(lane);
+        }
+    }
+}
+
+/// Reorder a row's per-group scales (`len / 16` of them, in order at the
+/// start of `scale`) into panel order, zeroing the padding.
+pub fn scales_to_panels(scale: &mut [f32], len: usize) {
+    assert!(scale.len() >= padded(len) / GROUP);
+    scale[len / GROUP..padded(len) / GROUP].fill(0.0);
+    for panel in scale[..len / PANEL * 16].chunks_exact_mut(16) {
+        let natural: [f32; 16] = panel.try_into().expect("16 scales");
+        for (g, &s) in natural.iter().enumerate() {
+            panel[4 * (g % 4) + g / 4] = s;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    use std::sync::OnceLock;
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| is_x86_feature_detected!("avx2"))
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{MINI, PANEL, padded};
+
+    /// [`super::to_panels`] on bytes.
+    ///
+    /// # Safety
+    /// The CPU has AVX2; `q` holds `padded(len)` bytes.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn to_panels(q: *mut u8, len: usize) {
+        let full = len / PANEL * PANEL;
+        // SAFETY: every load and store is inside the first `padded(len)` bytes.
+        unsafe {
+            for at in (0..full).step_by(PANEL) {
+                for half in [0, 32] {
+                    let load =
+                        |r: usize| _mm256_loadu_si256(q.add(at + 64 * r + half) as *const __m256i);
+                    let steps = transpose_256([load(0), load(1), load(2), load(3)]);
+                    for (s, v) in steps.into_iter().enumerate() {
+                        _mm256_storeu_si256(q.add(at + 64 * s + half) as *mut __m256i, v);
+                    }
+                }
+            }
+            for at in (full..padded(len)).step_by(MINI) {
+                let load = |j: usize| _mm_loadu_si128(q.add(at + 16 * j) as *const __m128i);
+                let steps = transpose_128([load(0), load(1), load(2), load(3)]);
+                for (s, v) in steps.into_iter().enumerate() {
+                    _mm_storeu_si128(q.add(at + 16 * s) as *mut __m128i, v);
+                }
+            }
+        }
+    }
+
+    /// The 4×4 transposition of 32-bit lanes within each 128-bit chunk:
+    /// lane `i` of output `o` is lane `o` of input `i`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    pub fn transpose_256(v: [__m256i; 4]) -> [__m256i; 4] {
+        let t0 = _mm256_unpacklo_epi32(v[0], v[1]);
+        let t1 = _mm256_unpackhi_epi32(v[0], v[1]);
+        let t2 = _mm256_unpacklo_epi32(v[2], v[3]);
+        let t3 = _mm256_unpackhi_epi32(v[2], v[3]);
+        [
+            _mm256_unpacklo_epi64(t0, t2),
+            _mm256_unpackhi_epi64(t0, t2),
+            _mm256_unpacklo_epi64(t1, t3),
+            _mm256_unpackhi_epi64(t1, t3),
+        ]
+    }
+
+    /// [`transpose_256`] on one chunk.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    pub fn transpose_128(v: [__m128i; 4]) -> [__m128i; 4] {
+        let t0 = _mm_unpacklo_epi32(v[0], v[1]);
+        let t1 = _mm_unpackhi_epi32(v[0], v[1]);
+        let t2 = _mm_unpacklo_epi32(v[2], v[3]);
+        let t3 = _mm_unpackhi_epi32(v[2], v[3]);
+        [
+            _mm_unpacklo_epi64(t0, t2),
+            _mm_unpackhi_epi64(t0, t2),
+            _mm_unpacklo_epi64(t1, t3),
+            _mm_unpackhi_epi64(t1, t3),
+        ]
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) use avx2::{transpose_128, transpose_256};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every row length a model has (whole blocks of 32): the reordering
+    /// puts each value where [`position`] says, and the scales where
+    /// [`group_position`] says, on the vector path and the scalar one.
+    #[test]
+    fn values_and_scales_go_where_position_says() {
+        for len in (32..=1024).step_by(32) {
+            let natural: Vec<u8> = (0..len).map(|k| (k % 251) as u8).collect();
+            let mut q = vec![0xAAu8; padded(len)];
+            q[..len].copy_from_slice(&natural);
+            to_panels(&mut q, len);
+            for k in 0..len {
+                assert_eq!(q[position(len, k)], natural[k], "len {len}, value {k}");
+            }
+            let mut seen = vec![false; padded(len)];
+            (0..len).for_each(|k| seen[position(len, k)] = true);
+            for (p, _) in seen.iter().enumerate().filter(|(_, s)| !**s) {
+                assert_eq!(q[p], 0, "len {len}: padding at {p}");
+            }
+            let mut scale: Vec<f32> = (0..padded(len) / GROUP).map(|g| g as f32).collect();
+            scales_to_panels(&mut scale, len);
+            for g in 0..len / GROUP {
+                assert_eq!(
+                    scale[group_position(len, g)],
+                    g as f32,
+                    "len {len}, group {g}"
+                );
+            }
+            assert!(scale[len / GROUP..].iter().all(|&s| s == 0.0));
+            // A lane's four values are one group's, and the lane's scale is it.
+            for k in 0..len {
+                let lane = position(len, k) / 4;
+                let g = if k < len / PANEL * PANEL {
+                    lane / 64 * 16 + lane % 16
+                } else {
+                    lane / 16 * 4 + lane % 4
+                };
+                assert_eq!(g, group_position(len, k / GROUP), "len {len}, value {k}");
+            }
+        }
+    }
+}
