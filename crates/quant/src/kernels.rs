@@ -114,6 +114,14 @@ trait Dot {
     /// The CPU must have the kernel's instructions; every input as long as `w`.
     unsafe fn dot(w: &Unpacked, a: &[ActivationRow<'_>], out: &mut [f32]);
 
+    /// Work on a freshly unpacked row that every [`Dot::tile`] of it would
+    /// otherwise repeat, done once (AVX-512: [`Unpacked::offset_sums`]).
+    ///
+    /// # Safety
+    /// The CPU must have the kernel's instructions.
+    #[inline(always)]
+    unsafe fn prepare(_w: &mut Unpacked) {}
+
     /// The dot products of up to [`TILE_ROWS`] weight rows with up to
     /// [`MAX_ROWS`] inputs, with the same bits as [`Dot::dot`] row by row
     /// (which is what this default does).
@@ -296,6 +304,8 @@ unsafe fn rows_of<const T: u32, D: Dot>(
     }
     for (row, w) in weights.chunks_exact(row_bytes).zip(scratch.iter_mut()) {
         unpack_row(kind, D::F16C, row, w);
+        // SAFETY: the caller's: the CPU has the instructions.
+        unsafe { D::prepare(w) };
     }
     let mut tile: Tile = [[0.0; MAX_ROWS]; TILE_ROWS];
     // The next task's weights asked for a few lines per tile, so that they
@@ -389,7 +399,7 @@ fn portable(w: &Unpacked, a: &[ActivationRow<'_>], out: &mut [f32]) {
 /// and its [`weight_rows`], compiled with its `target_feature`s.
 #[cfg(target_arch = "x86_64")]
 macro_rules! entry {
-    ($dot:ident, $features:literal, $safety:literal $(, $tile:ident)?) => {
+    ($dot:ident, $features:literal, $safety:literal $(, $tile:ident, $prepare:ident)?) => {
         struct $dot;
 
         impl Dot for $dot {
@@ -422,6 +432,12 @@ macro_rules! entry {
             unsafe fn tile(w: &[Unpacked], a: &[ActivationRow<'_>], out: &mut Tile) {
                 // SAFETY: the caller's: the CPU has the instructions.
                 unsafe { $tile(w, a, out) }
+            }
+
+            #[inline(always)]
+            unsafe fn prepare(w: &mut Unpacked) {
+                // SAFETY: the caller's: the CPU has the instructions.
+                unsafe { $prepare(w) }
             }
             )?
         }
@@ -461,8 +477,45 @@ mod avx512 {
         Vnni,
         "avx512f,avx512bw,avx512vl,avx512vnni,f16c",
         "The CPU must have AVX-512 F, BW, VL and VNNI, and F16C; lengths as checked there.",
-        tiles
+        tiles,
+        offset_sums
     );
+
+    /// A signed row's [`Unpacked::offset_sums`], which [`tile`] subtracts
+    /// from its products with inputs offset by 128: `vpdpbusd` of 128s with
+    /// the row's bytes, as [`tile`] would compute it for every tile.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn offset_sums(w: &mut Unpacked) {
+        if !w.signed {
+            return;
+        }
+        let n = w.len;
+        let full = n / PANEL * PANEL;
+        assert!(w.q.len() >= padded(n) && w.offset_sums.len() >= padded(n) / GROUP);
+        let (q, sums) = (w.q.as_ptr(), w.offset_sums.as_mut_ptr());
+        // SAFETY: bytes `p..p + 256` (`m..m + 64`) of a row of `padded(n)`,
+        // and their 16 (4) groups (asserted).
+        unsafe {
+            let offset = _mm512_set1_epi8(-128);
+            for p in (0..full).step_by(PANEL) {
+                let mut sum = _mm512_setzero_si512();
+                for s in (p..p + PANEL).step_by(64) {
+                    let v = _mm512_loadu_si512(q.add(s) as *const __m512i);
+                    sum = _mm512_dpbusd_epi32(sum, offset, v);
+                }
+                _mm512_storeu_si512(sums.add(p / GROUP) as *mut __m512i, sum);
+            }
+            let offset = _mm_set1_epi8(-128);
+            for m in (full..padded(n)).step_by(MINI) {
+                let mut sum = _mm_setzero_si128();
+                for s in (m..m + MINI).step_by(16) {
+                    let v = _mm_loadu_si128(q.add(s) as *const __m128i);
+                    sum = _mm_dpbusd_epi32(sum, offset, v);
+                }
+                _mm_storeu_si128(sums.add(m / GROUP) as *mut __m128i, sum);
+            }
+        }
+    }
 
     /// [`Dot::tile`]: [`tile`] for as many rows and inputs as given.
     ///
@@ -566,8 +619,9 @@ mod avx512 {
     /// panel and pair ([`panel_end`], the same as [`rows`] and [`fused`],
     /// whose integer sums are the same: so the same bits). Signed weights
     /// (`S`) are the signed operand here and the inputs, offset by 128, the
-    /// unsigned one: minus 128 × the weights' sum leaves Σ q x exactly, and
-    /// spares [`rows`]'s per-pair sign flip.
+    /// unsigned one: minus 128 × the weights' sum (computed once per row by
+    /// [`offset_sums`]) leaves Σ q x exactly, and spares [`rows`]'s per-pair
+    /// sign flip.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     fn tile<const W: usize, const R: usize, const S: bool, const K: bool>(
         w: &[Unpacked],
@@ -575,11 +629,17 @@ mod avx512 {
         out: &mut Tile,
     ) {
         let n = w[0].len;
-        assert!(w.len() >= W && a.len() >= R && w[..W].iter().all(|w| w.len == n));
+        assert!(w.len() >= W && a.len() >= R);
+        assert!(
+            w[..W]
+                .iter()
+                .all(|w| w.len == n && w.offset_sums.len() == padded(n) / GROUP)
+        );
         let full = n / PANEL * PANEL;
         let mut acc = [[_mm512_setzero_ps(); R]; W];
         let wq: [*const u8; W] = std::array::from_fn(|i| w[i].q.as_ptr());
         let ws: [*const f32; W] = std::array::from_fn(|i| w[i].scale.as_ptr());
+        let wo: [*const i32; W] = std::array::from_fn(|i| w[i].offset_sums.as_ptr());
         let aq: [*const i8; R] = std::array::from_fn(|r| a[r].q.as_ptr());
         let asc: [*const f32; R] = std::array::from_fn(|r| a[r].scale.as_ptr());
         let offset = _mm512_set1_epi8(-128);
@@ -588,7 +648,6 @@ mod avx512 {
         unsafe {
             for p in (0..full).step_by(PANEL) {
                 let mut sums = [[_mm512_setzero_si512(); R]; W];
-                let mut wsum = [_mm512_setzero_si512(); W];
                 for s in (p..p + PANEL).step_by(64) {
                     let x: [__m512i; R] = std::array::from_fn(|r| {
                         let v = _mm512_loadu_si512(aq[r].add(s) as *const __m512i);
@@ -596,9 +655,6 @@ mod avx512 {
                     });
                     for i in 0..W {
                         let q = _mm512_loadu_si512(wq[i].add(s) as *const __m512i);
-                        if S {
-                            wsum[i] = _mm512_dpbusd_epi32(wsum[i], offset, q);
-                        }
                         for r in 0..R {
                             sums[i][r] = if S {
                                 _mm512_dpbusd_epi32(sums[i][r], x[r], q)
@@ -611,9 +667,10 @@ mod avx512 {
                 let xs: [__m512; R] = std::array::from_fn(|r| input_scales::<K>(asc[r], p / GROUP));
                 for i in 0..W {
                     let scale = _mm512_loadu_ps(ws[i].add(p / GROUP));
+                    let wsum = _mm512_loadu_si512(wo[i].add(p / GROUP) as *const __m512i);
                     for r in 0..R {
                         let sum = if S {
-                            _mm512_sub_epi32(sums[i][r], wsum[i])
+                            _mm512_sub_epi32(sums[i][r], wsum)
                         } else {
                             sums[i][r]
                         };
@@ -624,7 +681,6 @@ mod avx512 {
             let offset = _mm_set1_epi8(-128);
             for m in (full..padded(n)).step_by(MINI) {
                 let mut sums = [[_mm_setzero_si128(); R]; W];
-                let mut wsum = [_mm_setzero_si128(); W];
                 for s in (m..m + MINI).step_by(16) {
                     let x: [__m128i; R] = std::array::from_fn(|r| {
                         let v = _mm_loadu_si128(aq[r].add(s) as *const __m128i);
@@ -632,9 +688,6 @@ mod avx512 {
                     });
                     for i in 0..W {
                         let q = _mm_loadu_si128(wq[i].add(s) as *const __m128i);
-                        if S {
-                            wsum[i] = _mm_dpbusd_epi32(wsum[i], offset, q);
-                        }
                         for r in 0..R {
                             sums[i][r] = if S {
                                 _mm_dpbusd_epi32(sums[i][r], x[r], q)
@@ -647,9 +700,10 @@ mod avx512 {
                 let xs: [__m128; R] = std::array::from_fn(|r| _mm_loadu_ps(asc[r].add(m / GROUP)));
                 for i in 0..W {
                     let scale = _mm_loadu_ps(ws[i].add(m / GROUP));
+                    let wsum = _mm_loadu_si128(wo[i].add(m / GROUP) as *const __m128i);
                     for r in 0..R {
                         let sum = if S {
-                            _mm_sub_epi32(sums[i][r], wsum[i])
+                            _mm_sub_epi32(sums[i][r], wsum)
                         } else {
                             sums[i][r]
                         };

@@ -24,6 +24,10 @@ pub struct Unpacked {
     pub q: Vec<u8>,
     pub scale: Vec<f32>,
     pub min: Vec<f32>,
+    /// Per group, in panel order like `scale`: 128 × the sum of its signed
+    /// values, for kernels that offset their inputs by 128 to multiply them
+    /// as unsigned bytes. Filled by those kernels, once per unpacked row.
+    pub offset_sums: Vec<i32>,
     /// `q` holds signed bytes and `min` is zero (a symmetric type).
     pub signed: bool,
     /// A K-quant's row: its inputs (`Q8_K`) have one scale per 256 values,
@@ -50,6 +54,7 @@ impl Unpacked {
             q: vec![0; padded(values)],
             scale: vec![0.0; padded(values) / GROUP],
             min: vec![0.0; values / GROUP],
+            offset_sums: vec![0; padded(values) / GROUP],
             signed: false,
             superblocks: false,
         }
@@ -73,12 +78,25 @@ pub fn unpack_row(kind: GgmlType, f16c: bool, bytes: &[u8], out: &mut Unpacked) 
         // and groups out (checked above).
         let done = unsafe {
             match kind {
-                GgmlType::Q4_0
-                | GgmlType::Q4_1
-                | GgmlType::Q5_0
-                | GgmlType::Q5_1
-                | GgmlType::Q8_0 => {
-                    simd::small_row(kind, bytes, out);
+                // One copy of the loop per type: no per-block `match`.
+                GgmlType::Q4_0 => {
+                    simd::small_row::<2>(bytes, out);
+                    true
+                }
+                GgmlType::Q4_1 => {
+                    simd::small_row::<3>(bytes, out);
+                    true
+                }
+                GgmlType::Q5_0 => {
+                    simd::small_row::<6>(bytes, out);
+                    true
+                }
+                GgmlType::Q5_1 => {
+                    simd::small_row::<7>(bytes, out);
+                    true
+                }
+                GgmlType::Q8_0 => {
+                    simd::small_row::<8>(bytes, out);
                     true
                 }
                 GgmlType::Q6K => {
@@ -467,8 +485,8 @@ mod simd {
     /// The CPU has AVX2 and F16C; `out` sized for the row.
     #[target_feature(enable = "avx2,f16c")]
     #[inline]
-    pub unsafe fn small_row(kind: GgmlType, bytes: &[u8], out: &mut Unpacked) {
-        let size = kind.block_bytes();
+    pub unsafe fn small_row<const T: u32>(bytes: &[u8], out: &mut Unpacked) {
+        let size = const { GgmlType::from_supported_id(T).block_bytes() };
         let n = bytes.len() / size * 32;
         let full = n / PANEL * PANEL;
         assert!(out.q.len() >= crate::layout::padded(n) && out.min.len() >= n / GROUP);
@@ -478,7 +496,7 @@ mod simd {
             for (i, v) in v.iter_mut().enumerate() {
                 let blk = p / 32 + i;
                 // SAFETY: a whole block (`block` slices it).
-                let (q, _, min) = unsafe { small(kind, block(blk)) };
+                let (q, _, min) = unsafe { small::<T>(block(blk)) };
                 *v = q;
                 out.min[2 * blk..2 * blk + 2].copy_from_slice(&[min, min]);
             }
@@ -493,10 +511,10 @@ mod simd {
         for m in (full..n).step_by(MINI) {
             let blk = m / 32;
             // SAFETY: whole blocks.
-            let (q0, d0, m0) = unsafe { small(kind, block(blk)) };
+            let (q0, d0, m0) = unsafe { small::<T>(block(blk)) };
             let (q1, d1) = if m + MINI <= n {
                 // SAFETY: a whole block.
-                let (q1, d1, m1) = unsafe { small(kind, block(blk + 1)) };
+                let (q1, d1, m1) = unsafe { small::<T>(block(blk + 1)) };
                 out.min[2 * blk + 2..2 * blk + 4].copy_from_slice(&[m1, m1]);
                 (q1, d1)
             } else {
@@ -527,7 +545,8 @@ mod simd {
     /// The CPU has AVX2 and F16C.
     #[target_feature(enable = "avx2,f16c")]
     #[inline]
-    unsafe fn small(kind: GgmlType, b: &[u8]) -> (__m256i, f32, f32) {
+    unsafe fn small<const T: u32>(b: &[u8]) -> (__m256i, f32, f32) {
+        let kind = const { GgmlType::from_supported_id(T) };
         assert!(b.len() >= kind.block_bytes());
         let d = super::half(true, b, 0);
         // SAFETY: the block's bytes (asserted).
