@@ -139,12 +139,17 @@ pub fn quantize_into(
         "activation buffers"
     );
     #[cfg(target_arch = "x86_64")]
-    if scheme != Scheme::Q8K && avx512::available() {
+    if avx512::available() {
         for (x, q, scales, sums) in
             blocks(x, block, &mut q[..n], &mut scale[..n / GROUP], group_sum)
         {
             // SAFETY: the CPU has AVX-512 F and BW (checked); whole blocks.
-            unsafe { avx512::block32(x, scheme == Scheme::Q8_1, q, scales, sums) };
+            unsafe {
+                match scheme {
+                    Scheme::Q8K => avx512::block256(x, q, scales, sums),
+                    _ => avx512::block32(x, scheme == Scheme::Q8_1, q, scales, sums),
+                }
+            };
         }
     } else {
         quantize_scalar(x, scheme, &mut q[..n], &mut scale[..n / GROUP], group_sum);
@@ -231,7 +236,7 @@ fn quantize_scalar(
     }
 }
 
-/// The 32-value schemes with AVX-512: the scalar code's operations on 16
+/// Every scheme with AVX-512: the scalar code's operations on 16
 /// values at a time (a maximum and integer sums are exact in any order, the
 /// rest is value by value), so the same bytes and scales.
 #[cfg(target_arch = "x86_64")]
@@ -306,6 +311,51 @@ mod avx512 {
             sums[1] = d * s1 as f32;
         }
     }
+
+    /// One `Q8K` block of 256 values, as [`quantize_scalar`] does it: the
+    /// scale's sign is that of the first value of the largest magnitude.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F and BW.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn block256(x: &[f32], q: &mut [i8], scales: &mut [f32], sums: &mut [f32]) {
+        const N: usize = 256 / GROUP;
+        assert!(x.len() == 256 && q.len() == 256 && scales.len() == N && sums.len() == N);
+        // SAFETY: 256 values (asserted).
+        let v: [__m512; N] =
+            std::array::from_fn(|i| unsafe { _mm512_loadu_ps(x.as_ptr().add(GROUP * i)) });
+        let amax = _mm512_reduce_max_ps(v.iter().fold(_mm512_setzero_ps(), |m, &v| {
+            _mm512_max_ps(m, _mm512_abs_ps(v))
+        }));
+        let first = v.iter().enumerate().find_map(|(i, &v)| {
+            let hit = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(_mm512_abs_ps(v), _mm512_set1_ps(amax));
+            (hit != 0).then(|| GROUP * i + hit.trailing_zeros() as usize)
+        });
+        let Some(first) = first.filter(|_| amax != 0.0 && amax.is_finite()) else {
+            // All zeros (or not numbers): as the scalar code has it.
+            super::quantize_scalar(x, super::Scheme::Q8K, q, scales, sums);
+            return;
+        };
+        let iscale = -127.0 / x[first];
+        let d = 1.0 / iscale;
+        let magic = _mm512_set1_ps(12_582_912.0);
+        for (i, &v) in v.iter().enumerate() {
+            let r = _mm512_sub_ps(
+                _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(iscale), v), magic),
+                magic,
+            );
+            let b = _mm512_min_epi32(_mm512_cvtps_epi32(r), _mm512_set1_epi32(127));
+            // SAFETY: 16 bytes inside `q` (asserted).
+            unsafe {
+                _mm_storeu_si128(
+                    q.as_mut_ptr().add(GROUP * i) as *mut __m128i,
+                    _mm512_cvtepi32_epi8(b),
+                )
+            };
+            sums[i] = d * _mm512_reduce_add_epi32(b) as f32;
+        }
+        scales.fill(d);
+    }
 }
 
 /// One quantized row, as [`Activations`] keeps it.
@@ -347,17 +397,20 @@ mod tests {
                 s ^= s << 13;
                 s ^= s >> 7;
                 s ^= s << 17;
-                // Magnitudes from 1e-3 to 1e3, and one block of zeros.
+                // Magnitudes from 1e-3 to 1e3, and 256 zeros.
                 let m = 10f32.powi((s % 7) as i32 - 3);
-                if i < 32 {
+                if i < 256 {
                     0.0
                 } else {
                     ((s >> 11) as f32 / (1u64 << 53) as f32 - 0.5) * m
                 }
             })
             .collect();
-        x[100] = 2.5 * 127.0 / 3.0; // a value that rounds on a tie-ish edge
-        for scheme in [Scheme::Q8_0, Scheme::Q8_1] {
+        x[300] = 2.5 * 127.0 / 3.0; // a value that rounds on a tie-ish edge
+        // Two largest magnitudes of opposite signs: the first sets the sign.
+        (x[600], x[601]) = (-5e3, 5e3);
+        (x[800], x[801]) = (5e3, -5e3);
+        for scheme in [Scheme::Q8_0, Scheme::Q8_1, Scheme::Q8K] {
             let n = x.len();
             let mut a = (vec![0i8; n], vec![0f32; n / 16], vec![0f32; n / 16]);
             let mut b = (vec![0i8; n], vec![0f32; n / 16], vec![0f32; n / 16]);
