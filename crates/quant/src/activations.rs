@@ -156,8 +156,8 @@ pub fn quantize_into(
     }
     #[cfg(not(target_arch = "x86_64"))]
     quantize_scalar(x, scheme, &mut q[..n], &mut scale[..n / GROUP], group_sum);
-    layout::to_panels(q, n);
-    layout::scales_to_panels(scale, n);
+    layout::to_panels(q, n, block == BLOCK);
+    layout::scales_to_panels(scale, n, block == BLOCK);
 }
 
 /// The blocks of `block` values of `x` with their bytes, group scales and
@@ -415,8 +415,9 @@ mod tests {
             let mut a = (vec![0i8; n], vec![0f32; n / 16], vec![0f32; n / 16]);
             let mut b = (vec![0i8; n], vec![0f32; n / 16], vec![0f32; n / 16]);
             quantize_scalar(&x, scheme, &mut a.0, &mut a.1, &mut a.2);
-            crate::layout::to_panels(&mut a.0, n);
-            crate::layout::scales_to_panels(&mut a.1, n);
+            let paired = scheme != Scheme::Q8K;
+            crate::layout::to_panels(&mut a.0, n, paired);
+            crate::layout::scales_to_panels(&mut a.1, n, paired);
             quantize_into(&x, scheme, &mut b.0, &mut b.1, &mut b.2);
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(a.0, b.0, "{scheme:?}");

@@ -3,7 +3,9 @@
 //! 32-bit lane per group, the bytes in panel order: [`crate::layout`]),
 //! scaled by the weight group's scale times the activation block's scale;
 //! then, once per row, minus the weight groups' mins times the activations'
-//! group sums.
+//! group sums. On AVX-512, rows of 32-value blocks sum a whole block per lane
+//! (the panels' pairs, [`crate::layout::PAIR`]) before that float work, which
+//! halves it, as llama.cpp scales once per block.
 //!
 //! Three versions, chosen at run time: AVX-512 VNNI (`vpdpbusd`: 64 products
 //! per instruction), AVX2 (bytes widened to 16 bits, `vpmaddwd`), and portable
@@ -19,7 +21,7 @@ use std::sync::OnceLock;
 
 use crate::activations::ActivationRow;
 use crate::formats::GgmlType;
-use crate::layout::{MINI, PANEL, padded};
+use crate::layout::{MINI, PAIR, PANEL, padded, pairs_end};
 use crate::unpack::{GROUP, Unpacked, unpack_row};
 
 /// Activation rows one weight row is multiplied with at a time.
@@ -469,8 +471,8 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{
-        ActivationRow, Dot, GROUP, GgmlType, MAX_ROWS, MINI, OutBlock, PANEL, Tile, Unpacked,
-        padded, rows_of,
+        ActivationRow, Dot, GROUP, GgmlType, MAX_ROWS, MINI, OutBlock, PAIR, PANEL, Tile, Unpacked,
+        padded, pairs_end, rows_of,
     };
 
     entry!(
@@ -492,12 +494,22 @@ mod avx512 {
         let n = w.len;
         let full = n / PANEL * PANEL;
         assert!(w.q.len() >= padded(n) && w.offset_sums.len() >= padded(n) / GROUP);
+        let pairs = pairs_end(n, !w.superblocks);
         let (q, sums) = (w.q.as_ptr(), w.offset_sums.as_mut_ptr());
-        // SAFETY: bytes `p..p + 256` (`m..m + 64`) of a row of `padded(n)`,
-        // and their 16 (4) groups (asserted).
+        // SAFETY: bytes `p..p + 512` (`p..p + 256`, `m..m + 64`) of a row of
+        // `padded(n)`, and their first 16 (16, 4) groups (asserted).
         unsafe {
             let offset = _mm512_set1_epi8(-128);
-            for p in (0..full).step_by(PANEL) {
+            // A pair's sums in its first panel's slots, as `tile` reads them.
+            for p in (0..pairs).step_by(PAIR) {
+                let mut sum = _mm512_setzero_si512();
+                for s in (p..p + PAIR).step_by(64) {
+                    let v = _mm512_loadu_si512(q.add(s) as *const __m512i);
+                    sum = _mm512_dpbusd_epi32(sum, offset, v);
+                }
+                _mm512_storeu_si512(sums.add(p / GROUP) as *mut __m512i, sum);
+            }
+            for p in (pairs..full).step_by(PANEL) {
                 let mut sum = _mm512_setzero_si512();
                 for s in (p..p + PANEL).step_by(64) {
                     let v = _mm512_loadu_si512(q.add(s) as *const __m512i);
@@ -616,7 +628,8 @@ mod avx512 {
 
     /// `W` weight rows times `R` inputs at once. Each step's input bytes are
     /// loaded once for the `W` rows, and the float work is done once per
-    /// panel and pair ([`panel_end`], the same as [`rows`] and [`fused`],
+    /// panel, or pair of panels (not `K`), and per couple of weight row and
+    /// input ([`panel_end`], the same as [`rows`] and [`fused`],
     /// whose integer sums are the same: so the same bits). Signed weights
     /// (`S`) are the signed operand here and the inputs, offset by 128, the
     /// unsigned one: minus 128 × the weights' sum (computed once per row by
@@ -643,40 +656,54 @@ mod avx512 {
         let aq: [*const i8; R] = std::array::from_fn(|r| a[r].q.as_ptr());
         let asc: [*const f32; R] = std::array::from_fn(|r| a[r].scale.as_ptr());
         let offset = _mm512_set1_epi8(-128);
-        // SAFETY: every load reads bytes `p..p + 256` (groups `p/16..p/16 +
-        // 16`) of rows and inputs that hold `padded(n)`.
+        // Pairs (32-value blocks): a lane sums a whole block over 8 steps.
+        let pairs = pairs_end(n, !K);
+        // SAFETY: every load reads bytes `p..p + 512` or `p..p + 256` (groups
+        // `p/16..p/16 + 16`) of rows and inputs that hold `padded(n)`.
         unsafe {
-            for p in (0..full).step_by(PANEL) {
-                let mut sums = [[_mm512_setzero_si512(); R]; W];
-                for s in (p..p + PANEL).step_by(64) {
-                    let x: [__m512i; R] = std::array::from_fn(|r| {
-                        let v = _mm512_loadu_si512(aq[r].add(s) as *const __m512i);
-                        if S { _mm512_xor_si512(v, offset) } else { v }
-                    });
-                    for i in 0..W {
-                        let q = _mm512_loadu_si512(wq[i].add(s) as *const __m512i);
-                        for r in 0..R {
-                            sums[i][r] = if S {
-                                _mm512_dpbusd_epi32(sums[i][r], x[r], q)
-                            } else {
-                                _mm512_dpbusd_epi32(sums[i][r], q, x[r])
-                            };
+            // One pair (`$steps` 8) or panel (4) at `$p`, its steps unrolled.
+            macro_rules! panel {
+                ($p:expr, $steps:literal) => {{
+                    let p = $p;
+                    let mut sums = [[_mm512_setzero_si512(); R]; W];
+                    for s in 0..$steps {
+                        let s = p + 64 * s;
+                        let x: [__m512i; R] = std::array::from_fn(|r| {
+                            let v = _mm512_loadu_si512(aq[r].add(s) as *const __m512i);
+                            if S { _mm512_xor_si512(v, offset) } else { v }
+                        });
+                        for i in 0..W {
+                            let q = _mm512_loadu_si512(wq[i].add(s) as *const __m512i);
+                            for r in 0..R {
+                                sums[i][r] = if S {
+                                    _mm512_dpbusd_epi32(sums[i][r], x[r], q)
+                                } else {
+                                    _mm512_dpbusd_epi32(sums[i][r], q, x[r])
+                                };
+                            }
                         }
                     }
-                }
-                let xs: [__m512; R] = std::array::from_fn(|r| input_scales::<K>(asc[r], p / GROUP));
-                for i in 0..W {
-                    let scale = _mm512_loadu_ps(ws[i].add(p / GROUP));
-                    let wsum = _mm512_loadu_si512(wo[i].add(p / GROUP) as *const __m512i);
-                    for r in 0..R {
-                        let sum = if S {
-                            _mm512_sub_epi32(sums[i][r], wsum)
-                        } else {
-                            sums[i][r]
-                        };
-                        acc[i][r] = panel_end::<K>(sum, scale, xs[r], acc[i][r]);
+                    let xs: [__m512; R] =
+                        std::array::from_fn(|r| input_scales::<K>(asc[r], p / GROUP));
+                    for i in 0..W {
+                        let scale = _mm512_loadu_ps(ws[i].add(p / GROUP));
+                        let wsum = _mm512_loadu_si512(wo[i].add(p / GROUP) as *const __m512i);
+                        for r in 0..R {
+                            let sum = if S {
+                                _mm512_sub_epi32(sums[i][r], wsum)
+                            } else {
+                                sums[i][r]
+                            };
+                            acc[i][r] = panel_end::<K>(sum, scale, xs[r], acc[i][r]);
+                        }
                     }
-                }
+                }};
+            }
+            for p in (0..pairs).step_by(PAIR) {
+                panel!(p, 8);
+            }
+            for p in (pairs..full).step_by(PANEL) {
+                panel!(p, 4);
             }
             let offset = _mm_set1_epi8(-128);
             for m in (full..padded(n)).step_by(MINI) {
@@ -813,14 +840,26 @@ mod avx512 {
         let (wq, ws) = (w.q.as_ptr(), w.scale.as_ptr());
         let aq: [*const i8; R] = std::array::from_fn(|r| a[r].q.as_ptr());
         let asc: [*const f32; R] = std::array::from_fn(|r| a[r].scale.as_ptr());
-        // SAFETY: bytes `p..p + 256` and groups `p/16..p/16 + 16` (or a
-        // mini-panel's 64 and 4), inside rows and inputs of `padded(n)`.
+        let pairs = pairs_end(n, !K);
+        // SAFETY: bytes `p..p + 512` or `p..p + 256` and groups `p/16..p/16 +
+        // 16` (or a mini-panel's 64 and 4), inside rows and inputs of `padded(n)`.
         unsafe {
-            for p in (0..full).step_by(PANEL) {
-                let q = std::array::from_fn(|s| {
+            for p in (0..pairs).step_by(PAIR) {
+                let q: [__m512i; 8] = std::array::from_fn(|s| {
                     _mm512_loadu_si512(wq.add(p + 64 * s) as *const __m512i)
                 });
-                let sums = panel_sums::<R, S>(q, aq, p);
+                let sums = panel_sums::<R, S, 8>(q, aq, p);
+                let scale = _mm512_loadu_ps(ws.add(p / GROUP));
+                for r in 0..R {
+                    let xs = input_scales::<K>(asc[r], p / GROUP);
+                    acc[r] = panel_end::<K>(sums[r], scale, xs, acc[r]);
+                }
+            }
+            for p in (pairs..full).step_by(PANEL) {
+                let q: [__m512i; 4] = std::array::from_fn(|s| {
+                    _mm512_loadu_si512(wq.add(p + 64 * s) as *const __m512i)
+                });
+                let sums = panel_sums::<R, S, 4>(q, aq, p);
                 let scale = _mm512_loadu_ps(ws.add(p / GROUP));
                 for r in 0..R {
                     let xs = input_scales::<K>(asc[r], p / GROUP);
@@ -843,16 +882,16 @@ mod avx512 {
         out[..R].copy_from_slice(&sums);
     }
 
-    /// A panel's integer sums, lane `l` for group `l` in panel order: the
-    /// weights' four steps `q` (signed bytes when `S`) times every input's
-    /// bytes `p..p + 256`.
+    /// A panel's (or pair's) integer sums, lane `l` for group (block) `l` in
+    /// panel order: the weights' `N` steps `q` (signed bytes when `S`) times
+    /// every input's bytes `p..p + 64N`.
     ///
     /// # Safety
-    /// Every input holds bytes `p..p + 256`.
+    /// Every input holds bytes `p..p + 64N`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     #[inline]
-    unsafe fn panel_sums<const R: usize, const S: bool>(
-        q: [__m512i; 4],
+    unsafe fn panel_sums<const R: usize, const S: bool, const N: usize>(
+        q: [__m512i; N],
         aq: [*const i8; R],
         p: usize,
     ) -> [__m512i; R] {
@@ -1122,10 +1161,46 @@ mod avx512 {
         let p0 = row.as_ptr();
         // Lane 4c + j of a panel is group 4j + c, of block 2j + c/2.
         let spread = _mm512_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6, 1, 3, 5, 7, 1, 3, 5, 7);
-        // SAFETY: blocks `p/32..p/32 + 8` (or a mini-panel's one or two) lie
-        // inside the row; the inputs hold `padded(n)` bytes and their groups.
+        let pairs = pairs_end(n, true);
+        // Pairs: lane 4c + j is block 4j + c in both panels.
+        let lanes = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        // SAFETY: blocks `p/32..p/32 + 16` (or 8, or a mini-panel's one or
+        // two) lie inside the row; the inputs hold `padded(n)` bytes and
+        // their groups.
         unsafe {
-            for p in (0..full).step_by(PANEL) {
+            for p in (0..pairs).step_by(PAIR) {
+                let blk = p / 32;
+                // Blocks 2v, 2v + 1 side by side.
+                let two: [__m512i; 8] = std::array::from_fn(|v| {
+                    let (q0, _, m0) = decode::<T>(p0.add((blk + 2 * v) * size));
+                    let (q1, _, m1) = decode::<T>(p0.add((blk + 2 * v + 1) * size));
+                    let g = 2 * (blk + 2 * v);
+                    mins[g..g + 4].copy_from_slice(&[m0, m0, m1, m1]);
+                    _mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1)
+                });
+                // Panel h's natural rows: the halves h of four blocks.
+                let half = |h: usize, g: usize| {
+                    if h == 0 {
+                        _mm512_shuffle_i64x2::<0b10_00_10_00>(two[2 * g], two[2 * g + 1])
+                    } else {
+                        _mm512_shuffle_i64x2::<0b11_01_11_01>(two[2 * g], two[2 * g + 1])
+                    }
+                };
+                let [a0, a1, a2, a3] = transpose(std::array::from_fn(|g| half(0, g)));
+                let [b0, b1, b2, b3] = transpose(std::array::from_fn(|g| half(1, g)));
+                let sums = panel_sums::<R, S, 8>([a0, a1, a2, a3, b0, b1, b2, b3], aq, p);
+                let d = _mm512_insertf32x8(
+                    _mm512_castps256_ps512(crate::unpack::block_scales(p0.add(blk * size), size)),
+                    crate::unpack::block_scales(p0.add((blk + 8) * size), size),
+                    1,
+                );
+                let scale = _mm512_permutexvar_ps(lanes, d);
+                for r in 0..R {
+                    let xs = _mm512_loadu_ps(asc[r].add(p / GROUP));
+                    acc[r] = panel_end::<false>(sums[r], scale, xs, acc[r]);
+                }
+            }
+            for p in (pairs..full).step_by(PANEL) {
                 let blk = p / 32;
                 let natural: [__m512i; 4] = std::array::from_fn(|v| {
                     let (q0, _, m0) = decode::<T>(p0.add((blk + 2 * v) * size));
@@ -1134,7 +1209,7 @@ mod avx512 {
                     mins[g..g + 4].copy_from_slice(&[m0, m0, m1, m1]);
                     _mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1)
                 });
-                let sums = panel_sums::<R, S>(transpose(natural), aq, p);
+                let sums = panel_sums::<R, S, 4>(transpose(natural), aq, p);
                 let d = crate::unpack::block_scales(p0.add(blk * size), size);
                 let scale = _mm512_permutexvar_ps(spread, _mm512_castps256_ps512(d));
                 for r in 0..R {

@@ -16,9 +16,20 @@
 //! - Per-group arrays that multiply the lanes (the scales) follow the same
 //!   order: a panel's group `4j + c` at `4c + j`, a mini-panel's as they are.
 //!   Those summed apart (weights' mins, inputs' group sums) stay in order.
+//! - **Pairs** (rows of 32-value blocks, `paired`): the whole panels go two by
+//!   two, so that a lane sums a whole block over eight steps and the float
+//!   work, whose scales are per block anyway, is done once per 32 values (as
+//!   llama.cpp does it). A pair is 512 values, 16 blocks; panel `h` of it is
+//!   laid out as a panel whose group `B` is half `h` of block `B`. So lane
+//!   `4c + j` holds block `4j + c` in both panels, and a kernel that works
+//!   group by group sees two ordinary panels (each half's scale slot holds
+//!   its block's scale). What follows the pairs (a lone panel, mini-panels)
+//!   is laid out as above.
 
 /// Values per panel.
 pub const PANEL: usize = 256;
+/// Values per pair of panels (rows of 32-value blocks).
+pub const PAIR: usize = 2 * PANEL;
 /// Values per mini-panel.
 pub const MINI: usize = 64;
 /// Values per group (one scale).
@@ -29,8 +40,20 @@ pub const fn padded(len: usize) -> usize {
     len.next_multiple_of(MINI)
 }
 
+/// Where the pairs of a row of `len` values end: `paired` rows of 32-value
+/// blocks put their whole panels in pairs (see the module's text).
+pub const fn pairs_end(len: usize, paired: bool) -> usize {
+    if paired { len / PAIR * PAIR } else { 0 }
+}
+
 /// Where value `k` of a row of `len` values lies in panel order.
-pub fn position(len: usize, k: usize) -> usize {
+pub fn position(len: usize, k: usize, paired: bool) -> usize {
+    if k < pairs_end(len, paired) {
+        // Block `4j + c`, half `h`, values `4s..` of it.
+        let (at, block, h) = (k / PAIR * PAIR, (k % PAIR) / 32, (k % 32) / GROUP);
+        let (j, c, s, b) = (block / 4, block % 4, (k % GROUP) / 4, k % 4);
+        return at + PANEL * h + 64 * s + 16 * c + 4 * j + b;
+    }
     let full = len / PANEL * PANEL;
     let (s, b) = ((k % GROUP) / 4, k % 4);
     if k < full {
@@ -44,7 +67,11 @@ pub fn position(len: usize, k: usize) -> usize {
 }
 
 /// Where group `g`'s scale lies in panel order, for a row of `len` values.
-pub fn group_position(len: usize, g: usize) -> usize {
+pub fn group_position(len: usize, g: usize, paired: bool) -> usize {
+    if g < pairs_end(len, paired) / GROUP {
+        let (block, h) = ((g % 32) / 2, g % 2);
+        return g - g % 32 + 16 * h + 4 * (block % 4) + block / 4;
+    }
     if g < len / PANEL * (PANEL / GROUP) {
         let i = g % 16;
         g - i + 4 * (i % 4) + i / 4
@@ -54,18 +81,31 @@ pub fn group_position(len: usize, g: usize) -> usize {
 }
 
 /// Reorder a row's `len` values, unpacked in order at the start of `q`, into
-/// panel order, zeroing the padding.
-pub fn to_panels<T: Copy + Default>(q: &mut [T], len: usize) {
+/// panel order (`paired`: a row of 32-value blocks), zeroing the padding.
+pub fn to_panels<T: Copy + Default>(q: &mut [T], len: usize, paired: bool) {
     assert!(size_of::<T>() == 1 && q.len() >= padded(len) && len.is_multiple_of(32));
     q[len..padded(len)].fill(T::default());
+    let pairs = pairs_end(len, paired);
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU has AVX2 (checked); one-byte values, `padded(len)` of them.
-        unsafe { avx2::to_panels(q.as_mut_ptr() as *mut u8, len) };
+        unsafe { avx2::to_panels(q.as_mut_ptr() as *mut u8, len, pairs) };
         return;
     }
+    scalar_to_panels(q, len, paired);
+}
+
+/// [`to_panels`] without vector instructions, the padding already zeroed.
+fn scalar_to_panels<T: Copy + Default>(q: &mut [T], len: usize, paired: bool) {
+    let pairs = pairs_end(len, paired);
+    for at in (0..pairs).step_by(PAIR) {
+        let natural: [T; PAIR] = std::array::from_fn(|k| q[at + k]);
+        for (k, &v) in natural.iter().enumerate() {
+            q[position(len, at + k, paired)] = v;
+        }
+    }
     let full = len / PANEL * PANEL;
-    let units = (0..full)
+    let units = (pairs..full)
         .step_by(PANEL)
         .map(|at| (at, PANEL))
         .chain((full..padded(len)).step_by(MINI).map(|at| (at, MINI)));
@@ -91,10 +131,17 @@ pub fn to_panels<T: Copy + Default>(q: &mut [T], len: usize) {
 
 /// Reorder a row's per-group scales (`len / 16` of them, in order at the
 /// start of `scale`) into panel order, zeroing the padding.
-pub fn scales_to_panels(scale: &mut [f32], len: usize) {
+pub fn scales_to_panels(scale: &mut [f32], len: usize, paired: bool) {
     assert!(scale.len() >= padded(len) / GROUP);
     scale[len / GROUP..padded(len) / GROUP].fill(0.0);
-    for panel in scale[..len / PANEL * 16].chunks_exact_mut(16) {
+    let pairs = pairs_end(len, paired) / GROUP;
+    for pair in scale[..pairs].chunks_exact_mut(32) {
+        let natural: [f32; 32] = pair.try_into().expect("32 scales");
+        for (g, &s) in natural.iter().enumerate() {
+            pair[group_position(PAIR, g, true)] = s;
+        }
+    }
+    for panel in scale[pairs..len / PANEL * 16].chunks_exact_mut(16) {
         let natural: [f32; 16] = panel.try_into().expect("16 scales");
         for (g, &s) in natural.iter().enumerate() {
             panel[4 * (g % 4) + g / 4] = s;
@@ -113,18 +160,39 @@ fn has_avx2() -> bool {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{MINI, PANEL, padded};
+    use super::{MINI, PAIR, PANEL, padded};
 
-    /// [`super::to_panels`] on bytes.
+    /// [`super::to_panels`] on bytes, the pairs ending at `pairs`.
     ///
     /// # Safety
-    /// The CPU has AVX2; `q` holds `padded(len)` bytes.
+    /// The CPU has AVX2; `q` holds `padded(len)` bytes; `pairs` is whole
+    /// pairs, at most `len`.
     #[target_feature(enable = "avx2")]
-    pub unsafe fn to_panels(q: *mut u8, len: usize) {
+    pub unsafe fn to_panels(q: *mut u8, len: usize, pairs: usize) {
         let full = len / PANEL * PANEL;
         // SAFETY: every load and store is inside the first `padded(len)` bytes.
         unsafe {
-            for at in (0..full).step_by(PANEL) {
+            for at in (0..pairs).step_by(PAIR) {
+                // Panel `h`'s natural 32-byte pieces are the halves `h` of
+                // two blocks: all loaded before the first store.
+                let piece = |h: usize, i: usize| {
+                    let one =
+                        |b: usize| _mm_loadu_si128(q.add(at + 32 * b + 16 * h) as *const __m128i);
+                    _mm256_set_m128i(one(2 * i + 1), one(2 * i))
+                };
+                let v: [[__m256i; 8]; 2] =
+                    std::array::from_fn(|h| std::array::from_fn(|i| piece(h, i)));
+                for (h, v) in v.iter().enumerate() {
+                    for half in 0..2 {
+                        let steps = transpose_256([v[half], v[2 + half], v[4 + half], v[6 + half]]);
+                        for (s, step) in steps.into_iter().enumerate() {
+                            let to = q.add(at + PANEL * h + 64 * s + 32 * half);
+                            _mm256_storeu_si256(to as *mut __m256i, step);
+                        }
+                    }
+                }
+            }
+            for at in (pairs..full).step_by(PANEL) {
                 for half in [0, 32] {
                     let load =
                         |r: usize| _mm256_loadu_si256(q.add(at + 64 * r + half) as *const __m256i);
@@ -190,24 +258,35 @@ mod tests {
     /// [`group_position`] says, on the vector path and the scalar one.
     #[test]
     fn values_and_scales_go_where_position_says() {
-        for len in (32..=1024).step_by(32) {
+        for (len, paired) in (32..=1600)
+            .step_by(32)
+            .flat_map(|l| [(l, false), (l, true)])
+        {
             let natural: Vec<u8> = (0..len).map(|k| (k % 251) as u8).collect();
             let mut q = vec![0xAAu8; padded(len)];
             q[..len].copy_from_slice(&natural);
-            to_panels(&mut q, len);
+            let mut scalar = q.clone();
+            scalar[len..].fill(0);
+            scalar_to_panels(&mut scalar, len, paired);
+            to_panels(&mut q, len, paired);
+            assert_eq!(q, scalar, "len {len}: the vector path and the scalar one");
             for k in 0..len {
-                assert_eq!(q[position(len, k)], natural[k], "len {len}, value {k}");
+                assert_eq!(
+                    q[position(len, k, paired)],
+                    natural[k],
+                    "len {len}, value {k}"
+                );
             }
             let mut seen = vec![false; padded(len)];
-            (0..len).for_each(|k| seen[position(len, k)] = true);
+            (0..len).for_each(|k| seen[position(len, k, paired)] = true);
             for (p, _) in seen.iter().enumerate().filter(|(_, s)| !**s) {
                 assert_eq!(q[p], 0, "len {len}: padding at {p}");
             }
             let mut scale: Vec<f32> = (0..padded(len) / GROUP).map(|g| g as f32).collect();
-            scales_to_panels(&mut scale, len);
+            scales_to_panels(&mut scale, len, paired);
             for g in 0..len / GROUP {
                 assert_eq!(
-                    scale[group_position(len, g)],
+                    scale[group_position(len, g, paired)],
                     g as f32,
                     "len {len}, group {g}"
                 );
@@ -215,13 +294,26 @@ mod tests {
             assert!(scale[len / GROUP..].iter().all(|&s| s == 0.0));
             // A lane's four values are one group's, and the lane's scale is it.
             for k in 0..len {
-                let lane = position(len, k) / 4;
+                let lane = position(len, k, paired) / 4;
                 let g = if k < len / PANEL * PANEL {
                     lane / 64 * 16 + lane % 16
                 } else {
                     lane / 16 * 4 + lane % 4
                 };
-                assert_eq!(g, group_position(len, k / GROUP), "len {len}, value {k}");
+                assert_eq!(
+                    g,
+                    group_position(len, k / GROUP, paired),
+                    "len {len}, value {k}"
+                );
+                // In a pair, both halves of a block share a lane.
+                if k < pairs_end(len, paired) {
+                    let other = position(len, k ^ GROUP, paired) / 4;
+                    assert_eq!(
+                        (lane % 16, lane / 64),
+                        (other % 16, (other / 64) ^ 1),
+                        "len {len}, value {k}"
+                    );
+                }
             }
         }
     }

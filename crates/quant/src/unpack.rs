@@ -127,8 +127,9 @@ pub fn unpack_row(kind: GgmlType, f16c: bool, bytes: &[u8], out: &mut Unpacked) 
         }
     }
     unpack_in_order(kind, f16c, bytes, out);
-    to_panels(&mut out.q, out.len);
-    scales_to_panels(&mut out.scale, out.len);
+    let paired = kind.block_size() == 32;
+    to_panels(&mut out.q, out.len, paired);
+    scales_to_panels(&mut out.scale, out.len, paired);
 }
 
 /// [`unpack_row`] in scalar code, before the reordering.
@@ -343,7 +344,7 @@ mod simd {
 
     use super::{GROUP, Unpacked};
     use crate::formats::GgmlType;
-    use crate::layout::{MINI, PANEL, transpose_128, transpose_256};
+    use crate::layout::{MINI, PAIR, PANEL, transpose_128, transpose_256};
 
     /// A panel's 256 values, given in order as eight vectors of 32, stored
     /// in panel order at `q`.
@@ -491,7 +492,42 @@ mod simd {
         let full = n / PANEL * PANEL;
         assert!(out.q.len() >= crate::layout::padded(n) && out.min.len() >= n / GROUP);
         let block = |i: usize| &bytes[i * size..(i + 1) * size];
-        for p in (0..full).step_by(PANEL) {
+        let pairs = crate::layout::pairs_end(n, true);
+        for p in (0..pairs).step_by(PAIR) {
+            let mut q = [_mm256_setzero_si256(); 16];
+            for (i, q) in q.iter_mut().enumerate() {
+                let blk = p / 32 + i;
+                // SAFETY: a whole block (`block` slices it).
+                let (v, _, min) = unsafe { small::<T>(block(blk)) };
+                *q = v;
+                out.min[2 * blk..2 * blk + 2].copy_from_slice(&[min, min]);
+            }
+            // SAFETY: the pair's sixteen blocks, and its 512 bytes and 32
+            // groups inside `out`.
+            unsafe {
+                // Panel `h` is a panel of the blocks' halves `h` (see `layout`).
+                for h in 0..2 {
+                    let v: [__m256i; 8] = std::array::from_fn(|i| {
+                        if h == 0 {
+                            _mm256_permute2x128_si256::<0x20>(q[2 * i], q[2 * i + 1])
+                        } else {
+                            _mm256_permute2x128_si256::<0x31>(q[2 * i], q[2 * i + 1])
+                        }
+                    });
+                    store_panel(v, out.q.as_mut_ptr().add(p + PANEL * h));
+                }
+                let at = bytes.as_ptr().add(p / 32 * size);
+                let mut d = [0f32; 16];
+                _mm256_storeu_ps(d.as_mut_ptr(), block_scales(at, size));
+                _mm256_storeu_ps(d.as_mut_ptr().add(8), block_scales(at.add(8 * size), size));
+                // Block `4j + c` in lane `4c + j`, in both panels.
+                let lanes: [f32; 16] = std::array::from_fn(|l| d[4 * (l % 4) + l / 4]);
+                let g = p / GROUP;
+                out.scale[g..g + 16].copy_from_slice(&lanes);
+                out.scale[g + 16..g + 32].copy_from_slice(&lanes);
+            }
+        }
+        for p in (pairs..full).step_by(PANEL) {
             let mut v = [_mm256_setzero_si256(); 8];
             for (i, v) in v.iter_mut().enumerate() {
                 let blk = p / 32 + i;
@@ -686,8 +722,11 @@ mod tests {
         );
         let mut s = 0x2545_F491_4F6C_DD1D_u64;
         let kinds = GgmlType::ALL.into_iter().filter(|k| k.is_quantized());
-        // 480 and 544: rows ending on mini-panels, for the 32-value types.
-        for (kind, values) in kinds.flat_map(|k| [(k, 512), (k, 480), (k, 544)]) {
+        // 480, 544 and 800: rows ending on mini-panels, and on a lone panel
+        // after a pair, for the 32-value types.
+        for (kind, values) in
+            kinds.flat_map(|k| [(k, 512), (k, 480), (k, 544), (k, 800), (k, 1056)])
+        {
             if k_quant(kind) && values % 256 != 0 {
                 continue;
             }

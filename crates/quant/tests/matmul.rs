@@ -62,7 +62,7 @@ fn every_kernel_matches_f32_on_the_dequantized_weights() {
         let widths: &[usize] = if k.block_size() == 256 {
             &[512, 768]
         } else {
-            &[288, 480, 576]
+            &[288, 480, 576, 800, 1536]
         };
         widths.iter().flat_map(move |&c| [(k, 6, c), (k, 11, c)])
     }) {
@@ -81,7 +81,11 @@ fn every_kernel_matches_f32_on_the_dequantized_weights() {
                 let mut s = 0f64;
                 let mut e = 0f64;
                 for k in 0..cols {
-                    let (at, g) = (position(cols, k), group_position(cols, k / 16));
+                    let paired = kind.block_size() == 32;
+                    let (at, g) = (
+                        position(cols, k, paired),
+                        group_position(cols, k / 16, paired),
+                    );
                     let xq = f64::from(a.q[at]) * f64::from(a.scale[g]);
                     s += f64::from(wf[k]) * xq;
                     e += f64::from(wf[k]) * f64::from(x[r * cols + k]);
@@ -137,7 +141,7 @@ fn decoding_and_prompt_paths_give_identical_bits() {
         let widths: &[usize] = if k.block_size() == 256 {
             &[512]
         } else {
-            &[288, 480, 576]
+            &[288, 480, 576, 800, 1536]
         };
         widths.iter().map(move |&c| (k, c))
     }) {
