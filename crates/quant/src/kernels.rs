@@ -315,21 +315,38 @@ unsafe fn rows_of<const T: u32, D: Dot>(
     // unpacked (whichever thread takes that task).
     let tiles = inputs.len().div_ceil(MAX_ROWS) * width.div_ceil(TILE_ROWS);
     let mut ahead = next.chunks(64 * (next.len().div_ceil(64).div_ceil(tiles)).max(1));
-    for (c, chunk) in inputs.chunks(MAX_ROWS).enumerate() {
+    let mut one = |c: usize, chunk: &[ActivationRow<'_>], t: usize, rows: &[Unpacked]| {
+        prefetch(ahead.next());
+        // SAFETY: the caller's.
+        unsafe { D::tile(rows, chunk, &mut tile) };
+        for (i, dots) in tile[..rows.len()].iter().enumerate() {
+            for (r, &d) in dots[..chunk.len()].iter().enumerate() {
+                // SAFETY: the caller's: input row `c * MAX_ROWS + r`,
+                // this task's column `t * TILE_ROWS + i`.
+                unsafe { acc.write(c * MAX_ROWS + r, t * TILE_ROWS + i, d) };
+            }
+        }
+    };
+    if (inputs.len() + TILE_ROWS) * padded(len) <= NEAREST_CACHE {
+        // Few enough inputs to stay in the nearest cache (a batch's decoding
+        // step): each tile of weight rows, once loaded, against all of them.
         for (t, rows) in scratch[..width].chunks(TILE_ROWS).enumerate() {
-            prefetch(ahead.next());
-            // SAFETY: the caller's.
-            unsafe { D::tile(rows, chunk, &mut tile) };
-            for (i, dots) in tile[..rows.len()].iter().enumerate() {
-                for (r, &d) in dots[..chunk.len()].iter().enumerate() {
-                    // SAFETY: the caller's: input row `c * MAX_ROWS + r`,
-                    // this task's column `t * TILE_ROWS + i`.
-                    unsafe { acc.write(c * MAX_ROWS + r, t * TILE_ROWS + i, d) };
-                }
+            for (c, chunk) in inputs.chunks(MAX_ROWS).enumerate() {
+                one(c, chunk, t, rows);
+            }
+        }
+    } else {
+        for (c, chunk) in inputs.chunks(MAX_ROWS).enumerate() {
+            for (t, rows) in scratch[..width].chunks(TILE_ROWS).enumerate() {
+                one(c, chunk, t, rows);
             }
         }
     }
 }
+
+/// Bytes of inputs and a tile of unpacked weight rows that stay in the
+/// first-level cache: half of it (AVX-512 machines have 32 to 48 KiB).
+const NEAREST_CACHE: usize = 24 * 1024;
 
 /// Ask for `bytes` (if any) to be brought into the second-level cache.
 #[inline(always)]
