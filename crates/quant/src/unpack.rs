@@ -87,8 +87,16 @@ pub fn unpack_row(kind: GgmlType, f16c: bool, bytes: &[u8], out: &mut Unpacked) 
                     simd::small_row::<3>(bytes, out);
                     true
                 }
+                GgmlType::Q5_0 if simd::masks() => {
+                    simd::small_row_masked::<6>(bytes, out);
+                    true
+                }
                 GgmlType::Q5_0 => {
                     simd::small_row::<6>(bytes, out);
+                    true
+                }
+                GgmlType::Q5_1 if simd::masks() => {
+                    simd::small_row_masked::<7>(bytes, out);
                     true
                 }
                 GgmlType::Q5_1 => {
@@ -346,6 +354,17 @@ mod simd {
     use crate::formats::GgmlType;
     use crate::layout::{MINI, PAIR, PANEL, transpose_128, transpose_256};
 
+    /// Whether the CPU has AVX-512's byte masks ([`small_row_masked`]).
+    pub fn masks() -> bool {
+        use std::sync::OnceLock;
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| {
+            is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+        })
+    }
+
     /// A panel's 256 values, given in order as eight vectors of 32, stored
     /// in panel order at `q`.
     ///
@@ -487,89 +506,116 @@ mod simd {
     #[target_feature(enable = "avx2,f16c")]
     #[inline]
     pub unsafe fn small_row<const T: u32>(bytes: &[u8], out: &mut Unpacked) {
-        let size = const { GgmlType::from_supported_id(T).block_bytes() };
-        let n = bytes.len() / size * 32;
-        let full = n / PANEL * PANEL;
-        assert!(out.q.len() >= crate::layout::padded(n) && out.min.len() >= n / GROUP);
-        let block = |i: usize| &bytes[i * size..(i + 1) * size];
-        let pairs = crate::layout::pairs_end(n, true);
-        for p in (0..pairs).step_by(PAIR) {
-            let mut q = [_mm256_setzero_si256(); 16];
-            for (i, q) in q.iter_mut().enumerate() {
-                let blk = p / 32 + i;
-                // SAFETY: a whole block (`block` slices it).
-                let (v, _, min) = unsafe { small::<T>(block(blk)) };
-                *q = v;
-                out.min[2 * blk..2 * blk + 2].copy_from_slice(&[min, min]);
-            }
-            // SAFETY: the pair's sixteen blocks, and its 512 bytes and 32
-            // groups inside `out`.
-            unsafe {
-                // Panel `h` is a panel of the blocks' halves `h` (see `layout`).
-                for h in 0..2 {
-                    let v: [__m256i; 8] = std::array::from_fn(|i| {
-                        if h == 0 {
-                            _mm256_permute2x128_si256::<0x20>(q[2 * i], q[2 * i + 1])
-                        } else {
-                            _mm256_permute2x128_si256::<0x31>(q[2 * i], q[2 * i + 1])
-                        }
-                    });
-                    store_panel(v, out.q.as_mut_ptr().add(p + PANEL * h));
+        // SAFETY: the caller's.
+        unsafe { small_row_with::<T, false>(bytes, out) }
+    }
+
+    /// [`small_row`] with AVX-512's byte masks for Q5_0's and Q5_1's high
+    /// bits (one instruction instead of five).
+    ///
+    /// # Safety
+    /// The CPU has AVX2, F16C and AVX-512 F, BW and VL; `out` sized for the row.
+    #[target_feature(enable = "avx2,f16c,avx512f,avx512bw,avx512vl")]
+    pub unsafe fn small_row_masked<const T: u32>(bytes: &[u8], out: &mut Unpacked) {
+        // SAFETY: the caller's.
+        unsafe { small_row_with::<T, true>(bytes, out) }
+    }
+
+    /// The body of [`small_row`] and [`small_row_masked`] (`MASKS`), inlined
+    /// into each so that it gets its instructions.
+    ///
+    /// # Safety
+    /// As theirs.
+    #[inline(always)]
+    unsafe fn small_row_with<const T: u32, const MASKS: bool>(bytes: &[u8], out: &mut Unpacked) {
+        // SAFETY: the caller's: the CPU has the instructions (a vector
+        // instruction needs no more here).
+        #[allow(unused_unsafe)]
+        unsafe {
+            let size = const { GgmlType::from_supported_id(T).block_bytes() };
+            let n = bytes.len() / size * 32;
+            let full = n / PANEL * PANEL;
+            assert!(out.q.len() >= crate::layout::padded(n) && out.min.len() >= n / GROUP);
+            let block = |i: usize| &bytes[i * size..(i + 1) * size];
+            let pairs = crate::layout::pairs_end(n, true);
+            for p in (0..pairs).step_by(PAIR) {
+                let mut q = [_mm256_setzero_si256(); 16];
+                for (i, q) in q.iter_mut().enumerate() {
+                    let blk = p / 32 + i;
+                    // SAFETY: a whole block (`block` slices it).
+                    let (v, _, min) = unsafe { small::<T, MASKS>(block(blk)) };
+                    *q = v;
+                    out.min[2 * blk..2 * blk + 2].copy_from_slice(&[min, min]);
                 }
-                let at = bytes.as_ptr().add(p / 32 * size);
-                let mut d = [0f32; 16];
-                _mm256_storeu_ps(d.as_mut_ptr(), block_scales(at, size));
-                _mm256_storeu_ps(d.as_mut_ptr().add(8), block_scales(at.add(8 * size), size));
-                // Block `4j + c` in lane `4c + j`, in both panels.
-                let lanes: [f32; 16] = std::array::from_fn(|l| d[4 * (l % 4) + l / 4]);
-                let g = p / GROUP;
-                out.scale[g..g + 16].copy_from_slice(&lanes);
-                out.scale[g + 16..g + 32].copy_from_slice(&lanes);
-            }
-        }
-        for p in (pairs..full).step_by(PANEL) {
-            let mut v = [_mm256_setzero_si256(); 8];
-            for (i, v) in v.iter_mut().enumerate() {
-                let blk = p / 32 + i;
-                // SAFETY: a whole block (`block` slices it).
-                let (q, _, min) = unsafe { small::<T>(block(blk)) };
-                *v = q;
-                out.min[2 * blk..2 * blk + 2].copy_from_slice(&[min, min]);
-            }
-            // SAFETY: the panel's eight blocks, and its 256 bytes and 16
-            // groups inside `out`.
-            unsafe {
-                let d = block_scales(bytes.as_ptr().add(p / 32 * size), size);
-                store_panel(v, out.q.as_mut_ptr().add(p));
-                store_panel_pairs(d, &mut out.scale[p / GROUP..]);
-            }
-        }
-        for m in (full..n).step_by(MINI) {
-            let blk = m / 32;
-            // SAFETY: whole blocks.
-            let (q0, d0, m0) = unsafe { small::<T>(block(blk)) };
-            let (q1, d1) = if m + MINI <= n {
-                // SAFETY: a whole block.
-                let (q1, d1, m1) = unsafe { small::<T>(block(blk + 1)) };
-                out.min[2 * blk + 2..2 * blk + 4].copy_from_slice(&[m1, m1]);
-                (q1, d1)
-            } else {
-                (_mm256_setzero_si256(), 0.0)
-            };
-            out.min[2 * blk..2 * blk + 2].copy_from_slice(&[m0, m0]);
-            let groups = [
-                _mm256_castsi256_si128(q0),
-                _mm256_extracti128_si256::<1>(q0),
-                _mm256_castsi256_si128(q1),
-                _mm256_extracti128_si256::<1>(q1),
-            ];
-            for (s, step) in transpose_128(groups).into_iter().enumerate() {
-                // SAFETY: the mini-panel's 64 bytes, inside `out` (padded).
+                // SAFETY: the pair's sixteen blocks, and its 512 bytes and 32
+                // groups inside `out`.
                 unsafe {
-                    _mm_storeu_si128(out.q.as_mut_ptr().add(m + 16 * s) as *mut __m128i, step)
-                };
+                    // Panel `h` is a panel of the blocks' halves `h` (see `layout`).
+                    for h in 0..2 {
+                        let v: [__m256i; 8] = std::array::from_fn(|i| {
+                            if h == 0 {
+                                _mm256_permute2x128_si256::<0x20>(q[2 * i], q[2 * i + 1])
+                            } else {
+                                _mm256_permute2x128_si256::<0x31>(q[2 * i], q[2 * i + 1])
+                            }
+                        });
+                        store_panel(v, out.q.as_mut_ptr().add(p + PANEL * h));
+                    }
+                    let at = bytes.as_ptr().add(p / 32 * size);
+                    let mut d = [0f32; 16];
+                    _mm256_storeu_ps(d.as_mut_ptr(), block_scales(at, size));
+                    _mm256_storeu_ps(d.as_mut_ptr().add(8), block_scales(at.add(8 * size), size));
+                    // Block `4j + c` in lane `4c + j`, in both panels.
+                    let lanes: [f32; 16] = std::array::from_fn(|l| d[4 * (l % 4) + l / 4]);
+                    let g = p / GROUP;
+                    out.scale[g..g + 16].copy_from_slice(&lanes);
+                    out.scale[g + 16..g + 32].copy_from_slice(&lanes);
+                }
             }
-            out.scale[m / GROUP..m / GROUP + 4].copy_from_slice(&[d0, d0, d1, d1]);
+            for p in (pairs..full).step_by(PANEL) {
+                let mut v = [_mm256_setzero_si256(); 8];
+                for (i, v) in v.iter_mut().enumerate() {
+                    let blk = p / 32 + i;
+                    // SAFETY: a whole block (`block` slices it).
+                    let (q, _, min) = unsafe { small::<T, MASKS>(block(blk)) };
+                    *v = q;
+                    out.min[2 * blk..2 * blk + 2].copy_from_slice(&[min, min]);
+                }
+                // SAFETY: the panel's eight blocks, and its 256 bytes and 16
+                // groups inside `out`.
+                unsafe {
+                    let d = block_scales(bytes.as_ptr().add(p / 32 * size), size);
+                    store_panel(v, out.q.as_mut_ptr().add(p));
+                    store_panel_pairs(d, &mut out.scale[p / GROUP..]);
+                }
+            }
+            for m in (full..n).step_by(MINI) {
+                let blk = m / 32;
+                // SAFETY: whole blocks.
+                let (q0, d0, m0) = unsafe { small::<T, MASKS>(block(blk)) };
+                let (q1, d1) = if m + MINI <= n {
+                    // SAFETY: a whole block.
+                    let (q1, d1, m1) = unsafe { small::<T, MASKS>(block(blk + 1)) };
+                    out.min[2 * blk + 2..2 * blk + 4].copy_from_slice(&[m1, m1]);
+                    (q1, d1)
+                } else {
+                    (_mm256_setzero_si256(), 0.0)
+                };
+                out.min[2 * blk..2 * blk + 2].copy_from_slice(&[m0, m0]);
+                let groups = [
+                    _mm256_castsi256_si128(q0),
+                    _mm256_extracti128_si256::<1>(q0),
+                    _mm256_castsi256_si128(q1),
+                    _mm256_extracti128_si256::<1>(q1),
+                ];
+                for (s, step) in transpose_128(groups).into_iter().enumerate() {
+                    // SAFETY: the mini-panel's 64 bytes, inside `out` (padded).
+                    unsafe {
+                        _mm_storeu_si128(out.q.as_mut_ptr().add(m + 16 * s) as *mut __m128i, step)
+                    };
+                }
+                out.scale[m / GROUP..m / GROUP + 4].copy_from_slice(&[d0, d0, d1, d1]);
+            }
         }
     }
 
@@ -579,9 +625,8 @@ mod simd {
     ///
     /// # Safety
     /// The CPU has AVX2 and F16C.
-    #[target_feature(enable = "avx2,f16c")]
-    #[inline]
-    unsafe fn small<const T: u32>(b: &[u8]) -> (__m256i, f32, f32) {
+    #[inline(always)]
+    unsafe fn small<const T: u32, const MASKS: bool>(b: &[u8]) -> (__m256i, f32, f32) {
         let kind = const { GgmlType::from_supported_id(T) };
         assert!(b.len() >= kind.block_bytes());
         let d = super::half(true, b, 0);
@@ -603,6 +648,26 @@ mod simd {
                         _mm_and_si128(_mm_srli_epi16(v, 4), low),
                         _mm_and_si128(v, low),
                     );
+                    if let (Some(h), true) = (high, MASKS) {
+                        // The word is a byte mask: Q5_0's value is `q - 16`
+                        // where its high bit is clear, the nibble where it is
+                        // set; Q5_1's is the nibble plus 16 where it is set.
+                        let h = u32::from_le_bytes(b[h..h + 4].try_into().expect("4 bytes"));
+                        let sixteen = _mm256_set1_epi8(16);
+                        return (
+                            if kind == GgmlType::Q5_0 {
+                                _mm256_mask_sub_epi8(v, !h, v, sixteen)
+                            } else {
+                                _mm256_mask_add_epi8(v, h, v, sixteen)
+                            },
+                            d,
+                            if kind == GgmlType::Q5_1 {
+                                -super::half(true, b, 2)
+                            } else {
+                                0.0
+                            },
+                        );
+                    }
                     if let Some(h) = high {
                         // Bit j of the word onto value j: byte j / 8 of it
                         // in byte j, tested against bit j % 8.
@@ -750,6 +815,24 @@ mod tests {
             assert_eq!(bits(&a.scale), bits(&b.scale), "{}", kind.name());
             assert_eq!(bits(&a.min), bits(&b.min), "{}", kind.name());
             assert_eq!((a.signed, a.superblocks), (b.signed, b.superblocks));
+            // The high bits of Q5_0 and Q5_1 without AVX-512's masks too.
+            let mut c = Unpacked::with_len(values);
+            // SAFETY: the CPU has AVX2 and F16C (asserted); `c` is sized for the row.
+            unsafe {
+                match kind {
+                    GgmlType::Q5_0 => super::simd::small_row::<6>(&bytes, &mut c),
+                    GgmlType::Q5_1 => super::simd::small_row::<7>(&bytes, &mut c),
+                    _ => continue,
+                }
+            }
+            assert_eq!(a.q, c.q, "{} without masks", kind.name());
+            assert_eq!(
+                bits(&a.scale),
+                bits(&c.scale),
+                "{} without masks",
+                kind.name()
+            );
+            assert_eq!(bits(&a.min), bits(&c.min), "{} without masks", kind.name());
         }
     }
 }

@@ -65,7 +65,9 @@ fn every_kernel_matches_f32_on_the_dequantized_weights() {
         } else {
             &[288, 480, 576, 800, 1536]
         };
-        widths.iter().flat_map(move |&c| [(k, 6, c), (k, 11, c), (k, 45, c)])
+        widths
+            .iter()
+            .flat_map(move |&c| [(k, 6, c), (k, 11, c), (k, 45, c)])
     }) {
         let outs = 37;
         let w = random_matrix(kind, outs, cols, &mut rng);
