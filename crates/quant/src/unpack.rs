@@ -537,20 +537,16 @@ mod simd {
             let full = n / PANEL * PANEL;
             assert!(out.q.len() >= crate::layout::padded(n) && out.min.len() >= n / GROUP);
             let block = |i: usize| &bytes[i * size..(i + 1) * size];
-            // Blocks `first..` into `q`, their mins (two groups each) into `min`.
-            let values = |first: usize, q: &mut [__m256i], min: &mut [f32]| {
-                for (i, q) in q.iter_mut().enumerate() {
-                    let blk = first + i;
-                    // SAFETY: a whole block (`block` slices it).
-                    let (v, _, m) = unsafe { small::<T, MASKS>(block(blk)) };
-                    *q = v;
-                    min[2 * blk..2 * blk + 2].copy_from_slice(&[m, m]);
-                }
-            };
             let pairs = crate::layout::pairs_end(n, true);
             for p in (0..pairs).step_by(PAIR) {
                 let mut q = [_mm256_setzero_si256(); 16];
-                values(p / 32, &mut q, &mut out.min);
+                for (i, q) in q.iter_mut().enumerate() {
+                    let blk = p / 32 + i;
+                    // SAFETY: a whole block (`block` slices it).
+                    let (v, _, min) = unsafe { small::<T, MASKS>(block(blk)) };
+                    *q = v;
+                    out.min[2 * blk..2 * blk + 2].copy_from_slice(&[min, min]);
+                }
                 // SAFETY: the pair's sixteen blocks, and its 512 bytes and 32
                 // groups inside `out`.
                 unsafe {
@@ -578,7 +574,13 @@ mod simd {
             }
             for p in (pairs..full).step_by(PANEL) {
                 let mut v = [_mm256_setzero_si256(); 8];
-                values(p / 32, &mut v, &mut out.min);
+                for (i, v) in v.iter_mut().enumerate() {
+                    let blk = p / 32 + i;
+                    // SAFETY: a whole block (`block` slices it).
+                    let (q, _, min) = unsafe { small::<T, MASKS>(block(blk)) };
+                    *v = q;
+                    out.min[2 * blk..2 * blk + 2].copy_from_slice(&[min, min]);
+                }
                 // SAFETY: the panel's eight blocks, and its 256 bytes and 16
                 // groups inside `out`.
                 unsafe {
