@@ -110,6 +110,14 @@ fn avx512() -> bool {
         && std::arch::is_x86_feature_detected!("avx512vl")
 }
 
+/// Whether the AVX2 kernels can run (with FMA, and F16C for f16 values).
+#[cfg(target_arch = "x86_64")]
+fn avx2() -> bool {
+    std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c")
+}
+
 /// Outputs of a block of `n` weight rows for every row of `x`, into `acc`
 /// (`[rows, n]`).
 pub fn outputs(x: &[f32], rows: usize, inner: usize, w: Weights<'_>, n: usize, acc: &mut [f32]) {
@@ -120,6 +128,17 @@ pub fn outputs(x: &[f32], rows: usize, inner: usize, w: Weights<'_>, n: usize, a
             match w {
                 Weights::F32(w) => avx512_f32::outputs(x, rows, inner, w, n, acc),
                 Weights::F16(w) => avx512_f16::outputs(x, rows, inner, w, n, acc),
+            }
+        }
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: the CPU has AVX2, FMA and F16C, checked just above.
+        unsafe {
+            match w {
+                Weights::F32(w) => avx2::outputs(x, rows, inner, w, n, acc),
+                Weights::F16(w) => avx2::outputs(x, rows, inner, w, n, acc),
             }
         }
         return;
@@ -360,6 +379,11 @@ pub fn softmax_exp(scores: &mut [f32], max: f32) -> f32 {
         // SAFETY: AVX-512F and VL checked.
         return unsafe { avx512_att::softmax_exp(scores, max) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: AVX2, FMA and F16C checked.
+        return unsafe { avx2::softmax_exp(scores, max) };
+    }
     let mut total = 0f32;
     for s in scores.iter_mut() {
         *s = (*s - max).exp();
@@ -385,6 +409,17 @@ pub fn weighted_rows(p: &mut [f32], totals: &[f32], slots: Slots<'_>, out: &mut 
             match slots {
                 Slots::F32(v) => avx512_att::weighted_rows(p, totals, v, out),
                 Slots::F16(v) => avx512_att::weighted_rows(p, totals, v, out),
+            }
+        }
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if avx2() && hd.is_multiple_of(8) {
+        // SAFETY: AVX2, FMA and F16C checked; lengths checked inside.
+        unsafe {
+            match slots {
+                Slots::F32(v) => avx2::weighted_rows(p, totals, v, out),
+                Slots::F16(v) => avx2::weighted_rows(p, totals, v, out),
             }
         }
         return;
@@ -568,6 +603,298 @@ mod avx512_att {
             // SAFETY: the caller's.
             unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)) }
         }
+    }
+}
+
+/// The same kernels with AVX2 (8 lanes), for CPUs without AVX-512: each
+/// row's sums in the same order whatever rows share its call.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// Values widened to 8 f32 lanes.
+    pub trait Lanes8: Copy {
+        /// # Safety
+        /// 8 values at `p`; the CPU has AVX2 and F16C.
+        unsafe fn load8(p: *const Self) -> __m256;
+        fn to_f32(self) -> f32;
+    }
+
+    impl Lanes8 for f32 {
+        #[inline(always)]
+        unsafe fn load8(p: *const f32) -> __m256 {
+            // SAFETY: the caller's.
+            unsafe { _mm256_loadu_ps(p) }
+        }
+        fn to_f32(self) -> f32 {
+            self
+        }
+    }
+
+    impl Lanes8 for half::f16 {
+        #[inline(always)]
+        unsafe fn load8(p: *const half::f16) -> __m256 {
+            // SAFETY: the caller's.
+            unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
+        }
+        fn to_f32(self) -> f32 {
+            half::f16::to_f32(self)
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// [`super::outputs`]: tiles of two rows of `x` by two weight rows, each
+    /// weight vector loaded (and widened) once for both rows, each input
+    /// vector once for both weight rows.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn outputs<T: Lanes8>(
+        x: &[f32],
+        rows: usize,
+        inner: usize,
+        w: &[T],
+        n: usize,
+        acc: &mut [f32],
+    ) {
+        assert!(x.len() >= rows * inner && w.len() >= n * inner && acc.len() >= rows * n);
+        let mut o = 0;
+        while o < n {
+            let outs = (n - o).min(2);
+            let mut r = 0;
+            while r < rows {
+                let take = (rows - r).min(2);
+                // SAFETY: rows `r..r + take` of `x`, `o..o + outs` of `w`
+                // (asserted lengths).
+                unsafe {
+                    match (take, outs) {
+                        (2, 2) => tile::<T, 2, 2>(x, r, inner, w, o, n, acc),
+                        (2, _) => tile::<T, 2, 1>(x, r, inner, w, o, n, acc),
+                        (_, 2) => tile::<T, 1, 2>(x, r, inner, w, o, n, acc),
+                        (_, _) => tile::<T, 1, 1>(x, r, inner, w, o, n, acc),
+                    }
+                }
+                r += take;
+            }
+            o += outs;
+        }
+    }
+
+    /// `R` rows of `x` from `r` by `C` weight rows from `o`, the sizes
+    /// constant so that the sums stay in registers (this crate is built at
+    /// opt-level 1). Each sum is the AVX-512 kernel's, bit for bit: 16 lanes
+    /// (two vectors of 8) over the whole 16s, lane `i` plus lane `i + 8`,
+    /// then `+ 4`, `+ 2`, `+ 1`, then the rest one by one. (Summed in 8 lanes
+    /// instead, tests/quantized.rs's Q4_1 and Q5_K tiny models leave
+    /// llama.cpp's greedy tokens.)
+    ///
+    /// # Safety
+    /// Those rows exist; `acc` is `[rows, n]`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile<T: Lanes8, const R: usize, const C: usize>(
+        x: &[f32],
+        r: usize,
+        inner: usize,
+        w: &[T],
+        o: usize,
+        n: usize,
+        acc: &mut [f32],
+    ) {
+        let full = inner / 16 * 16;
+        let mut sums = [[[_mm256_setzero_ps(); 2]; C]; R];
+        let (xp, wp) = (x.as_ptr(), w.as_ptr());
+        for k in (0..full).step_by(16) {
+            // SAFETY: values `k..k + 16` of those rows (the caller's).
+            unsafe {
+                let wv: [[__m256; 2]; C] = std::array::from_fn(|c| {
+                    let at = wp.wrapping_add((o + c) * inner + k);
+                    [T::load8(at), T::load8(at.wrapping_add(8))]
+                });
+                for (i, sums) in sums.iter_mut().enumerate() {
+                    let at = xp.wrapping_add((r + i) * inner + k);
+                    let xv = [_mm256_loadu_ps(at), _mm256_loadu_ps(at.wrapping_add(8))];
+                    for c in 0..C {
+                        for h in 0..2 {
+                            sums[c][h] = _mm256_fmadd_ps(xv[h], wv[c][h], sums[c][h]);
+                        }
+                    }
+                }
+            }
+        }
+        for (i, sums) in sums.iter().enumerate() {
+            let xr = &x[(r + i) * inner..(r + i + 1) * inner];
+            for (c, sum) in sums.iter().enumerate() {
+                let wr = &w[(o + c) * inner..(o + c + 1) * inner];
+                let mut total = hsum(_mm256_add_ps(sum[0], sum[1]));
+                for k in full..inner {
+                    total += xr[k] * wr[k].to_f32();
+                }
+                acc[(r + i) * n + o + c] = total;
+            }
+        }
+    }
+
+    /// [`super::weighted_rows`]: the divisions 8 at a time, then up to four
+    /// rows against each slot's values, 16 outputs at a time.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn weighted_rows<T: Lanes8>(
+        p: &mut [f32],
+        totals: &[f32],
+        slots: &[T],
+        out: &mut [f32],
+    ) {
+        let rows = totals.len();
+        let (n, hd) = (p.len() / rows, out.len() / rows);
+        assert!(slots.len() >= n * hd && hd.is_multiple_of(8));
+        for (p, &total) in p.chunks_exact_mut(n).zip(totals) {
+            let t = _mm256_set1_ps(total);
+            let mut chunks = p.chunks_exact_mut(8);
+            for c in &mut chunks {
+                // SAFETY: 8 values.
+                unsafe {
+                    _mm256_storeu_ps(
+                        c.as_mut_ptr(),
+                        _mm256_div_ps(_mm256_loadu_ps(c.as_ptr()), t),
+                    )
+                };
+            }
+            for v in chunks.into_remainder() {
+                *v /= total;
+            }
+        }
+        let mut r = 0;
+        while r < rows {
+            let take = (rows - r).min(4);
+            let mut at = 0;
+            while at < hd {
+                let width = (hd - at).min(16) / 8;
+                let (p, out) = (&p[r * n..], &mut out[r * hd..]);
+                // SAFETY: rows `r..r + take` and outputs `at..at + 8 width`
+                // (asserted lengths).
+                unsafe {
+                    match (take, width) {
+                        (4, 2) => weighted_block::<T, 4, 2>(p, n, slots, hd, at, out),
+                        (3, 2) => weighted_block::<T, 3, 2>(p, n, slots, hd, at, out),
+                        (2, 2) => weighted_block::<T, 2, 2>(p, n, slots, hd, at, out),
+                        (_, 2) => weighted_block::<T, 1, 2>(p, n, slots, hd, at, out),
+                        (4, _) => weighted_block::<T, 4, 1>(p, n, slots, hd, at, out),
+                        (3, _) => weighted_block::<T, 3, 1>(p, n, slots, hd, at, out),
+                        (2, _) => weighted_block::<T, 2, 1>(p, n, slots, hd, at, out),
+                        (_, _) => weighted_block::<T, 1, 1>(p, n, slots, hd, at, out),
+                    }
+                }
+                at += 8 * width;
+            }
+            r += take;
+        }
+    }
+
+    /// `R` rows of [`weighted_rows`], outputs `at..at + 8W` in registers
+    /// (constant sizes: this crate is built at opt-level 1); each row's
+    /// multiply-adds in slot order, the same whatever `R`.
+    ///
+    /// # Safety
+    /// `p` holds `R` rows of `n`, `out` `R` rows of `hd`, `slots` `n` of `hd`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn weighted_block<T: Lanes8, const R: usize, const W: usize>(
+        p: &[f32],
+        n: usize,
+        slots: &[T],
+        hd: usize,
+        at: usize,
+        out: &mut [f32],
+    ) {
+        assert!(p.len() >= R * n && out.len() >= R * hd && at + 8 * W <= hd);
+        let mut acc = [[_mm256_setzero_ps(); W]; R];
+        for j in 0..n {
+            let v = slots.as_ptr().wrapping_add(j * hd + at);
+            // SAFETY: slot `j`'s values `at..at + 8W` (the caller's).
+            let vals: [__m256; W] =
+                std::array::from_fn(|i| unsafe { T::load8(v.wrapping_add(8 * i)) });
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let a = p[r * n + j];
+                if a > 0.0 {
+                    let a = _mm256_set1_ps(a);
+                    for i in 0..W {
+                        acc[i] = _mm256_fmadd_ps(a, vals[i], acc[i]);
+                    }
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            for (i, acc) in acc.iter().enumerate() {
+                // SAFETY: row `r`'s outputs `at + 8i..at + 8i + 8` (asserted).
+                unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(r * hd + at + 8 * i), *acc) };
+            }
+        }
+    }
+
+    /// [`super::softmax_exp`]: 8 at a time, with the AVX-512 version's bits:
+    /// the same polynomial, `2^n` applied as one rounding (`y × 2^(n+1)`,
+    /// exact, then halved), and the total summed in 16 lanes (value `i` in
+    /// lane `i % 16`) reduced in its order.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn softmax_exp(scores: &mut [f32], max: f32) -> f32 {
+        let (m, log2e) = (
+            _mm256_set1_ps(max),
+            _mm256_set1_ps(std::f32::consts::LOG2_E),
+        );
+        let (c1, c2) = (_mm256_set1_ps(0.693_359_4), _mm256_set1_ps(-2.121_944_4e-4));
+        let coefficients = [
+            1.987_569_2e-4,
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            0.5,
+        ];
+        let mut total = [_mm256_setzero_ps(); 2];
+        // Every value through the same polynomial, the last few too (padded
+        // with -∞): a value's exponential and the lane it is summed in depend
+        // only on its index, not on how long the row is.
+        for at in (0..scores.len()).step_by(8) {
+            let len = (scores.len() - at).min(8);
+            let mut lanes = [f32::NEG_INFINITY; 8];
+            lanes[..len].copy_from_slice(&scores[at..at + len]);
+            // SAFETY: 8 values.
+            let x = _mm256_sub_ps(unsafe { _mm256_loadu_ps(lanes.as_ptr()) }, m);
+            // exp(x) is 0 in f32 below -103 (and for -inf, a masked slot).
+            let live = _mm256_cmp_ps::<_CMP_GE_OQ>(x, _mm256_set1_ps(-88.0));
+            let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm256_mul_ps(x, log2e),
+            );
+            let r = _mm256_fnmadd_ps(n, c2, _mm256_fnmadd_ps(n, c1, x));
+            let mut y = _mm256_set1_ps(coefficients[0]);
+            for &c in &coefficients[1..] {
+                y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(c));
+            }
+            let y = _mm256_add_ps(
+                _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), r),
+                _mm256_set1_ps(1.0),
+            );
+            // 2^(n + 1) is a normal float for the live lanes (n >= -127).
+            let twice = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+                _mm256_cvtps_epi32(n),
+                _mm256_set1_epi32(128),
+            )));
+            let e = _mm256_mul_ps(_mm256_mul_ps(y, twice), _mm256_set1_ps(0.5));
+            let e = _mm256_and_ps(e, live);
+            // SAFETY: 8 values.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), e) };
+            scores[at..at + len].copy_from_slice(&lanes[..len]);
+            let half = (at / 8) % 2;
+            total[half] = _mm256_add_ps(total[half], e);
+        }
+        hsum(_mm256_add_ps(total[0], total[1]))
     }
 }
 

@@ -138,26 +138,95 @@ pub fn quantize_into(
             && group_sum.len() == n / GROUP,
         "activation buffers"
     );
-    #[cfg(target_arch = "x86_64")]
-    if avx512::available() {
-        for (x, q, scales, sums) in
-            blocks(x, block, &mut q[..n], &mut scale[..n / GROUP], group_sum)
-        {
-            // SAFETY: the CPU has AVX-512 F and BW (checked); whole blocks.
-            unsafe {
-                match scheme {
-                    Scheme::Q8K => avx512::block256(x, q, scales, sums),
-                    _ => avx512::block32(x, scheme == Scheme::Q8_1, q, scales, sums),
-                }
-            };
-        }
-    } else {
-        quantize_scalar(x, scheme, &mut q[..n], &mut scale[..n / GROUP], group_sum);
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    quantize_scalar(x, scheme, &mut q[..n], &mut scale[..n / GROUP], group_sum);
+    quantize_with(
+        Quantizer::detect(),
+        x,
+        scheme,
+        &mut q[..n],
+        &mut scale[..n / GROUP],
+        group_sum,
+    );
     layout::to_panels(q, n, block == BLOCK);
     layout::scales_to_panels(scale, n, block == BLOCK);
+}
+
+/// The code that quantizes activations: the scalar code's operations,
+/// several values at a time where the CPU can, with the same bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quantizer {
+    Avx512,
+    Avx2,
+    Scalar,
+}
+
+impl Quantizer {
+    fn detect() -> Quantizer {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if avx512::available() {
+                return Quantizer::Avx512;
+            }
+            if avx2::available() {
+                return Quantizer::Avx2;
+            }
+        }
+        Quantizer::Scalar
+    }
+
+    /// Every quantizer this CPU runs, the best first.
+    #[cfg(test)]
+    fn supported() -> Vec<Quantizer> {
+        let mut all = vec![Quantizer::Scalar];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if avx2::available() {
+                all.insert(0, Quantizer::Avx2);
+            }
+            if avx512::available() {
+                all.insert(0, Quantizer::Avx512);
+            }
+        }
+        all
+    }
+}
+
+/// [`quantize_into`]'s work before the reordering, in order, by `with`.
+fn quantize_with(
+    with: Quantizer,
+    x: &[f32],
+    scheme: Scheme,
+    q: &mut [i8],
+    scale: &mut [f32],
+    group_sum: &mut [f32],
+) {
+    let block = scheme.block();
+    match with {
+        #[cfg(target_arch = "x86_64")]
+        Quantizer::Avx512 => {
+            for (x, q, scales, sums) in blocks(x, block, q, scale, group_sum) {
+                // SAFETY: only detected on CPUs with AVX-512 F and BW; whole blocks.
+                unsafe {
+                    match scheme {
+                        Scheme::Q8K => avx512::block256(x, q, scales, sums),
+                        _ => avx512::block32(x, scheme == Scheme::Q8_1, q, scales, sums),
+                    }
+                };
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Quantizer::Avx2 => {
+            for (x, q, scales, sums) in blocks(x, block, q, scale, group_sum) {
+                // SAFETY: only detected on CPUs with AVX2; whole blocks.
+                unsafe {
+                    match scheme {
+                        Scheme::Q8K => avx2::block256(x, q, scales, sums),
+                        _ => avx2::block32(x, scheme == Scheme::Q8_1, q, scales, sums),
+                    }
+                };
+            }
+        }
+        _ => quantize_scalar(x, scheme, q, scale, group_sum),
+    }
 }
 
 /// The blocks of `block` values of `x` with their bytes, group scales and
@@ -358,6 +427,160 @@ mod avx512 {
     }
 }
 
+/// Every scheme with AVX2, as [`avx512`] does it 8 values at a time.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use half::f16;
+
+    use super::{BLOCK, GROUP};
+    use crate::formats::f16_to_f32;
+
+    pub fn available() -> bool {
+        use std::sync::OnceLock;
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| is_x86_feature_detected!("avx2"))
+    }
+
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn abs(v: __m256) -> __m256 {
+        _mm256_andnot_ps(_mm256_set1_ps(-0.0), v)
+    }
+
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn max8(v: __m256) -> f32 {
+        let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let m = _mm_max_ss(m, _mm_shuffle_ps::<1>(m, m));
+        _mm_cvtss_f32(m)
+    }
+
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn sum8(v: __m256i) -> i32 {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<1>(s));
+        _mm_cvtsi128_si32(s)
+    }
+
+    /// `v * by` rounded to the nearest integer, ties to even, as
+    /// [`super::round_even`] rounds it.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn round(v: __m256, by: __m256) -> __m256i {
+        let magic = _mm256_set1_ps(12_582_912.0);
+        let r = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(v, by), magic), magic);
+        _mm256_cvtps_epi32(r)
+    }
+
+    /// Four vectors of 8 integers within ±127 as 32 bytes, in order.
+    ///
+    /// # Safety
+    /// `q` holds 32 bytes.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn store32(i: [__m256i; 4], q: *mut i8) {
+        // The packs work per 128-bit half: bytes come out as groups of 4 in
+        // the order 0 2 4 6 1 3 5 7 of the eight groups, put back in place.
+        let words = [
+            _mm256_packs_epi32(i[0], i[1]),
+            _mm256_packs_epi32(i[2], i[3]),
+        ];
+        let bytes = _mm256_packs_epi16(words[0], words[1]);
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        // SAFETY: the caller's.
+        unsafe {
+            _mm256_storeu_si256(q as *mut __m256i, _mm256_permutevar8x32_epi32(bytes, order))
+        };
+    }
+
+    /// One block of 32 values (`Q8_0`, or with `q8_1` its sum).
+    ///
+    /// # Safety
+    /// The CPU has AVX2.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn block32(
+        x: &[f32],
+        q8_1: bool,
+        q: &mut [i8],
+        scales: &mut [f32],
+        sums: &mut [f32],
+    ) {
+        assert!(
+            x.len() == BLOCK
+                && q.len() == BLOCK
+                && scales.len() == BLOCK / GROUP
+                && sums.len() == BLOCK / GROUP
+        );
+        // SAFETY: 32 values (asserted).
+        let v: [__m256; 4] =
+            std::array::from_fn(|i| unsafe { _mm256_loadu_ps(x.as_ptr().add(8 * i)) });
+        let amax = max8(_mm256_max_ps(
+            _mm256_max_ps(abs(v[0]), abs(v[1])),
+            _mm256_max_ps(abs(v[2]), abs(v[3])),
+        ));
+        let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
+        let i = v.map(|v| round(v, id));
+        // SAFETY: 32 bytes (asserted).
+        unsafe { store32(i, q.as_mut_ptr()) };
+        let d = f16_to_f32(f16::from_f32(amax / 127.0).to_bits());
+        scales.fill(d);
+        let (s0, s1) = (
+            sum8(_mm256_add_epi32(i[0], i[1])),
+            sum8(_mm256_add_epi32(i[2], i[3])),
+        );
+        if q8_1 {
+            sums.fill(0.0);
+            sums[0] = f16_to_f32(f16::from_f32((s0 + s1) as f32 * (amax / 127.0)).to_bits());
+        } else {
+            sums[0] = d * s0 as f32;
+            sums[1] = d * s1 as f32;
+        }
+    }
+
+    /// One `Q8K` block of 256 values (see [`super::avx512::block256`]).
+    ///
+    /// # Safety
+    /// The CPU has AVX2.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn block256(x: &[f32], q: &mut [i8], scales: &mut [f32], sums: &mut [f32]) {
+        const N: usize = 256 / 8;
+        assert!(x.len() == 256 && q.len() == 256 && scales.len() == 16 && sums.len() == 16);
+        // SAFETY: 256 values (asserted).
+        let v: [__m256; N] =
+            std::array::from_fn(|i| unsafe { _mm256_loadu_ps(x.as_ptr().add(8 * i)) });
+        let amax = max8(
+            v.iter()
+                .fold(_mm256_setzero_ps(), |m, &v| _mm256_max_ps(m, abs(v))),
+        );
+        let first = v.iter().enumerate().find_map(|(i, &v)| {
+            let hit = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(abs(v), _mm256_set1_ps(amax)));
+            (hit != 0).then(|| 8 * i + hit.trailing_zeros() as usize)
+        });
+        let Some(first) = first.filter(|_| amax != 0.0 && amax.is_finite()) else {
+            // All zeros (or not numbers): as the scalar code has it.
+            super::quantize_scalar(x, super::Scheme::Q8K, q, scales, sums);
+            return;
+        };
+        let iscale = -127.0 / x[first];
+        let d = 1.0 / iscale;
+        let by = _mm256_set1_ps(iscale);
+        for (g, v) in v.chunks_exact(4).enumerate() {
+            let i: [__m256i; 4] =
+                std::array::from_fn(|k| _mm256_min_epi32(round(v[k], by), _mm256_set1_epi32(127)));
+            // SAFETY: bytes `32g..32g + 32` of the 256 (asserted).
+            unsafe { store32(i, q.as_mut_ptr().add(32 * g)) };
+            sums[2 * g] = d * sum8(_mm256_add_epi32(i[0], i[1])) as f32;
+            sums[2 * g + 1] = d * sum8(_mm256_add_epi32(i[2], i[3])) as f32;
+        }
+        scales.fill(d);
+    }
+}
+
 /// One quantized row, as [`Activations`] keeps it.
 #[derive(Clone, Copy)]
 pub struct ActivationRow<'a> {
@@ -384,13 +607,18 @@ impl ActivationRow<'_> {
 mod tests {
     use super::round_even;
 
-    /// The AVX-512 quantization gives the scalar code's very bytes, scales
-    /// and sums.
+    /// Every vector quantization this CPU runs (AVX-512, AVX2) gives the
+    /// scalar code's very bytes, scales and sums, and so does
+    /// [`quantize_into`] after its reordering.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn vector_quantization_gives_the_scalar_bits() {
-        use super::{Scheme, quantize_into, quantize_scalar};
-        assert!(super::avx512::available(), "this test needs AVX-512");
+        use super::{Quantizer, Scheme, quantize_into, quantize_scalar, quantize_with};
+        let vector: Vec<Quantizer> = Quantizer::supported()
+            .into_iter()
+            .filter(|&q| q != Quantizer::Scalar)
+            .collect();
+        assert!(!vector.is_empty(), "this test needs AVX2");
         let mut s = 0x9E37_79B9_7F4A_7C15_u64;
         let mut x: Vec<f32> = (0..32 * 64)
             .map(|i| {
@@ -415,11 +643,17 @@ mod tests {
             let mut a = (vec![0i8; n], vec![0f32; n / 16], vec![0f32; n / 16]);
             let mut b = (vec![0i8; n], vec![0f32; n / 16], vec![0f32; n / 16]);
             quantize_scalar(&x, scheme, &mut a.0, &mut a.1, &mut a.2);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            for &with in &vector {
+                quantize_with(with, &x, scheme, &mut b.0, &mut b.1, &mut b.2);
+                assert_eq!(a.0, b.0, "{with:?} {scheme:?}");
+                assert_eq!(bits(&a.1), bits(&b.1), "{with:?} {scheme:?}");
+                assert_eq!(bits(&a.2), bits(&b.2), "{with:?} {scheme:?}");
+            }
             let paired = scheme != Scheme::Q8K;
             crate::layout::to_panels(&mut a.0, n, paired);
             crate::layout::scales_to_panels(&mut a.1, n, paired);
             quantize_into(&x, scheme, &mut b.0, &mut b.1, &mut b.2);
-            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(a.0, b.0, "{scheme:?}");
             assert_eq!(bits(&a.1), bits(&b.1), "{scheme:?}");
             assert_eq!(bits(&a.2), bits(&b.2), "{scheme:?}");

@@ -3,19 +3,19 @@
 //! 32-bit lane per group, the bytes in panel order: [`crate::layout`]),
 //! scaled by the weight group's scale times the activation block's scale;
 //! then, once per row, minus the weight groups' mins times the activations'
-//! group sums. On AVX-512, rows of 32-value blocks sum a whole block per lane
-//! (the panels' pairs, [`crate::layout::PAIR`]) before that float work, which
-//! halves it, as llama.cpp scales once per block.
+//! group sums. With a vector kernel, rows of 32-value blocks sum a whole
+//! block per lane (the panels' pairs, [`crate::layout::PAIR`]) before that
+//! float work, which halves it, as llama.cpp scales once per block.
 //!
 //! Three versions, chosen at run time: AVX-512 VNNI (`vpdpbusd`: 64 products
-//! per instruction), AVX2 (bytes widened to 16 bits, `vpmaddwd`), and portable
-//! scalar code for every other CPU.
+//! per instruction), AVX2 (`vpmaddubsw`: 32 products into 16-bit pair sums,
+//! widened every few steps), and portable scalar code for every other CPU.
 //!
 //! With many inputs (a prompt pass, a batch), a task unpacks its weight rows
 //! once and multiplies them in tiles of [`TILE_ROWS`] rows × [`MAX_ROWS`]
-//! inputs; with few (decoding), AVX-512 decodes the 32-value block types in
-//! registers instead. Both give the same bits (tests/matmul.rs), so a
-//! sequence's tokens never depend on how many others share its steps.
+//! inputs; with few (decoding), the vector kernels decode the 32-value block
+//! types in registers instead. Both give the same bits (tests/matmul.rs), so
+//! a sequence's tokens never depend on how many others share its steps.
 
 use std::sync::OnceLock;
 
@@ -251,7 +251,11 @@ pub unsafe fn weight_rows(
         },
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => unsafe {
-            avx2::weight_rows(kind, weights, row_bytes, inputs, scratch, acc, next)
+            if inputs.len() <= 2 * MAX_ROWS && avx2::fuses(kind) {
+                avx2::fused_weight_rows(kind, weights, row_bytes, inputs, scratch, acc)
+            } else {
+                avx2::weight_rows(kind, weights, row_bytes, inputs, scratch, acc, next)
+            }
         },
         // SAFETY: scalar code.
         _ => per_kind!(kind, T => unsafe {
@@ -1271,8 +1275,8 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::{
-        ActivationRow, Dot, GROUP, GgmlType, MAX_ROWS, MINI, OutBlock, PANEL, Unpacked, padded,
-        rows_of,
+        ActivationRow, Dot, GROUP, GgmlType, MAX_ROWS, MINI, OutBlock, PAIR, PANEL, Unpacked,
+        padded, pairs_end, rows_of,
     };
 
     entry!(
@@ -1289,107 +1293,449 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
-    /// `S`: signed weight bytes (no mins), widened as signed. (`K`, a
-    /// K-quant's row, makes no difference here: its inputs' scale is in
-    /// every group.) Bytes widened to 16 bits and multiplied in pairs
-    /// (`vpmaddwd`), summed over a panel's four steps, then the pairs of each
-    /// lane added (`vphaddd`): a group's sum per lane, as on AVX-512.
+    /// `S`: signed weight bytes (no mins): their magnitudes are the unsigned
+    /// operand of `vpmaddubsw` and their signs go onto the inputs (`vpsignb`),
+    /// as llama.cpp's AVX2 code does. `K`: a K-quant's row (its inputs' one
+    /// scale per 256 values applied after the weights', as on AVX-512).
+    /// Each 32-bit lane sums a group (a block, in a pair) over its panel's
+    /// steps, as on AVX-512: `vpmaddubsw` gives 16-bit sums of two products,
+    /// those of up to four steps are added as they are (narrow weights:
+    /// 4 × 2 × 32 × 127 < 2¹⁵), then `vpmaddwd` by ones widens them to the
+    /// lane's 32 bits.
     #[target_feature(enable = "avx2,fma")]
     fn rows<const R: usize, const S: bool, const K: bool>(
         w: &Unpacked,
         a: &[ActivationRow<'_>],
         out: &mut [f32],
     ) {
+        if S && w.wide {
+            rows_with::<R, S, K, 1>(w, a, out)
+        } else {
+            rows_with::<R, S, K, 4>(w, a, out)
+        }
+    }
+
+    /// [`rows`], the 16-bit sums of `N` steps added before widening.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn rows_with<const R: usize, const S: bool, const K: bool, const N: usize>(
+        w: &Unpacked,
+        a: &[ActivationRow<'_>],
+        out: &mut [f32],
+    ) {
         let n = w.len;
         let full = n / PANEL * PANEL;
+        let pairs = pairs_end(n, !K);
         let mut acc = [_mm256_setzero_ps(); R];
         let (wq, ws) = (w.q.as_ptr(), w.scale.as_ptr());
-        let widen = |v: __m128i| {
-            if S {
-                _mm256_cvtepi8_epi16(v)
-            } else {
-                _mm256_cvtepu8_epi16(v)
-            }
-        };
-        // After `vphaddd`, lanes hold chunks c, c + 1's lanes j = 0, 1, then
-        // c's and c + 1's lanes 2, 3: their groups' places in panel order.
-        let order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
-        // SAFETY: every load reads bytes `p..p + 256` and groups `p/16..p/16
-        // + 16` (or a mini-panel's 64 and 4) of rows and inputs of `padded(n)`.
+        let aq: [*const i8; R] = std::array::from_fn(|r| a[r].q.as_ptr());
+        let asc: [*const f32; R] = std::array::from_fn(|r| a[r].scale.as_ptr());
+        let ones = _mm256_set1_epi16(1);
+        // The weights' 32 bytes at `at` as the unsigned operand, and input
+        // `r`'s, signed like the weights (`S`). (Macros: closures were kept
+        // as calls.)
+        macro_rules! weights {
+            ($at:expr) => {{
+                // Used inside the `unsafe` below, which reads inside the
+                // row's `padded(n)` bytes.
+                let q = _mm256_loadu_si256(wq.add($at) as *const __m256i);
+                if S { (_mm256_abs_epi8(q), q) } else { (q, q) }
+            }};
+        }
+        macro_rules! input {
+            ($r:expr, $at:expr, $q:expr) => {{
+                // As for `weights`: every input holds `padded(n)` bytes.
+                let x = _mm256_loadu_si256(aq[$r].add($at) as *const __m256i);
+                if S { _mm256_sign_epi8(x, $q) } else { x }
+            }};
+        }
+        // SAFETY: every load reads bytes `p..p + 512` or `p..p + 256` and
+        // groups `p/16..p/16 + 16` (or a mini-panel's 64 and 4) of rows and
+        // inputs of `padded(n)`.
         unsafe {
-            for p in (0..full).step_by(PANEL) {
-                for half in [0, 32] {
-                    let mut lo = [_mm256_setzero_si256(); R];
-                    let mut hi = [_mm256_setzero_si256(); R];
-                    for s in (p + half..p + PANEL).step_by(64) {
-                        let w0 = widen(_mm_loadu_si128(wq.add(s) as *const __m128i));
-                        let w1 = widen(_mm_loadu_si128(wq.add(s + 16) as *const __m128i));
+            // One pair (`$steps` 8) or panel (4) at `$p`: lane `l` of half
+            // `h` sums group (block) `8h + l` of the panel order. A half at a
+            // time, so that the sums of four inputs stay in registers.
+            macro_rules! panel {
+                ($p:expr, $steps:literal) => {{
+                    let p = $p;
+                    for h in 0..2 {
+                        let mut sums = [_mm256_setzero_si256(); R];
+                        for s0 in (0..$steps).step_by(N) {
+                            let mut part = [_mm256_setzero_si256(); R];
+                            for s in s0..s0 + N {
+                                let at = p + 64 * s + 32 * h;
+                                let (u, q) = weights!(at);
+                                for r in 0..R {
+                                    let prod = _mm256_maddubs_epi16(u, input!(r, at, q));
+                                    part[r] = _mm256_add_epi16(part[r], prod);
+                                }
+                            }
+                            for r in 0..R {
+                                let wide = _mm256_madd_epi16(part[r], ones);
+                                sums[r] = _mm256_add_epi32(sums[r], wide);
+                            }
+                        }
+                        let g = p / GROUP + 8 * h;
+                        let scale = _mm256_loadu_ps(ws.add(g));
                         for r in 0..R {
-                            let x = a[r].q.as_ptr();
-                            let x0 =
-                                _mm256_cvtepi8_epi16(_mm_loadu_si128(x.add(s) as *const __m128i));
-                            let x1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(
-                                x.add(s + 16) as *const __m128i
-                            ));
-                            lo[r] = _mm256_add_epi32(lo[r], _mm256_madd_epi16(w0, x0));
-                            hi[r] = _mm256_add_epi32(hi[r], _mm256_madd_epi16(w1, x1));
+                            let f = _mm256_cvtepi32_ps(sums[r]);
+                            let xs = _mm256_loadu_ps(asc[r].add(g));
+                            acc[r] = if K {
+                                _mm256_fmadd_ps(_mm256_mul_ps(f, scale), xs, acc[r])
+                            } else {
+                                _mm256_fmadd_ps(f, _mm256_mul_ps(scale, xs), acc[r])
+                            };
                         }
                     }
-                    let g = p / GROUP + half / 4;
-                    let scale = _mm256_permutevar8x32_ps(_mm256_loadu_ps(ws.add(g)), order);
-                    for r in 0..R {
-                        let xs = _mm256_loadu_ps(a[r].scale.as_ptr().add(g));
-                        let xs = _mm256_permutevar8x32_ps(xs, order);
-                        let sums = _mm256_cvtepi32_ps(_mm256_hadd_epi32(lo[r], hi[r]));
-                        acc[r] = _mm256_fmadd_ps(sums, _mm256_mul_ps(scale, xs), acc[r]);
-                    }
-                }
+                }};
             }
+            for p in (0..pairs).step_by(PAIR) {
+                panel!(p, 8);
+            }
+            for p in (pairs..full).step_by(PANEL) {
+                panel!(p, 4);
+            }
+            // Mini-panels: steps 0, 1 (then 2, 3) side by side in one vector,
+            // lane `j` of each half for group `j`.
             for m in (full..padded(n)).step_by(MINI) {
                 let mut sums = [_mm256_setzero_si256(); R];
-                for s in (m..m + MINI).step_by(16) {
-                    let w = widen(_mm_loadu_si128(wq.add(s) as *const __m128i));
+                let mut part = [_mm256_setzero_si256(); R];
+                for at in [m, m + 32] {
+                    let (u, q) = weights!(at);
                     for r in 0..R {
-                        let x = a[r].q.as_ptr().add(s);
-                        let x = _mm256_cvtepi8_epi16(_mm_loadu_si128(x as *const __m128i));
-                        sums[r] = _mm256_add_epi32(sums[r], _mm256_madd_epi16(w, x));
+                        let prod = _mm256_maddubs_epi16(u, input!(r, at, q));
+                        if N == 1 {
+                            let wide = _mm256_madd_epi16(prod, ones);
+                            sums[r] = _mm256_add_epi32(sums[r], wide);
+                        } else {
+                            part[r] = _mm256_add_epi16(part[r], prod);
+                        }
                     }
                 }
-                // Lanes 0, 1 | 4, 5 after `vphaddd`: groups 0, 1 | 2, 3.
-                let spread = _mm256_setr_epi32(0, 1, 0, 0, 2, 3, 0, 0);
                 let scale = _mm_loadu_ps(ws.add(m / GROUP));
                 for r in 0..R {
-                    let xs = _mm_loadu_ps(a[r].scale.as_ptr().add(m / GROUP));
-                    let sc = _mm256_permutevar8x32_ps(
-                        _mm256_castps128_ps256(_mm_mul_ps(scale, xs)),
-                        spread,
+                    if N != 1 {
+                        sums[r] = _mm256_madd_epi16(part[r], ones);
+                    }
+                    let sum = _mm_add_epi32(
+                        _mm256_castsi256_si128(sums[r]),
+                        _mm256_extracti128_si256::<1>(sums[r]),
                     );
-                    let sc = _mm256_blend_ps::<0b1100_1100>(sc, _mm256_setzero_ps());
-                    let sums = _mm256_cvtepi32_ps(_mm256_hadd_epi32(sums[r], sums[r]));
-                    acc[r] = _mm256_fmadd_ps(sums, sc, acc[r]);
+                    let xs = _mm_loadu_ps(asc[r].add(m / GROUP));
+                    let low = _mm_fmadd_ps(
+                        _mm_cvtepi32_ps(sum),
+                        _mm_mul_ps(scale, xs),
+                        _mm256_castps256_ps128(acc[r]),
+                    );
+                    acc[r] = _mm256_blend_ps::<0x0F>(acc[r], _mm256_castps128_ps256(low));
                 }
             }
         }
-        // Minus the weights' mins times the inputs' group sums, 8 groups at a time.
-        let groups = w.min.len();
-        let mut g = 0;
-        // SAFETY: groups `g..g + 8`, inside both.
-        unsafe {
-            while g + 8 <= groups {
-                let m = _mm256_loadu_ps(w.min.as_ptr().add(g));
-                for (r, a) in a.iter().enumerate().take(R) {
-                    let sum = _mm256_loadu_ps(a.group_sum.as_ptr().add(g));
-                    acc[r] = _mm256_fnmadd_ps(m, sum, acc[r]);
-                }
-                g += 8;
+        // SAFETY: the inputs are as long as the row (the caller's).
+        let sums = unsafe { finish::<R, S, K>(acc, &w.min, a) };
+        out[..R].copy_from_slice(&sums);
+    }
+
+    /// The dot products' ends, shared by [`rows`] and [`fused`] so that both
+    /// give the same bits: the lanes' sum minus the weights' mins times the
+    /// inputs' group sums, these summed one by one in order, as llama.cpp's
+    /// AVX2 code sums its blocks' mins (summed in vectors, or folded into the
+    /// products' accumulators, the rounding differs enough to flip greedy
+    /// tokens: tests/quantized.rs sees it on Q4_1 and Q5_K).
+    ///
+    /// # Safety
+    /// Every input as long as the row; `min` one per group of 16 of it.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn finish<const R: usize, const S: bool, const K: bool>(
+        acc: [__m256; R],
+        min: &[f32],
+        a: &[ActivationRow<'_>],
+    ) -> [f32; R] {
+        if S {
+            // No mins: the products are the whole sum.
+            let mut out = [0f32; R];
+            for r in 0..R {
+                out[r] = hsum8(acc[r]);
+            }
+            return out;
+        }
+        // Rows of 32-value blocks: the inputs' (`Q8_1`) sum is in each
+        // block's first group, the second's is 0 (adding its product changes
+        // nothing): every other group. The inputs' chains side by side.
+        let step = if K { 1 } else { 2 };
+        let mut mins = [0f32; R];
+        for g in (0..min.len()).step_by(step) {
+            let m = min[g];
+            for r in 0..R {
+                mins[r] += m * a[r].group_sum[g];
             }
         }
+        let mut out = [0f32; R];
         for r in 0..R {
-            out[r] = hsum8(acc[r]);
-            for g in g..groups {
-                out[r] -= w.min[g] * a[r].group_sum[g];
+            out[r] = hsum8(acc[r]) - mins[r];
+        }
+        out
+    }
+
+    /// Whether [`fused_weight_rows`] serves `kind`: the types of 32-value
+    /// blocks, whose blocks decode into registers in a few instructions.
+    pub fn fuses(kind: GgmlType) -> bool {
+        matches!(
+            kind,
+            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0
+        )
+    }
+
+    /// [`super::weight_rows`] for few inputs (decoding) and a type that
+    /// [`fuses`]: each block is decoded in registers and multiplied at once
+    /// with the inputs' bytes, put back in their natural order for the
+    /// call, instead of being unpacked into memory and read back. The
+    /// integer sums of each group are the same as [`rows`]' (integers add
+    /// exactly in any order), gathered into its lanes, and the float work is
+    /// its, operation for operation: the results are identical.
+    ///
+    /// # Safety
+    /// As [`weight_rows`]; at most `2 * MAX_ROWS` inputs.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn fused_weight_rows(
+        kind: GgmlType,
+        weights: &[u8],
+        row_bytes: usize,
+        inputs: &[ActivationRow<'_>],
+        scratch: &mut Vec<Unpacked>,
+        acc: &OutBlock,
+    ) {
+        let len = scratch[0].len;
+        while scratch.len() < inputs.len() {
+            scratch.push(Unpacked::with_len(len));
+        }
+        for (a, s) in inputs.iter().zip(scratch.iter_mut()) {
+            // SAFETY: the CPU has AVX2; both hold `padded(len)` bytes.
+            unsafe {
+                crate::layout::from_panels(
+                    a.q.as_ptr() as *const u8,
+                    s.q.as_mut_ptr(),
+                    len,
+                    pairs_end(len, true),
+                )
+            };
+        }
+        let (first, rest) = scratch.split_first_mut().expect("one row at least");
+        let natural: Vec<*const i8> = std::iter::once(&*first)
+            .chain(rest.iter())
+            .take(inputs.len())
+            .map(|s| s.q.as_ptr() as *const i8)
+            .collect();
+        let mins = &mut first.min;
+        // SAFETY: the caller's.
+        unsafe {
+            match kind {
+                GgmlType::Q4_0 => {
+                    fused_rows::<2, true>(weights, row_bytes, inputs, &natural, mins, acc)
+                }
+                GgmlType::Q4_1 => {
+                    fused_rows::<3, false>(weights, row_bytes, inputs, &natural, mins, acc)
+                }
+                GgmlType::Q5_0 => {
+                    fused_rows::<6, true>(weights, row_bytes, inputs, &natural, mins, acc)
+                }
+                GgmlType::Q5_1 => {
+                    fused_rows::<7, false>(weights, row_bytes, inputs, &natural, mins, acc)
+                }
+                GgmlType::Q8_0 => {
+                    fused_rows::<8, true>(weights, row_bytes, inputs, &natural, mins, acc)
+                }
+                _ => unreachable!("checked by `fuses`"),
             }
         }
+    }
+
+    /// `S`: the type is symmetric (see [`rows`]).
+    #[inline(always)]
+    unsafe fn fused_rows<const T: u32, const S: bool>(
+        weights: &[u8],
+        row_bytes: usize,
+        inputs: &[ActivationRow<'_>],
+        natural: &[*const i8],
+        mins: &mut [f32],
+        acc: &OutBlock,
+    ) {
+        let mut dots = [0f32; MAX_ROWS];
+        for (j, row) in weights.chunks_exact(row_bytes).enumerate() {
+            for (c, chunk) in inputs.chunks(MAX_ROWS).enumerate() {
+                let dots = &mut dots[..chunk.len()];
+                let x = &natural[c * MAX_ROWS..c * MAX_ROWS + chunk.len()];
+                // SAFETY: the caller's: the CPU has the instructions, the
+                // inputs are as long as the row's values.
+                unsafe {
+                    match chunk.len() {
+                        1 => fused::<T, 1, S>(row, chunk, x, mins, dots),
+                        2 => fused::<T, 2, S>(row, chunk, x, mins, dots),
+                        3 => fused::<T, 3, S>(row, chunk, x, mins, dots),
+                        _ => fused::<T, MAX_ROWS, S>(row, chunk, x, mins, dots),
+                    }
+                }
+                for (i, &d) in dots.iter().enumerate() {
+                    // SAFETY: the caller's: input row `c * MAX_ROWS + i`,
+                    // this task's column `j`.
+                    unsafe { acc.write(c * MAX_ROWS + i, j, d) };
+                }
+            }
+        }
+    }
+
+    /// [`rows`] on one row of blocks of type `T`, decoded as it goes; `x`:
+    /// the inputs' bytes in natural order. The groups' mins are written to
+    /// `mins` (two per block) and summed after, as there.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn fused<const T: u32, const R: usize, const S: bool>(
+        row: &[u8],
+        a: &[ActivationRow<'_>],
+        x: &[*const i8],
+        mins: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let size = const { GgmlType::from_supported_id(T).block_bytes() };
+        let blocks = row.len() / size;
+        let n = blocks * 32;
+        let full = n / PANEL * PANEL;
+        let pairs = pairs_end(n, true);
+        assert!(a.iter().all(|a| a.len() == n) && x.len() >= R && mins.len() == n / GROUP);
+        let mut acc = [_mm256_setzero_ps(); R];
+        let asc: [*const f32; R] = std::array::from_fn(|r| a[r].scale.as_ptr());
+        let xq: [*const i8; R] = std::array::from_fn(|r| x[r]);
+        let ones = _mm256_set1_epi16(1);
+        let block = |b: usize| &row[b * size..(b + 1) * size];
+        // Block `b` decoded, its min recorded: then per input, its 8 lanes
+        // of sums of 4 products (the first four lanes for its first group).
+        // Macros, not closures: the compiler kept those as calls.
+        macro_rules! products {
+            ($b:expr) => {{
+                let b = $b;
+                // Used inside the `unsafe` below: a whole block (`block`
+                // slices it); the CPU has AVX2 and F16C.
+                let (q, _, m) = crate::unpack::small_block::<T>(block(b));
+                if !S {
+                    mins[2 * b..2 * b + 2].copy_from_slice(&[m, m]);
+                }
+                let u = if S { _mm256_abs_epi8(q) } else { q };
+                let mut v = [_mm256_setzero_si256(); R];
+                for r in 0..R {
+                    // The inputs hold the row's `padded(n)` bytes.
+                    let x = _mm256_loadu_si256(xq[r].add(32 * b) as *const __m256i);
+                    let x = if S { _mm256_sign_epi8(x, q) } else { x };
+                    v[r] = _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones);
+                }
+                v
+            }};
+        }
+        // Four blocks' products as one vector per input: block `b[k]`'s
+        // first group in lane `k`, its second in lane `4 + k`.
+        macro_rules! four {
+            ($b0:expr, $b1:expr, $b2:expr, $b3:expr) => {{
+                let (v0, v1) = (products!($b0), products!($b1));
+                let mut t = [_mm256_setzero_si256(); R];
+                for r in 0..R {
+                    t[r] = _mm256_hadd_epi32(v0[r], v1[r]);
+                }
+                let (v2, v3) = (products!($b2), products!($b3));
+                for r in 0..R {
+                    t[r] = _mm256_hadd_epi32(t[r], _mm256_hadd_epi32(v2[r], v3[r]));
+                }
+                t
+            }};
+        }
+        // SAFETY: the blocks read lie inside the row; the inputs hold
+        // `padded(n)` bytes and their groups.
+        unsafe {
+            let d = |b: usize| crate::unpack::block_scales(row.as_ptr().add(b * size), size);
+            for p in (0..pairs).step_by(PAIR) {
+                let b = p / 32;
+                // Lane `4c + j` of a pair's panels is block `4j + c`: the
+                // first 8 lanes blocks 0 4 8 12 1 5 9 13, the next 2 6 10 ....
+                let (d0, d1) = (d(b), d(b + 8));
+                for h in 0..2 {
+                    let (c, t0) = (
+                        b + 2 * h,
+                        four!(b + 2 * h, b + 2 * h + 4, b + 2 * h + 8, b + 2 * h + 12),
+                    );
+                    let t1 = four!(c + 1, c + 5, c + 9, c + 13);
+                    let c = 2 * h as i32;
+                    let idx = _mm256_setr_epi32(c, c + 4, c, c + 4, c + 1, c + 5, c + 1, c + 5);
+                    let scale = _mm256_blend_ps::<0b1100_1100>(
+                        _mm256_permutevar8x32_ps(d0, idx),
+                        _mm256_permutevar8x32_ps(d1, idx),
+                    );
+                    let g = p / GROUP + 8 * h;
+                    for r in 0..R {
+                        // Each block's two groups added: its sum.
+                        let sums = _mm256_add_epi32(
+                            _mm256_permute2x128_si256::<0x20>(t0[r], t1[r]),
+                            _mm256_permute2x128_si256::<0x31>(t0[r], t1[r]),
+                        );
+                        let f = _mm256_cvtepi32_ps(sums);
+                        let xs = _mm256_loadu_ps(asc[r].add(g));
+                        acc[r] = _mm256_fmadd_ps(f, _mm256_mul_ps(scale, xs), acc[r]);
+                    }
+                }
+            }
+            for p in (pairs..full).step_by(PANEL) {
+                let b = p / 32;
+                // Lane `4c + j` is group `4j + c`, of block `2j + c / 2`.
+                let dv = d(b);
+                for h in 0..2 {
+                    let sums = four!(b + h, b + h + 2, b + h + 4, b + h + 6);
+                    let c = h as i32;
+                    let idx = _mm256_setr_epi32(c, c + 2, c + 4, c + 6, c, c + 2, c + 4, c + 6);
+                    let scale = _mm256_permutevar8x32_ps(dv, idx);
+                    let g = p / GROUP + 8 * h;
+                    for r in 0..R {
+                        let f = _mm256_cvtepi32_ps(sums[r]);
+                        let xs = _mm256_loadu_ps(asc[r].add(g));
+                        acc[r] = _mm256_fmadd_ps(f, _mm256_mul_ps(scale, xs), acc[r]);
+                    }
+                }
+            }
+            for m in (full..n).step_by(MINI) {
+                let b = m / 32;
+                let whole = m + MINI <= n;
+                let v0 = products!(b);
+                let v1 = if whole {
+                    products!(b + 1)
+                } else {
+                    [_mm256_setzero_si256(); R]
+                };
+                // The blocks' f16 scales, converted as `unpack` converts them.
+                let h = |b: usize| {
+                    let v = u16::from_le_bytes([row[b * size], row[b * size + 1]]);
+                    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(v))))
+                };
+                let (s0, s1) = (h(b), if whole { h(b + 1) } else { 0.0 });
+                let scale = _mm_setr_ps(s0, s0, s1, s1);
+                for r in 0..R {
+                    // Lanes G0 G2 G0 G2 | G1 G3 G1 G3, interleaved.
+                    let t = _mm256_hadd_epi32(v0[r], v1[r]);
+                    let t = _mm256_hadd_epi32(t, t);
+                    let sum = _mm_unpacklo_epi32(
+                        _mm256_castsi256_si128(t),
+                        _mm256_extracti128_si256::<1>(t),
+                    );
+                    let xs = _mm_loadu_ps(asc[r].add(m / GROUP));
+                    let low = _mm_fmadd_ps(
+                        _mm_cvtepi32_ps(sum),
+                        _mm_mul_ps(scale, xs),
+                        _mm256_castps256_ps128(acc[r]),
+                    );
+                    acc[r] = _mm256_blend_ps::<0x0F>(acc[r], _mm256_castps128_ps256(low));
+                }
+            }
+        }
+        // SAFETY: the inputs are as long as the row (asserted above).
+        let sums = unsafe { finish::<R, S, false>(acc, mins, a) };
+        out[..R].copy_from_slice(&sums);
     }
 }
 

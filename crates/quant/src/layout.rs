@@ -212,6 +212,56 @@ mod avx2 {
         }
     }
 
+    /// The bytes of a row in panel order at `q` (`padded(len)` of them, the
+    /// pairs ending at `pairs`) back in their natural order at `out`: the
+    /// inverse of [`to_panels`] (its transpositions undo themselves).
+    ///
+    /// # Safety
+    /// The CPU has AVX2; `q` and `out` hold `padded(len)` bytes each.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn from_panels(q: *const u8, out: *mut u8, len: usize, pairs: usize) {
+        let full = len / PANEL * PANEL;
+        // SAFETY: every load and store is inside the first `padded(len)` bytes.
+        unsafe {
+            for at in (0..pairs).step_by(PAIR) {
+                for h in 0..2 {
+                    for half in 0..2 {
+                        let load = |s: usize| {
+                            _mm256_loadu_si256(
+                                q.add(at + PANEL * h + 64 * s + 32 * half) as *const __m256i
+                            )
+                        };
+                        let v = transpose_256([load(0), load(1), load(2), load(3)]);
+                        // Piece `half + 2k`: half `h` of blocks `2i`, `2i + 1`.
+                        for (k, v) in v.into_iter().enumerate() {
+                            let i = half + 2 * k;
+                            let to = |b: usize| out.add(at + 32 * b + 16 * h) as *mut __m128i;
+                            _mm_storeu_si128(to(2 * i), _mm256_castsi256_si128(v));
+                            _mm_storeu_si128(to(2 * i + 1), _mm256_extracti128_si256::<1>(v));
+                        }
+                    }
+                }
+            }
+            for at in (pairs..full).step_by(PANEL) {
+                for half in [0, 32] {
+                    let load =
+                        |s: usize| _mm256_loadu_si256(q.add(at + 64 * s + half) as *const __m256i);
+                    let rows = transpose_256([load(0), load(1), load(2), load(3)]);
+                    for (r, v) in rows.into_iter().enumerate() {
+                        _mm256_storeu_si256(out.add(at + 64 * r + half) as *mut __m256i, v);
+                    }
+                }
+            }
+            for at in (full..padded(len)).step_by(MINI) {
+                let load = |s: usize| _mm_loadu_si128(q.add(at + 16 * s) as *const __m128i);
+                let rows = transpose_128([load(0), load(1), load(2), load(3)]);
+                for (j, v) in rows.into_iter().enumerate() {
+                    _mm_storeu_si128(out.add(at + 16 * j) as *mut __m128i, v);
+                }
+            }
+        }
+    }
+
     /// The 4×4 transposition of 32-bit lanes within each 128-bit chunk:
     /// lane `i` of output `o` is lane `o` of input `i`.
     #[target_feature(enable = "avx2")]
@@ -247,7 +297,7 @@ mod avx2 {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use avx2::{transpose_128, transpose_256};
+pub(crate) use avx2::{from_panels, transpose_128, transpose_256};
 
 #[cfg(test)]
 mod tests {

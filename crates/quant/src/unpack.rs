@@ -33,6 +33,9 @@ pub struct Unpacked {
     /// A K-quant's row: its inputs (`Q8_K`) have one scale per 256 values,
     /// which the kernels apply once per 256 values instead of per product.
     pub superblocks: bool,
+    /// Some bytes may lie outside ±32 (Q8_0): the AVX2 kernel cannot add
+    /// several steps' 16-bit pair sums before widening them.
+    pub wide: bool,
 }
 
 /// What a symmetric type's stored value is offset by (`value = d (q - offset)`).
@@ -57,6 +60,7 @@ impl Unpacked {
             offset_sums: vec![0; padded(values) / GROUP],
             signed: false,
             superblocks: false,
+            wide: false,
         }
     }
 }
@@ -70,6 +74,7 @@ pub fn unpack_row(kind: GgmlType, f16c: bool, bytes: &[u8], out: &mut Unpacked) 
     assert_eq!(bytes.len() / size * per, out.len, "unpacked row length");
     out.superblocks = per == crate::formats::QK_K;
     out.signed = offset(kind).is_some();
+    out.wide = kind == GgmlType::Q8_0;
     #[cfg(target_arch = "x86_64")]
     if f16c {
         let n = out.len;
@@ -152,6 +157,7 @@ fn unpack_in_order(kind: GgmlType, f16c: bool, bytes: &[u8], out: &mut Unpacked)
         unpack_block(kind, f16c, block, q, scale, min);
     }
     out.signed = offset(kind).is_some();
+    out.wide = kind == GgmlType::Q8_0;
     if let Some(offset) = offset(kind) {
         let n = bytes.len() / size * per;
         for q in &mut out.q[..n] {
@@ -344,7 +350,7 @@ fn unpack_block(
 /// types): the same scale arithmetic, in vectors, put in panel order in
 /// registers before they are stored.
 #[cfg(target_arch = "x86_64")]
-pub(crate) use simd::block_scales;
+pub(crate) use simd::{block_scales, small_block};
 
 #[cfg(target_arch = "x86_64")]
 mod simd {
@@ -617,6 +623,16 @@ mod simd {
                 out.scale[m / GROUP..m / GROUP + 4].copy_from_slice(&[d0, d0, d1, d1]);
             }
         }
+    }
+
+    /// [`small`] without AVX-512, for kernels that decode blocks in registers.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and F16C; a whole block at `b`.
+    #[inline(always)]
+    pub unsafe fn small_block<const T: u32>(b: &[u8]) -> (__m256i, f32, f32) {
+        // SAFETY: the caller's.
+        unsafe { small::<T, false>(b) }
     }
 
     /// One block of 32 values (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0): its values
