@@ -974,6 +974,75 @@ mod tests {
         }
     }
 
+    /// The AVX2 kernels give the AVX-512 kernels' very bits (so a CPU's
+    /// instruction set does not change a sequence's tokens), checked where
+    /// the CPU has both; where it has only AVX2, the tests above check the
+    /// AVX2 kernels against plain sums.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_kernels_give_the_avx512_bits() {
+        assert!(avx2(), "this test needs AVX2");
+        if !avx512() {
+            eprintln!("no AVX-512 here: the AVX2 kernels were checked against plain sums");
+            return;
+        }
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        let (rows, inner, n) = (5, 64 + 16 + 5, 37);
+        let x: Vec<f32> = (0..rows * inner)
+            .map(|i| ((i * 7 % 13) as f32 - 6.1) / 7.0)
+            .collect();
+        let w: Vec<f32> = (0..inner * n)
+            .map(|i| ((i * 5 % 11) as f32 - 5.3) / 3.0)
+            .collect();
+        let w16: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+        let (mut a, mut b) = (vec![0f32; rows * n], vec![0f32; rows * n]);
+        // SAFETY: both instruction sets checked above.
+        unsafe {
+            avx512_f32::outputs(&x, rows, inner, &w, n, &mut a);
+            avx2::outputs(&x, rows, inner, &w, n, &mut b);
+            assert_eq!(bits(&a), bits(&b), "f32 outputs");
+            avx512_f16::outputs(&x, rows, inner, &w16, n, &mut a);
+            avx2::outputs(&x, rows, inner, &w16, n, &mut b);
+            assert_eq!(bits(&a), bits(&b), "f16 outputs");
+        }
+        let mut scores: Vec<f32> = (0..1003).map(|i| -95.0 + i as f32 * 0.0947).collect();
+        scores[17] = f32::NEG_INFINITY;
+        let mut other = scores.clone();
+        // SAFETY: as above.
+        let (ta, tb) = unsafe {
+            (
+                avx512_att::softmax_exp(&mut scores, 0.5),
+                avx2::softmax_exp(&mut other, 0.5),
+            )
+        };
+        assert_eq!(bits(&scores), bits(&other), "softmax numerators");
+        assert_eq!(ta.to_bits(), tb.to_bits(), "softmax total");
+        let (rows, slots, hd) = (6, 29, 64);
+        let p: Vec<f32> = (0..rows * slots)
+            .map(|i| {
+                if i % 5 == 2 {
+                    0.0
+                } else {
+                    ((i * 13 % 17) as f32 + 0.5) / 9.0
+                }
+            })
+            .collect();
+        let totals: Vec<f32> = p
+            .chunks_exact(slots)
+            .map(|r| r.iter().sum::<f32>())
+            .collect();
+        let v: Vec<f16> = (0..slots * hd)
+            .map(|i| f16::from_f32(((i * 5 % 11) as f32 - 5.0) / 3.1))
+            .collect();
+        let (mut a, mut b) = (vec![0f32; rows * hd], vec![0f32; rows * hd]);
+        // SAFETY: as above.
+        unsafe {
+            avx512_att::weighted_rows(&mut p.clone(), &totals, &v, &mut a);
+            avx2::weighted_rows(&mut p.clone(), &totals, &v, &mut b);
+        }
+        assert_eq!(bits(&a), bits(&b), "weighted values");
+    }
+
     #[test]
     fn kernel_matches_a_plain_product() {
         // Odd sizes: tails of rows, outputs and the inner dimension, every

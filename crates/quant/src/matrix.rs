@@ -165,7 +165,7 @@ impl Scratch {
 
     /// At least one row of `len` values, as [`weight_rows`] wants.
     fn for_len(&mut self, len: usize) -> &mut Vec<Unpacked> {
-        if self.0.first().is_none_or(|u| u.q.len() != len) {
+        if self.0.first().is_none_or(|u| u.len != len) {
             self.0 = vec![Unpacked::with_len(len)];
         }
         &mut self.0
