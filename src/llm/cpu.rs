@@ -644,11 +644,38 @@ mod avx2 {
 
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    fn hsum(v: __m256) -> f32 {
+    pub(super) fn hsum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
         _mm_cvtss_f32(s)
+    }
+
+    /// [`hsum`] of four vectors at once, with its very sums (lane `i` plus
+    /// lane `i + 4`, then the first two of those plus the last two, then
+    /// those two): the halves gathered across the vectors instead of within
+    /// each, 9 instructions instead of 24.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(super) fn hsum_4(v: [__m256; 4]) -> [f32; 4] {
+        // Each vector's 4 sums of lanes `i`, `i + 4`: v0's | v1's, v2's | v3's.
+        let p1 = _mm256_add_ps(
+            _mm256_permute2f128_ps::<0x20>(v[0], v[1]),
+            _mm256_permute2f128_ps::<0x31>(v[0], v[1]),
+        );
+        let p2 = _mm256_add_ps(
+            _mm256_permute2f128_ps::<0x20>(v[2], v[3]),
+            _mm256_permute2f128_ps::<0x31>(v[2], v[3]),
+        );
+        // Lanes 0, 1 of each half: sums 0 + 2 and 1 + 3.
+        let q1 = _mm256_add_ps(p1, _mm256_permute_ps::<0b01_00_11_10>(p1));
+        let q2 = _mm256_add_ps(p2, _mm256_permute_ps::<0b01_00_11_10>(p2));
+        // Lane 0 of each half is its vector's (0 + 2) + (1 + 3).
+        let h = _mm256_hadd_ps(q1, q2);
+        let mut lanes = [0f32; 8];
+        // SAFETY: 8 floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), h) };
+        [lanes[0], lanes[4], lanes[2], lanes[6]]
     }
 
     /// [`super::outputs`]: tiles of two rows of `x` by two weight rows, each
@@ -729,11 +756,29 @@ mod avx2 {
                 }
             }
         }
-        for (i, sums) in sums.iter().enumerate() {
+        // Lane `i` plus lane `i + 8` of the 16, then the 8 lanes' sums, four
+        // at a time in a whole tile.
+        let mut totals = [[0f32; C]; R];
+        if R * C == 4 {
+            let v: [__m256; 4] = std::array::from_fn(|k| {
+                let s = sums[k / C][k % C];
+                _mm256_add_ps(s[0], s[1])
+            });
+            for (k, t) in hsum_4(v).into_iter().enumerate() {
+                totals[k / C][k % C] = t;
+            }
+        } else {
+            for (totals, sums) in totals.iter_mut().zip(&sums) {
+                for (t, s) in totals.iter_mut().zip(sums) {
+                    *t = hsum(_mm256_add_ps(s[0], s[1]));
+                }
+            }
+        }
+        for (i, totals) in totals.iter().enumerate() {
             let xr = &x[(r + i) * inner..(r + i + 1) * inner];
-            for (c, sum) in sums.iter().enumerate() {
+            for (c, &total) in totals.iter().enumerate() {
                 let wr = &w[(o + c) * inner..(o + c + 1) * inner];
-                let mut total = hsum(_mm256_add_ps(sum[0], sum[1]));
+                let mut total = total;
                 for k in full..inner {
                     total += xr[k] * wr[k].to_f32();
                 }
@@ -971,6 +1016,31 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Four reductions at once give each one's bits.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn four_sums_at_once_give_the_same_bits() {
+        use std::arch::x86_64::*;
+        assert!(avx2(), "this test needs AVX2");
+        let mut s = 0x9E37_79B9_u32;
+        let mut next = || {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            // Magnitudes over many binades, so that the order of sums shows.
+            f32::from_bits((s & 0x8000_0000) | ((100 + (s >> 8) % 60) << 23) | (s & 0x7F_FFFF))
+        };
+        for _ in 0..500 {
+            let vals: Vec<[f32; 8]> = (0..4).map(|_| std::array::from_fn(|_| next())).collect();
+            // SAFETY: the CPU has AVX2 and FMA (checked above).
+            let (got, want) = unsafe {
+                let v: [__m256; 4] = std::array::from_fn(|k| _mm256_loadu_ps(vals[k].as_ptr()));
+                (avx2::hsum_4(v), v.map(|v| avx2::hsum(v)))
+            };
+            assert_eq!(got.map(f32::to_bits), want.map(f32::to_bits));
         }
     }
 
