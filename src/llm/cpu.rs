@@ -371,6 +371,23 @@ pub enum Slots<'a> {
     F16(&'a [f16]),
 }
 
+/// Cephes' `expf` for the vector softmaxes: ln 2 in two parts (the reduced
+/// argument `x - n ln 2` without rounding error), and the degree-5 polynomial
+/// on `[-ln 2 / 2, ln 2 / 2]`, highest power first.
+#[cfg(target_arch = "x86_64")]
+const LN2_HI: f32 = 0.693_359_4;
+#[cfg(target_arch = "x86_64")]
+const LN2_LO: f32 = -2.121_944_4e-4;
+#[cfg(target_arch = "x86_64")]
+const EXP_POLY: [f32; 6] = [
+    1.987_569_2e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5,
+];
+
 /// `scores[j] = exp(scores[j] - max)`, and their sum: a softmax's numerators
 /// (a score of -∞, a masked slot, becomes 0).
 pub fn softmax_exp(scores: &mut [f32], max: f32) -> f32 {
@@ -543,15 +560,7 @@ mod avx512_att {
             _mm512_set1_ps(max),
             _mm512_set1_ps(std::f32::consts::LOG2_E),
         );
-        let (c1, c2) = (_mm512_set1_ps(0.693_359_4), _mm512_set1_ps(-2.121_944_4e-4));
-        let coefficients = [
-            1.987_569_2e-4,
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            1.666_666_5e-1,
-            0.5,
-        ];
+        let (c1, c2) = (_mm512_set1_ps(super::LN2_HI), _mm512_set1_ps(super::LN2_LO));
         let mut total = _mm512_setzero_ps();
         // Every value through the same polynomial, the last few too (masked
         // loads and stores): a value's exponential and the lane it is summed
@@ -566,8 +575,8 @@ mod avx512_att {
             let live = lanes & _mm512_cmp_ps_mask(x, _mm512_set1_ps(-88.0), _CMP_GE_OQ);
             let n = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT);
             let r = _mm512_fnmadd_ps(n, c2, _mm512_fnmadd_ps(n, c1, x));
-            let mut y = _mm512_set1_ps(coefficients[0]);
-            for &c in &coefficients[1..] {
+            let mut y = _mm512_set1_ps(super::EXP_POLY[0]);
+            for &c in &super::EXP_POLY[1..] {
                 y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(c));
             }
             let y = _mm512_add_ps(
@@ -893,15 +902,7 @@ mod avx2 {
             _mm256_set1_ps(max),
             _mm256_set1_ps(std::f32::consts::LOG2_E),
         );
-        let (c1, c2) = (_mm256_set1_ps(0.693_359_4), _mm256_set1_ps(-2.121_944_4e-4));
-        let coefficients = [
-            1.987_569_2e-4,
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            1.666_666_5e-1,
-            0.5,
-        ];
+        let (c1, c2) = (_mm256_set1_ps(super::LN2_HI), _mm256_set1_ps(super::LN2_LO));
         let mut total = [_mm256_setzero_ps(); 2];
         // Every value through the same polynomial, the last few too (padded
         // with -∞): a value's exponential and the lane it is summed in depend
@@ -918,8 +919,8 @@ mod avx2 {
                 _mm256_mul_ps(x, log2e),
             );
             let r = _mm256_fnmadd_ps(n, c2, _mm256_fnmadd_ps(n, c1, x));
-            let mut y = _mm256_set1_ps(coefficients[0]);
-            for &c in &coefficients[1..] {
+            let mut y = _mm256_set1_ps(super::EXP_POLY[0]);
+            for &c in &super::EXP_POLY[1..] {
                 y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(c));
             }
             let y = _mm256_add_ps(

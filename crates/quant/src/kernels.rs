@@ -1522,30 +1522,29 @@ mod avx2 {
                 )
             };
         }
-        let (first, rest) = scratch.split_first_mut().expect("one row at least");
-        let natural: Vec<*const i8> = std::iter::once(&*first)
-            .chain(rest.iter())
-            .take(inputs.len())
-            .map(|s| s.q.as_ptr() as *const i8)
-            .collect();
-        let mins = &mut first.min;
+        let mut natural = [std::ptr::null::<i8>(); 2 * MAX_ROWS];
+        for (p, s) in natural.iter_mut().zip(scratch.iter()).take(inputs.len()) {
+            *p = s.q.as_ptr() as *const i8;
+        }
+        let natural = &natural[..inputs.len()];
+        let mins = &mut scratch[0].min;
         // SAFETY: the caller's.
         unsafe {
             match kind {
                 GgmlType::Q4_0 => {
-                    fused_rows::<2, true>(weights, row_bytes, inputs, &natural, mins, acc)
+                    fused_rows::<2, true>(weights, row_bytes, inputs, natural, mins, acc)
                 }
                 GgmlType::Q4_1 => {
-                    fused_rows::<3, false>(weights, row_bytes, inputs, &natural, mins, acc)
+                    fused_rows::<3, false>(weights, row_bytes, inputs, natural, mins, acc)
                 }
                 GgmlType::Q5_0 => {
-                    fused_rows::<6, true>(weights, row_bytes, inputs, &natural, mins, acc)
+                    fused_rows::<6, true>(weights, row_bytes, inputs, natural, mins, acc)
                 }
                 GgmlType::Q5_1 => {
-                    fused_rows::<7, false>(weights, row_bytes, inputs, &natural, mins, acc)
+                    fused_rows::<7, false>(weights, row_bytes, inputs, natural, mins, acc)
                 }
                 GgmlType::Q8_0 => {
-                    fused_rows::<8, true>(weights, row_bytes, inputs, &natural, mins, acc)
+                    fused_rows::<8, true>(weights, row_bytes, inputs, natural, mins, acc)
                 }
                 _ => unreachable!("checked by `fuses`"),
             }
