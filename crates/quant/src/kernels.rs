@@ -422,7 +422,7 @@ fn portable(w: &Unpacked, a: &[ActivationRow<'_>], out: &mut [f32]) {
 /// and its [`weight_rows`], compiled with its `target_feature`s.
 #[cfg(target_arch = "x86_64")]
 macro_rules! entry {
-    ($dot:ident, $features:literal, $safety:literal $(, $tile:ident, $prepare:ident)?) => {
+    ($dot:ident, $features:literal, $safety:literal $(, tile = $tile:ident)? $(, prepare = $prepare:ident)?) => {
         struct $dot;
 
         impl Dot for $dot {
@@ -456,7 +456,9 @@ macro_rules! entry {
                 // SAFETY: the caller's: the CPU has the instructions.
                 unsafe { $tile(w, a, out) }
             }
+            )?
 
+            $(
             #[inline(always)]
             unsafe fn prepare(w: &mut Unpacked) {
                 // SAFETY: the caller's: the CPU has the instructions.
@@ -500,8 +502,8 @@ mod avx512 {
         Vnni,
         "avx512f,avx512bw,avx512vl,avx512vnni,f16c",
         "The CPU must have AVX-512 F, BW, VL and VNNI, and F16C; lengths as checked there.",
-        tiles,
-        offset_sums
+        tile = tiles,
+        prepare = offset_sums
     );
 
     /// A signed row's [`Unpacked::offset_sums`], which [`tile`] subtracts
@@ -1275,14 +1277,15 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::{
-        ActivationRow, Dot, GROUP, GgmlType, MAX_ROWS, MINI, OutBlock, PAIR, PANEL, Unpacked,
-        padded, pairs_end, rows_of,
+        ActivationRow, Dot, GROUP, GgmlType, MAX_ROWS, MINI, OutBlock, PAIR, PANEL, TILE_ROWS,
+        Tile, Unpacked, padded, pairs_end, rows_of,
     };
 
     entry!(
         Avx2,
         "avx2,fma,f16c",
-        "The CPU must have AVX2, FMA and F16C; lengths as checked there."
+        "The CPU must have AVX2, FMA and F16C; lengths as checked there.",
+        tile = tiles
     );
 
     #[target_feature(enable = "avx2")]
@@ -1308,17 +1311,29 @@ mod avx2 {
         a: &[ActivationRow<'_>],
         out: &mut [f32],
     ) {
+        products::<R, S, K, true>(w, a, out)
+    }
+
+    /// [`rows`], with the weights' mins subtracted (`M`) or left to the
+    /// caller ([`tile`], which sums those of several rows at once).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn products<const R: usize, const S: bool, const K: bool, const M: bool>(
+        w: &Unpacked,
+        a: &[ActivationRow<'_>],
+        out: &mut [f32],
+    ) {
         if S && w.wide {
-            rows_with::<R, S, K, 1>(w, a, out)
+            rows_with::<R, S, K, M, 1>(w, a, out)
         } else {
-            rows_with::<R, S, K, 4>(w, a, out)
+            rows_with::<R, S, K, M, 4>(w, a, out)
         }
     }
 
-    /// [`rows`], the 16-bit sums of `N` steps added before widening.
+    /// [`products`], the 16-bit sums of `N` steps added before widening.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    fn rows_with<const R: usize, const S: bool, const K: bool, const N: usize>(
+    fn rows_with<const R: usize, const S: bool, const K: bool, const M: bool, const N: usize>(
         w: &Unpacked,
         a: &[ActivationRow<'_>],
         out: &mut [f32],
@@ -1432,9 +1447,139 @@ mod avx2 {
                 }
             }
         }
-        // SAFETY: the inputs are as long as the row (the caller's).
-        let sums = unsafe { finish::<R, S, K>(acc, &w.min, a) };
+        // SAFETY: the inputs are as long as the row (the caller's); with no
+        // mins (`S` or not `M`), `finish` reads none.
+        let sums = unsafe {
+            if M {
+                finish::<R, S, K>(acc, &w.min, a)
+            } else {
+                finish::<R, true, K>(acc, &[], a)
+            }
+        };
         out[..R].copy_from_slice(&sums);
+    }
+
+    /// [`Dot::tile`]: [`tile`] for as many rows and inputs as given.
+    ///
+    /// # Safety
+    /// As [`Dot::tile`]; the CPU has AVX2 and FMA.
+    #[inline(always)]
+    unsafe fn tiles(w: &[Unpacked], a: &[ActivationRow<'_>], out: &mut Tile) {
+        macro_rules! by_inputs {
+            ($s:literal, $k:literal) => {
+                match a.len() {
+                    1 => tile::<1, $s, $k>(w, a, out),
+                    2 => tile::<2, $s, $k>(w, a, out),
+                    3 => tile::<3, $s, $k>(w, a, out),
+                    _ => tile::<MAX_ROWS, $s, $k>(w, a, out),
+                }
+            };
+        }
+        // SAFETY: the caller's: the CPU has the instructions; the rows of a
+        // tile are rows of one matrix, of one type.
+        unsafe {
+            match (w[0].signed, w[0].superblocks) {
+                (false, false) => by_inputs!(false, false),
+                (true, false) => by_inputs!(true, false),
+                (false, true) => by_inputs!(false, true),
+                (true, true) => by_inputs!(true, true),
+            }
+        }
+    }
+
+    /// Up to [`TILE_ROWS`] rows' [`rows`] with `R` inputs, with the same
+    /// bits: the products row by row, then the mins of all the tile's rows
+    /// and inputs together ([`tile_mins`]). Summed by [`finish`] one row
+    /// at a time, each row's mins are a chain of dependent additions, which
+    /// cost more than the row's products where the inputs are many.
+    #[target_feature(enable = "avx2,fma")]
+    fn tile<const R: usize, const S: bool, const K: bool>(
+        w: &[Unpacked],
+        a: &[ActivationRow<'_>],
+        out: &mut Tile,
+    ) {
+        for (w, out) in w.iter().zip(out.iter_mut()) {
+            products::<R, S, K, false>(w, a, &mut out[..R]);
+        }
+        if !S {
+            if w.len() == TILE_ROWS {
+                tile_mins::<R, K, TILE_ROWS>(w, a, out);
+            } else {
+                for (i, w) in w.iter().enumerate() {
+                    tile_mins::<R, K, 1>(std::slice::from_ref(w), a, &mut out[i..]);
+                }
+            }
+        }
+    }
+
+    /// Subtract from `out[i][r]` the mins of row `i` of `w` (`W` rows)
+    /// times the group sums of input `r`, summed as [`finish`] sums them:
+    /// one by one in order from zero, every other group for 32-value
+    /// types, each product rounded before it is added. The inputs are the
+    /// four lanes of a vector (their group sums transposed four groups at a
+    /// time), so that each lane's chain of additions is [`finish`]'s.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn tile_mins<const R: usize, const K: bool, const W: usize>(
+        w: &[Unpacked],
+        a: &[ActivationRow<'_>],
+        out: &mut [[f32; MAX_ROWS]],
+    ) {
+        let groups = w[0].len / GROUP;
+        let step = if K { 1 } else { 2 };
+        assert!(w.len() == W && out.len() >= W && a.len() == R);
+        assert!(w.iter().all(|w| w.min.len() >= groups));
+        assert!(a.iter().all(|a| a.group_sum.len() == groups));
+        let gs: [*const f32; R] = std::array::from_fn(|r| a[r].group_sum.as_ptr());
+        let mins: [*const f32; W] = std::array::from_fn(|i| w[i].min.as_ptr());
+        let mut chains = [_mm_setzero_ps(); W];
+        let mut g = 0;
+        // SAFETY: groups `g..g + 4` (then `g`) of every row and input, fewer
+        // than `groups` (asserted).
+        unsafe {
+            while g + 4 <= groups {
+                let mut t: [__m128; 4] = std::array::from_fn(|r| {
+                    if r < R {
+                        _mm_loadu_ps(gs[r].add(g))
+                    } else {
+                        _mm_setzero_ps()
+                    }
+                });
+                // Transposed: `t[k]` holds group `g + k` of each input.
+                let (t01, t23) = (_mm_unpacklo_ps(t[0], t[1]), _mm_unpacklo_ps(t[2], t[3]));
+                let (u01, u23) = (_mm_unpackhi_ps(t[0], t[1]), _mm_unpackhi_ps(t[2], t[3]));
+                t = [
+                    _mm_movelh_ps(t01, t23),
+                    _mm_movehl_ps(t23, t01),
+                    _mm_movelh_ps(u01, u23),
+                    _mm_movehl_ps(u23, u01),
+                ];
+                for k in (0..4).step_by(step) {
+                    for i in 0..W {
+                        let m = _mm_broadcast_ss(&*mins[i].add(g + k));
+                        chains[i] = _mm_add_ps(chains[i], _mm_mul_ps(m, t[k]));
+                    }
+                }
+                g += 4;
+            }
+            while g < groups {
+                let t: [f32; 4] = std::array::from_fn(|r| if r < R { *gs[r].add(g) } else { 0.0 });
+                let t = _mm_loadu_ps(t.as_ptr());
+                for i in 0..W {
+                    let m = _mm_broadcast_ss(&*mins[i].add(g));
+                    chains[i] = _mm_add_ps(chains[i], _mm_mul_ps(m, t));
+                }
+                g += step;
+            }
+        }
+        for i in 0..W {
+            let mut m = [0f32; 4];
+            // SAFETY: four floats.
+            unsafe { _mm_storeu_ps(m.as_mut_ptr(), chains[i]) };
+            for r in 0..R {
+                out[i][r] -= m[r];
+            }
+        }
     }
 
     /// The dot products' ends, shared by [`rows`] and [`fused`] so that both
