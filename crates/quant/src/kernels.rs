@@ -368,6 +368,31 @@ fn prefetch(bytes: Option<&[u8]>) {
     let _ = bytes;
 }
 
+/// How far ahead of the row being read AVX2's fused decoding asks for a
+/// task's next weight bytes: with the hardware prefetcher alone, a Zen 2
+/// core decoding Q8_0 rows waited on memory (batch-1 generation 11% slower;
+/// Q4_1 and Q5_0 rows gained little, and unpacked K-quant rows nothing).
+const AHEAD_BYTES: usize = 2048;
+
+/// Ask for `weights[from + AHEAD_BYTES..][..len]` (what of it is inside
+/// `weights`) to be brought into the first-level cache.
+#[inline(always)]
+fn prefetch_ahead(weights: &[u8], from: usize, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let start = from + AHEAD_BYTES;
+        let end = (start + len).min(weights.len());
+        for at in (start..end).step_by(64) {
+            // SAFETY: a prefetch reads nothing and faults on nothing; the
+            // address is inside `weights` anyway.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(weights.as_ptr().add(at) as *const i8) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (weights, from, len);
+}
+
 struct Portable;
 
 impl Dot for Portable {
@@ -1278,7 +1303,7 @@ mod avx2 {
 
     use super::{
         ActivationRow, Dot, GROUP, GgmlType, MAX_ROWS, MINI, OutBlock, PAIR, PANEL, TILE_ROWS,
-        Tile, Unpacked, padded, pairs_end, rows_of,
+        Tile, Unpacked, padded, pairs_end, prefetch_ahead, rows_of,
     };
 
     entry!(
@@ -1708,6 +1733,7 @@ mod avx2 {
     ) {
         let mut dots = [0f32; MAX_ROWS];
         for (j, row) in weights.chunks_exact(row_bytes).enumerate() {
+            prefetch_ahead(weights, j * row_bytes, row_bytes);
             for (c, chunk) in inputs.chunks(MAX_ROWS).enumerate() {
                 let dots = &mut dots[..chunk.len()];
                 let x = &natural[c * MAX_ROWS..c * MAX_ROWS + chunk.len()];
