@@ -1515,8 +1515,8 @@ mod avx2 {
     /// Up to [`TILE_ROWS`] rows' [`rows`] with `R` inputs, with the same
     /// bits: the products row by row, then the mins of all the tile's rows
     /// and inputs together ([`tile_mins`]). Summed by [`finish`] one row
-    /// at a time, each row's mins are a chain of dependent additions, which
-    /// cost more than the row's products where the inputs are many.
+    /// at a time, each row's mins are a chain of dependent scalar additions
+    /// per input; in lanes, four inputs' chains cost one vector's.
     #[target_feature(enable = "avx2,fma")]
     fn tile<const R: usize, const S: bool, const K: bool>(
         w: &[Unpacked],
@@ -1697,25 +1697,14 @@ mod avx2 {
             *p = s.q.as_ptr() as *const i8;
         }
         let natural = &natural[..inputs.len()];
-        let mins = &mut scratch[0].min;
         // SAFETY: the caller's.
         unsafe {
             match kind {
-                GgmlType::Q4_0 => {
-                    fused_rows::<2, true>(weights, row_bytes, inputs, natural, mins, acc)
-                }
-                GgmlType::Q4_1 => {
-                    fused_rows::<3, false>(weights, row_bytes, inputs, natural, mins, acc)
-                }
-                GgmlType::Q5_0 => {
-                    fused_rows::<6, true>(weights, row_bytes, inputs, natural, mins, acc)
-                }
-                GgmlType::Q5_1 => {
-                    fused_rows::<7, false>(weights, row_bytes, inputs, natural, mins, acc)
-                }
-                GgmlType::Q8_0 => {
-                    fused_rows::<8, true>(weights, row_bytes, inputs, natural, mins, acc)
-                }
+                GgmlType::Q4_0 => fused_rows::<2, true>(weights, row_bytes, inputs, natural, acc),
+                GgmlType::Q4_1 => fused_rows::<3, false>(weights, row_bytes, inputs, natural, acc),
+                GgmlType::Q5_0 => fused_rows::<6, true>(weights, row_bytes, inputs, natural, acc),
+                GgmlType::Q5_1 => fused_rows::<7, false>(weights, row_bytes, inputs, natural, acc),
+                GgmlType::Q8_0 => fused_rows::<8, true>(weights, row_bytes, inputs, natural, acc),
                 _ => unreachable!("checked by `fuses`"),
             }
         }
@@ -1728,7 +1717,6 @@ mod avx2 {
         row_bytes: usize,
         inputs: &[ActivationRow<'_>],
         natural: &[*const i8],
-        mins: &mut [f32],
         acc: &OutBlock,
     ) {
         let mut dots = [0f32; MAX_ROWS];
@@ -1741,10 +1729,10 @@ mod avx2 {
                 // inputs are as long as the row's values.
                 unsafe {
                     match chunk.len() {
-                        1 => fused::<T, 1, S>(row, chunk, x, mins, dots),
-                        2 => fused::<T, 2, S>(row, chunk, x, mins, dots),
-                        3 => fused::<T, 3, S>(row, chunk, x, mins, dots),
-                        _ => fused::<T, MAX_ROWS, S>(row, chunk, x, mins, dots),
+                        1 => fused::<T, 1, S>(row, chunk, x, dots),
+                        2 => fused::<T, 2, S>(row, chunk, x, dots),
+                        3 => fused::<T, 3, S>(row, chunk, x, dots),
+                        _ => fused::<T, MAX_ROWS, S>(row, chunk, x, dots),
                     }
                 }
                 for (i, &d) in dots.iter().enumerate() {
@@ -1765,7 +1753,6 @@ mod avx2 {
         row: &[u8],
         a: &[ActivationRow<'_>],
         x: &[*const i8],
-        mins: &mut [f32],
         out: &mut [f32],
     ) {
         let size = const { GgmlType::from_supported_id(T).block_bytes() };
@@ -1773,7 +1760,13 @@ mod avx2 {
         let n = blocks * 32;
         let full = n / PANEL * PANEL;
         let pairs = pairs_end(n, true);
-        assert!(a.iter().all(|a| a.len() == n) && x.len() >= R && mins.len() == n / GROUP);
+        assert!(a.iter().all(|a| a.len() == n) && x.len() >= R);
+        // The mins' sums (see `finish`): one block's step beside each
+        // block's products, in order whatever the order of the products
+        // (a row's whole chain of dependent additions at once filled the
+        // scheduler and held the products back).
+        let mut mins = [0f32; R];
+        let mut next = 0;
         let mut acc = [_mm256_setzero_ps(); R];
         let asc: [*const f32; R] = std::array::from_fn(|r| a[r].scale.as_ptr());
         let xq: [*const i8; R] = std::array::from_fn(|r| x[r]);
@@ -1787,9 +1780,17 @@ mod avx2 {
                 let b = $b;
                 // Used inside the `unsafe` below: a whole block (`block`
                 // slices it); the CPU has AVX2 and F16C.
-                let (q, _, m) = crate::unpack::small_block::<T>(block(b));
+                let (q, _, _) = crate::unpack::small_block::<T>(block(b));
                 if !S {
-                    mins[2 * b..2 * b + 2].copy_from_slice(&[m, m]);
+                    // Block `next`'s min is minus the f16 at its byte 2;
+                    // `next` stays below `blocks`, one step per block.
+                    let p = row.as_ptr().add(next * size + 2);
+                    let h = u16::from_le_bytes([*p, *p.add(1)]);
+                    let m = -_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h))));
+                    for r in 0..R {
+                        mins[r] += m * *a[r].group_sum.get_unchecked(2 * next);
+                    }
+                    next += 1;
                 }
                 let u = if S { _mm256_abs_epi8(q) } else { q };
                 let mut v = [_mm256_setzero_si256(); R];
@@ -1903,9 +1904,12 @@ mod avx2 {
                 }
             }
         }
-        // SAFETY: the inputs are as long as the row (asserted above).
-        let sums = unsafe { finish::<R, S, false>(acc, mins, a) };
-        out[..R].copy_from_slice(&sums);
+        // SAFETY: the inputs are as long as the row (asserted above); no
+        // mins to read.
+        let sums = unsafe { finish::<R, true, false>(acc, &[], a) };
+        for r in 0..R {
+            out[r] = sums[r] - mins[r];
+        }
     }
 }
 
