@@ -381,7 +381,7 @@ mod avx512 {
         }
     }
 
-    /// One `Q8K` block of 256 values, as [`quantize_scalar`] does it: the
+    /// One `Q8K` block of 256 values, as [`super::quantize_scalar`] does it: the
     /// scale's sign is that of the first value of the largest magnitude.
     ///
     /// # Safety

@@ -1607,9 +1607,10 @@ mod avx2 {
         }
     }
 
-    /// The dot products' ends, shared by [`rows`] and [`fused`] so that both
-    /// give the same bits: the lanes' sum minus the weights' mins times the
-    /// inputs' group sums, these summed one by one in order, as llama.cpp's
+    /// The dot products' ends for [`rows`]: the lanes' sum minus the
+    /// weights' mins times the inputs' group sums, these summed one by one
+    /// in order (as [`tile_mins`] and [`fused`] sum them too, so that every
+    /// path gives the same bits), as llama.cpp's
     /// AVX2 code sums its blocks' mins (summed in vectors, or folded into the
     /// products' accumulators, the rounding differs enough to flip greedy
     /// tokens: tests/quantized.rs sees it on Q4_1 and Q5_K).
@@ -1745,8 +1746,8 @@ mod avx2 {
     }
 
     /// [`rows`] on one row of blocks of type `T`, decoded as it goes; `x`:
-    /// the inputs' bytes in natural order. The groups' mins are written to
-    /// `mins` (two per block) and summed after, as there.
+    /// the inputs' bytes in natural order. The blocks' mins are summed in
+    /// [`finish`]'s order, one step beside each block's products.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
     unsafe fn fused<const T: u32, const R: usize, const S: bool>(
