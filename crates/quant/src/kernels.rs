@@ -1029,7 +1029,11 @@ mod avx512 {
     ) -> [f32; R] {
         if S {
             // No mins: the products are the whole sum.
-            return std::array::from_fn(|r| _mm512_reduce_add_ps(acc[r]));
+            let mut sums = [0f32; R];
+            for r in 0..R {
+                sums[r] = _mm512_reduce_add_ps(acc[r]);
+            }
+            return sums;
         }
         let mut accm = [_mm512_setzero_ps(); R];
         let groups = min.len();
@@ -1045,8 +1049,10 @@ mod avx512 {
                 g += 16;
             }
         }
-        let mut sums: [f32; R] =
-            std::array::from_fn(|r| _mm512_reduce_add_ps(acc[r]) - _mm512_reduce_add_ps(accm[r]));
+        let mut sums = [0f32; R];
+        for r in 0..R {
+            sums[r] = _mm512_reduce_add_ps(acc[r]) - _mm512_reduce_add_ps(accm[r]);
+        }
         for (g, &m) in min.iter().enumerate().skip(g) {
             for r in 0..R {
                 sums[r] -= m * a[r].group_sum[g];
@@ -1212,6 +1218,19 @@ mod avx512 {
         let pairs = pairs_end(n, true);
         // Pairs: lane 4c + j is block 4j + c in both panels.
         let lanes = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        // Blocks `b` and `b + 1` side by side, their mins recorded. A macro,
+        // not a closure: `array::from_fn`'s closures stayed calls.
+        macro_rules! two_blocks {
+            ($b:expr) => {{
+                let b = $b;
+                let (q0, _, m0) = decode::<T>(p0.add(b * size));
+                let (q1, _, m1) = decode::<T>(p0.add((b + 1) * size));
+                if !S {
+                    mins[2 * b..2 * b + 4].copy_from_slice(&[m0, m0, m1, m1]);
+                }
+                _mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1)
+            }};
+        }
         // SAFETY: blocks `p/32..p/32 + 16` (or 8, or a mini-panel's one or
         // two) lie inside the row; the inputs hold `padded(n)` bytes and
         // their groups.
@@ -1219,23 +1238,20 @@ mod avx512 {
             for p in (0..pairs).step_by(PAIR) {
                 let blk = p / 32;
                 // Blocks 2v, 2v + 1 side by side.
-                let two: [__m512i; 8] = std::array::from_fn(|v| {
-                    let (q0, _, m0) = decode::<T>(p0.add((blk + 2 * v) * size));
-                    let (q1, _, m1) = decode::<T>(p0.add((blk + 2 * v + 1) * size));
-                    let g = 2 * (blk + 2 * v);
-                    mins[g..g + 4].copy_from_slice(&[m0, m0, m1, m1]);
-                    _mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1)
-                });
+                let mut two = [_mm512_setzero_si512(); 8];
+                for (v, two) in two.iter_mut().enumerate() {
+                    *two = two_blocks!(blk + 2 * v);
+                }
                 // Panel h's natural rows: the halves h of four blocks.
-                let half = |h: usize, g: usize| {
-                    if h == 0 {
-                        _mm512_shuffle_i64x2::<0b10_00_10_00>(two[2 * g], two[2 * g + 1])
-                    } else {
-                        _mm512_shuffle_i64x2::<0b11_01_11_01>(two[2 * g], two[2 * g + 1])
-                    }
-                };
-                let [a0, a1, a2, a3] = transpose(std::array::from_fn(|g| half(0, g)));
-                let [b0, b1, b2, b3] = transpose(std::array::from_fn(|g| half(1, g)));
+                let (mut firsts, mut seconds) =
+                    ([_mm512_setzero_si512(); 4], [_mm512_setzero_si512(); 4]);
+                for g in 0..4 {
+                    let (x, y) = (two[2 * g], two[2 * g + 1]);
+                    firsts[g] = _mm512_shuffle_i64x2::<0b10_00_10_00>(x, y);
+                    seconds[g] = _mm512_shuffle_i64x2::<0b11_01_11_01>(x, y);
+                }
+                let [a0, a1, a2, a3] = transpose(firsts);
+                let [b0, b1, b2, b3] = transpose(seconds);
                 let sums = panel_sums::<R, S, 8>([a0, a1, a2, a3, b0, b1, b2, b3], aq, p);
                 let d = _mm512_insertf32x8(
                     _mm512_castps256_ps512(crate::unpack::block_scales(p0.add(blk * size), size)),
@@ -1250,13 +1266,10 @@ mod avx512 {
             }
             for p in (pairs..full).step_by(PANEL) {
                 let blk = p / 32;
-                let natural: [__m512i; 4] = std::array::from_fn(|v| {
-                    let (q0, _, m0) = decode::<T>(p0.add((blk + 2 * v) * size));
-                    let (q1, _, m1) = decode::<T>(p0.add((blk + 2 * v + 1) * size));
-                    let g = 2 * (blk + 2 * v);
-                    mins[g..g + 4].copy_from_slice(&[m0, m0, m1, m1]);
-                    _mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1)
-                });
+                let mut natural = [_mm512_setzero_si512(); 4];
+                for (v, natural) in natural.iter_mut().enumerate() {
+                    *natural = two_blocks!(blk + 2 * v);
+                }
                 let sums = panel_sums::<R, S, 4>(transpose(natural), aq, p);
                 let d = crate::unpack::block_scales(p0.add(blk * size), size);
                 let scale = _mm512_permutexvar_ps(spread, _mm512_castps256_ps512(d));
