@@ -1194,8 +1194,9 @@ mod avx512 {
     }
 
     /// [`rows`] on one row of blocks of type `T`, decoded as it goes and put
-    /// in panel order in registers; the groups' mins are written to `mins`
-    /// (two per block) and summed after, as there.
+    /// in panel order in registers; for the types with a min (not `S`), the
+    /// groups' mins are written to `mins` (two per block) and summed after,
+    /// as there.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
     #[inline]
     unsafe fn fused<const T: u32, const R: usize, const S: bool>(
@@ -1286,9 +1287,11 @@ mod avx512 {
                 } else {
                     (_mm256_setzero_si256(), 0.0, 0.0)
                 };
-                mins[2 * blk..2 * blk + 2].copy_from_slice(&[m0, m0]);
-                if m + MINI <= n {
-                    mins[2 * blk + 2..2 * blk + 4].copy_from_slice(&[m1, m1]);
+                if !S {
+                    mins[2 * blk..2 * blk + 2].copy_from_slice(&[m0, m0]);
+                    if m + MINI <= n {
+                        mins[2 * blk + 2..2 * blk + 4].copy_from_slice(&[m1, m1]);
+                    }
                 }
                 let groups = [
                     _mm256_castsi256_si128(q0),
