@@ -12,8 +12,14 @@
 //! Environment: `LLM_BENCH_THREADS` (default: all cores), `LLM_BENCH_PROMPT`
 //! (prompt tokens per sequence, default 128), `LLM_BENCH_GEN` (new tokens per
 //! sequence, default 64), `LLM_BENCH_BATCHES` (default "1 4 16"),
-//! `LLM_BENCH_MODELS` (GGUF files, space-separated), `LLAMA_PYTHON` (a Python with llama-cpp-python, default
+//! `LLM_BENCH_MODELS` (GGUF files, space-separated), `LLM_BENCH_REPEATS`
+//! (runs of each case, default 3), `LLAMA_PYTHON` (a Python with llama-cpp-python, default
 //! `/tmp/llamavenv/bin/python` when it exists; `LLAMA=0` skips llama.cpp).
+//!
+//! A case runs `LLM_BENCH_REPEATS` times, the two runners alternated, and the
+//! summary gives the ratio of their medians and the range of the ratios of
+//! runs side by side: on a shared 2-core machine one run of a case moves by
+//! up to a quarter from the next, for both runners.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -198,6 +204,7 @@ fn main() {
         "{:<34} {:<10} {:>6} {:>12} {:>12} {:>10}",
         "model", "runner", "batch", "prompt t/s", "gen t/s", "peak MB"
     );
+    let repeats = env_usize("LLM_BENCH_REPEATS", 3).max(1);
     let mut results = Vec::new();
     for model in &models {
         let file = model.file_name().unwrap().to_string_lossy().to_string();
@@ -205,38 +212,42 @@ fn main() {
             // The prompt ids both runners get, written by our case (this process
             // never loads the model: a child's peak memory would count it).
             let ids_file = std::env::temp_dir().join(format!("moulin-llm-bench-{batch}.json"));
-            let ours = measured(
-                Command::new(&exe)
-                    .args([
-                        "--case",
-                        &batch.to_string(),
-                        &prompt.to_string(),
-                        &new_tokens.to_string(),
-                    ])
-                    .arg(&ids_file)
-                    .arg(model)
-                    .env("RAYON_NUM_THREADS", threads.to_string()),
-            );
-            let theirs = python.as_ref().and_then(|py| {
-                measured(
-                    Command::new(py)
-                        .arg(scripts.join("llama_cpp_bench.py"))
-                        .arg(model)
+            let mut runs = Vec::new();
+            for _ in 0..repeats {
+                let ours = measured(
+                    Command::new(&exe)
+                        .args([
+                            "--case",
+                            &batch.to_string(),
+                            &prompt.to_string(),
+                            &new_tokens.to_string(),
+                        ])
                         .arg(&ids_file)
-                        .args([&new_tokens.to_string(), &threads.to_string()]),
-                )
-            });
-            for (name, r) in [("moulin", &ours), ("llama.cpp", &theirs)] {
-                if let Some((json, rss, _)) = r {
-                    println!(
-                        "{file:<34} {name:<10} {batch:>6} {:>12.1} {:>12.1} {:>10.0}",
-                        json["pp_tps"].as_f64().unwrap_or(f64::NAN),
-                        json["gen_tps"].as_f64().unwrap_or(f64::NAN),
-                        rss
-                    );
+                        .arg(model)
+                        .env("RAYON_NUM_THREADS", threads.to_string()),
+                );
+                let theirs = python.as_ref().and_then(|py| {
+                    measured(
+                        Command::new(py)
+                            .arg(scripts.join("llama_cpp_bench.py"))
+                            .arg(model)
+                            .arg(&ids_file)
+                            .args([&new_tokens.to_string(), &threads.to_string()]),
+                    )
+                });
+                for (name, r) in [("moulin", &ours), ("llama.cpp", &theirs)] {
+                    if let Some((json, rss, _)) = r {
+                        println!(
+                            "{file:<34} {name:<10} {batch:>6} {:>12.1} {:>12.1} {:>10.0}",
+                            json["pp_tps"].as_f64().unwrap_or(f64::NAN),
+                            json["gen_tps"].as_f64().unwrap_or(f64::NAN),
+                            rss
+                        );
+                    }
                 }
+                runs.push((ours, theirs));
             }
-            results.push((file.clone(), batch, ours, theirs));
+            results.push((file.clone(), batch, runs));
             let _ = std::fs::remove_file(&ids_file);
         }
     }
@@ -244,13 +255,46 @@ fn main() {
     let gen_of = |r: &Measured| r.as_ref().and_then(|r| r.0["gen_tps"].as_f64());
     let pp_of = |r: &Measured| r.as_ref().and_then(|r| r.0["pp_tps"].as_f64());
     let mem_of = |r: &Measured| r.as_ref().map(|r| r.1);
-    for (file, batch, ours, theirs) in &results {
-        let ratio =
-            |f: &dyn Fn(&Measured) -> Option<f64>| f(ours).zip(f(theirs)).map(|(a, b)| a / b);
+    for (file, batch, runs) in &results {
+        // Per figure: the ratio of the runners' medians, and the lowest and
+        // highest ratio of two runs side by side.
+        let ratio = |f: &dyn Fn(&Measured) -> Option<f64>| {
+            let ours: Vec<f64> = runs.iter().filter_map(|(o, _)| f(o)).collect();
+            let theirs: Vec<f64> = runs.iter().filter_map(|(_, t)| f(t)).collect();
+            let pairs: Vec<f64> = runs
+                .iter()
+                .filter_map(|(o, t)| f(o).zip(f(t)).map(|(a, b)| a / b))
+                .collect();
+            let low = pairs.iter().copied().fold(f64::INFINITY, f64::min);
+            let high = pairs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            Some((median(ours)? / median(theirs)?, low, high))
+        };
         if let (Some(g), Some(p), Some(m)) = (ratio(&gen_of), ratio(&pp_of), ratio(&mem_of)) {
             println!(
-                "{file} batch {batch}: moulin / llama.cpp: generation {g:.2}, prompt {p:.2}, peak memory {m:.2}"
+                "{file} batch {batch}: moulin / llama.cpp over {} runs: generation {:.2} ({:.2}–{:.2}), prompt {:.2} ({:.2}–{:.2}), peak memory {:.2}",
+                runs.len(),
+                g.0,
+                g.1,
+                g.2,
+                p.0,
+                p.1,
+                p.2,
+                m.0
             );
         }
     }
+}
+
+/// The middle value (the mean of the two middle ones for an even count).
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    })
 }

@@ -4,8 +4,9 @@
 //!
 //!     cargo bench -p moulin-quant --profile dev --bench kernels [-- TYPE...]
 //!
-//! `QUANT_BENCH_KERNEL` (a kernel's name) and `QUANT_BENCH_ROWS` (numbers of
-//! input rows, space-separated; default "1 4 16 64") narrow the cases.
+//! `QUANT_BENCH_KERNEL` (a kernel's name), `QUANT_BENCH_ROWS` (numbers of
+//! input rows, space-separated; default "1 4 16 64") and `QUANT_BENCH_SHAPES`
+//! (default "3072x576 2048x2048") narrow the cases.
 
 use std::time::Instant;
 
@@ -24,7 +25,15 @@ fn main() {
         .split_whitespace()
         .map(|r| r.parse().expect("QUANT_BENCH_ROWS: numbers"))
         .collect();
-    let shapes = [(3072usize, 576usize), (2048, 2048)];
+    // `QUANT_BENCH_SHAPES` ("OUTxIN", space-separated) for others.
+    let shapes: Vec<(usize, usize)> = std::env::var("QUANT_BENCH_SHAPES")
+        .unwrap_or_else(|_| "3072x576 2048x2048".into())
+        .split_whitespace()
+        .map(|s| {
+            let (o, i) = s.split_once('x').expect("QUANT_BENCH_SHAPES: OUTxIN");
+            (o.parse().expect("a number"), i.parse().expect("a number"))
+        })
+        .collect();
     let mut seed = 0x1234_5678_u64;
     let mut next = || {
         seed ^= seed << 13;
@@ -39,7 +48,9 @@ fn main() {
             continue;
         }
         for &(outs, cols) in &shapes {
-            let cols = cols.div_ceil(256) * 256;
+            // Whole blocks: SmolLM2's 576 for the 32-value types, 768 for
+            // the K-quants (whose 576-wide rows its files store as Q5_0 or Q8_0).
+            let cols = cols.div_ceil(kind.block_size()) * kind.block_size();
             let bytes = outs * kind.bytes_for(cols).unwrap();
             let mut data: Vec<u8> = (0..bytes).map(|_| next() as u8).collect();
             // Small finite f16 scales wherever they are (the values do not
