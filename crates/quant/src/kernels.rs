@@ -1254,11 +1254,16 @@ mod avx512 {
                 let [a0, a1, a2, a3] = transpose(firsts);
                 let [b0, b1, b2, b3] = transpose(seconds);
                 let sums = panel_sums::<R, S, 8>([a0, a1, a2, a3, b0, b1, b2, b3], aq, p);
-                let d = _mm512_insertf32x8(
-                    _mm512_castps256_ps512(crate::unpack::block_scales(p0.add(blk * size), size)),
-                    crate::unpack::block_scales(p0.add((blk + 8) * size), size),
-                    1,
-                );
+                // The two halves joined by AVX-512F's `vinsertf64x4`: the
+                // same bits as `_mm512_insertf32x8`, which needs AVX-512DQ,
+                // which this function is not compiled with, so it stayed a
+                // call (with a `vzeroupper`) per pair.
+                let lo = crate::unpack::block_scales(p0.add(blk * size), size);
+                let hi = crate::unpack::block_scales(p0.add((blk + 8) * size), size);
+                let d = _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+                    _mm512_castps_pd(_mm512_castps256_ps512(lo)),
+                    _mm256_castps_pd(hi),
+                ));
                 let scale = _mm512_permutexvar_ps(lanes, d);
                 for r in 0..R {
                     let xs = _mm512_loadu_ps(asc[r].add(p / GROUP));
