@@ -360,10 +360,6 @@ fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
     }
 }
 
-fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
-}
-
 /// The softmax's numerators from the first slot attended on (the masked
 /// slots before it, a left-padded prompt's padding, become 0), and their sum.
 /// Starting there, a sequence's exponentials and sum are computed in the same
@@ -700,9 +696,7 @@ impl Llama {
                     unsafe {
                         let g = gu.get(r * 2 * f..(r + 1) * 2 * f);
                         let (gate, up) = g.split_at(f);
-                        for ((o, &a), &u) in mlp.row_mut(r).iter_mut().zip(gate).zip(up) {
-                            *o = silu(a) * u;
-                        }
+                        cpu::silu_mul(gate, up, mlp.row_mut(r));
                         mlp.quantize_row(r, w_down.schemes());
                     }
                 }
