@@ -830,17 +830,22 @@ mod avx2 {
         let (xp, wp) = (x.as_ptr(), w.as_ptr());
         for k in (0..full).step_by(16) {
             // SAFETY: values `k..k + 16` of those rows (the caller's).
+            // Counted loops, which opt-level 1 unrolls (not iterators), so
+            // that the sums stay in registers.
             unsafe {
-                let wv: [[__m256; 2]; C] = std::array::from_fn(|c| {
+                let mut wv = [[_mm256_setzero_ps(); 2]; C];
+                #[allow(clippy::needless_range_loop)]
+                for c in 0..C {
                     let at = wp.wrapping_add((o + c) * inner + k);
-                    [T::load8(at), T::load8(at.wrapping_add(8))]
-                });
-                for (i, sums) in sums.iter_mut().enumerate() {
+                    wv[c] = [T::load8(at), T::load8(at.wrapping_add(8))];
+                }
+                #[allow(clippy::needless_range_loop)]
+                for i in 0..R {
                     let at = xp.wrapping_add((r + i) * inner + k);
                     let xv = [_mm256_loadu_ps(at), _mm256_loadu_ps(at.wrapping_add(8))];
                     for c in 0..C {
                         for h in 0..2 {
-                            sums[c][h] = _mm256_fmadd_ps(xv[h], wv[c][h], sums[c][h]);
+                            sums[i][c][h] = _mm256_fmadd_ps(xv[h], wv[c][h], sums[i][c][h]);
                         }
                     }
                 }
