@@ -265,6 +265,9 @@ fn main() {
                 .iter()
                 .filter_map(|(o, t)| f(o).zip(f(t)).map(|(a, b)| a / b))
                 .collect();
+            if pairs.is_empty() {
+                return None;
+            }
             let low = pairs.iter().copied().fold(f64::INFINITY, f64::min);
             let high = pairs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             Some((median(ours)? / median(theirs)?, low, high))
