@@ -1778,6 +1778,7 @@ mod avx2 {
         out: &mut [f32],
     ) {
         let size = const { GgmlType::from_supported_id(T).block_bytes() };
+        let narrow = const { !matches!(GgmlType::from_supported_id(T), GgmlType::Q8_0) };
         let blocks = row.len() / size;
         let n = blocks * 32;
         let full = n / PANEL * PANEL;
@@ -1794,10 +1795,10 @@ mod avx2 {
         let xq: [*const i8; R] = std::array::from_fn(|r| x[r]);
         let ones = _mm256_set1_epi16(1);
         let block = |b: usize| &row[b * size..(b + 1) * size];
-        // Block `b` decoded, its min recorded: then per input, its 8 lanes
-        // of sums of 4 products (the first four lanes for its first group).
-        // Macros, not closures: the compiler kept those as calls.
-        macro_rules! products {
+        // Block `b` decoded, its min recorded: then per input, its 16 lanes
+        // of 16-bit sums of 2 products (the first eight lanes for its first
+        // group). Macros, not closures: the compiler kept those as calls.
+        macro_rules! pairs {
             ($b:expr) => {{
                 let b = $b;
                 // Used inside the `unsafe` below: a whole block (`block`
@@ -1820,25 +1821,57 @@ mod avx2 {
                     // The inputs hold the row's `padded(n)` bytes.
                     let x = _mm256_loadu_si256(xq[r].add(32 * b) as *const __m256i);
                     let x = if S { _mm256_sign_epi8(x, q) } else { x };
-                    v[r] = _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones);
+                    v[r] = _mm256_maddubs_epi16(u, x);
+                }
+                v
+            }};
+        }
+        // The same as 8 lanes of sums of 4 products.
+        macro_rules! products {
+            ($b:expr) => {{
+                let mut v = pairs!($b);
+                for r in 0..R {
+                    v[r] = _mm256_madd_epi16(v[r], ones);
                 }
                 v
             }};
         }
         // Four blocks' products as one vector per input: block `b[k]`'s
         // first group in lane `k`, its second in lane `4 + k`.
+        //
+        // Below 8-bit weights, the 16-bit sums are added in pairs twice
+        // before widening: a lane then sums 8 products, at most 8 × 31 × 128
+        // = 31 744 < 2¹⁵ (Q5_1; Q5_0's magnitudes are at most 16, Q4's 15).
+        // That is one `vpmaddwd` for four blocks instead of four: on Zen 2
+        // it and `vpmaddubsw` share the one pipe that multiplies integers,
+        // which bounds this loop. Integers add exactly, so the sums (and
+        // the bits) are the same.
         macro_rules! four {
             ($b0:expr, $b1:expr, $b2:expr, $b3:expr) => {{
-                let (v0, v1) = (products!($b0), products!($b1));
-                let mut t = [_mm256_setzero_si256(); R];
-                for r in 0..R {
-                    t[r] = _mm256_hadd_epi32(v0[r], v1[r]);
+                if narrow {
+                    let (p0, p1) = (pairs!($b0), pairs!($b1));
+                    let mut t = [_mm256_setzero_si256(); R];
+                    for r in 0..R {
+                        t[r] = _mm256_hadd_epi16(p0[r], p1[r]);
+                    }
+                    let (p2, p3) = (pairs!($b2), pairs!($b3));
+                    for r in 0..R {
+                        let t23 = _mm256_hadd_epi16(p2[r], p3[r]);
+                        t[r] = _mm256_madd_epi16(_mm256_hadd_epi16(t[r], t23), ones);
+                    }
+                    t
+                } else {
+                    let (v0, v1) = (products!($b0), products!($b1));
+                    let mut t = [_mm256_setzero_si256(); R];
+                    for r in 0..R {
+                        t[r] = _mm256_hadd_epi32(v0[r], v1[r]);
+                    }
+                    let (v2, v3) = (products!($b2), products!($b3));
+                    for r in 0..R {
+                        t[r] = _mm256_hadd_epi32(t[r], _mm256_hadd_epi32(v2[r], v3[r]));
+                    }
+                    t
                 }
-                let (v2, v3) = (products!($b2), products!($b3));
-                for r in 0..R {
-                    t[r] = _mm256_hadd_epi32(t[r], _mm256_hadd_epi32(v2[r], v3[r]));
-                }
-                t
             }};
         }
         // SAFETY: the blocks read lie inside the row; the inputs hold

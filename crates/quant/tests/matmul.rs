@@ -170,6 +170,53 @@ fn decoding_and_prompt_paths_give_identical_bits() {
     }
 }
 
+/// Blocks whose every value has its type's largest magnitude, against inputs
+/// all at +1 or all at -1 (quantized to ±127): every product of a group has
+/// the same sign and the largest size, so a kernel that adds 16-bit sums
+/// before widening them (AVX2's) overflows here if anywhere.
+#[test]
+fn largest_values_do_not_overflow_any_kernel() {
+    // (type, the block's bytes after its f16 fields, where those end)
+    let cases: [(GgmlType, u8, usize); 5] = [
+        (GgmlType::Q4_0, 0x00, 2), // nibbles 0: -8
+        (GgmlType::Q4_1, 0xFF, 4), // nibbles 15
+        (GgmlType::Q5_0, 0x00, 2), // nibbles 0, high bits 0: -16
+        (GgmlType::Q5_1, 0xFF, 4), // 31
+        (GgmlType::Q8_0, 0x80, 2), // -128
+    ];
+    let (outs, cols) = (9, 576);
+    for (kind, byte, start) in cases {
+        let mut data = vec![byte; outs * cols / 32 * kind.block_bytes()];
+        for block in data.chunks_exact_mut(kind.block_bytes()) {
+            block[..2].copy_from_slice(&half::f16::ONE.to_le_bytes());
+            if start == 4 {
+                block[2..4].copy_from_slice(&half::f16::ZERO.to_le_bytes());
+            }
+        }
+        let w = QuantMatrix::new(kind, outs, cols, data).unwrap();
+        let mut wf = vec![0f32; cols];
+        dequantize(kind, w.row(0), &mut wf).unwrap();
+        for sign in [1f32, -1.0] {
+            // Each input quantizes to ±127 with the scale 1/127.
+            let x = vec![sign; 5 * cols];
+            let want: f64 = wf.iter().map(|&v| f64::from(v) * f64::from(sign)).sum();
+            for &kernel in Kernel::supported() {
+                for rows in [1, 5] {
+                    let got = matmul_with(kernel, &x[..rows * cols], rows, &[&w]);
+                    for &g in &got {
+                        assert!(
+                            (f64::from(g) - want).abs() <= 1e-3 * want.abs(),
+                            "{} on {}, {rows} rows, inputs {sign}: {g}, not {want}",
+                            kind.name(),
+                            kernel.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn stacked_parts_fill_their_own_columns() {
     let mut rng = Rng(42);
