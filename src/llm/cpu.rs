@@ -100,19 +100,35 @@ pub fn matmul_rows(x: &[f32], rows: usize, inner: usize, w: Weights<'_>, cols: u
     out
 }
 
-/// Whether the AVX-512 kernels can run. They need the vector-length extension
-/// too: without it the compiler keeps accumulators out of zmm16–31 (their
-/// 256- and 128-bit halves, used by the final sums, would need VL) and spills
-/// them to the stack.
+/// Whether the AVX-512 kernels run: the CPU has them ([`has_avx512`]) and
+/// `MOULIN_QUANT_KERNEL` does not ask for less (`avx2` or `portable`): one
+/// variable makes the whole pass run as on a CPU without AVX-512, to compare
+/// or to measure how such a machine fares ([`moulin_quant::Kernel::asked`]).
 #[cfg(target_arch = "x86_64")]
 fn avx512() -> bool {
+    has_avx512() && moulin_quant::Kernel::asked().is_none()
+}
+
+/// Whether the AVX2 kernels run, as [`avx512`].
+#[cfg(target_arch = "x86_64")]
+fn avx2() -> bool {
+    has_avx2() && moulin_quant::Kernel::asked() != Some(moulin_quant::Kernel::Portable)
+}
+
+/// Whether the CPU has what the AVX-512 kernels need. They need the
+/// vector-length extension too: without it the compiler keeps accumulators
+/// out of zmm16–31 (their 256- and 128-bit halves, used by the final sums,
+/// would need VL) and spills them to the stack.
+#[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
     std::arch::is_x86_feature_detected!("avx512f")
         && std::arch::is_x86_feature_detected!("avx512vl")
 }
 
-/// Whether the AVX2 kernels can run (with FMA, and F16C for f16 values).
+/// Whether the CPU has what the AVX2 kernels need (FMA, and F16C for f16
+/// values).
 #[cfg(target_arch = "x86_64")]
-fn avx2() -> bool {
+fn has_avx2() -> bool {
     std::arch::is_x86_feature_detected!("avx2")
         && std::arch::is_x86_feature_detected!("fma")
         && std::arch::is_x86_feature_detected!("f16c")
@@ -1116,7 +1132,7 @@ mod tests {
                 );
             }
             #[cfg(target_arch = "x86_64")]
-            if avx512() && avx2() {
+            if has_avx512() && has_avx2() {
                 let (mut a, mut b) = (vec![0.0; len], vec![0.0; len]);
                 // SAFETY: both checked.
                 unsafe {
@@ -1186,7 +1202,7 @@ mod tests {
     #[test]
     fn four_sums_at_once_give_the_same_bits() {
         use std::arch::x86_64::*;
-        assert!(avx2(), "this test needs AVX2");
+        assert!(has_avx2(), "this test needs AVX2");
         let mut s = 0x9E37_79B9_u32;
         let mut next = || {
             s ^= s << 13;
@@ -1213,8 +1229,8 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx2_kernels_give_the_avx512_bits() {
-        assert!(avx2(), "this test needs AVX2");
-        if !avx512() {
+        assert!(has_avx2(), "this test needs AVX2");
+        if !has_avx512() {
             eprintln!("no AVX-512 here: the AVX2 kernels were checked against plain sums");
             return;
         }

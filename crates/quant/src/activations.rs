@@ -160,13 +160,15 @@ enum Quantizer {
 }
 
 impl Quantizer {
+    /// The best this CPU runs, within what `MOULIN_QUANT_KERNEL` allows.
     fn detect() -> Quantizer {
         #[cfg(target_arch = "x86_64")]
         {
-            if avx512::available() {
+            use crate::Kernel;
+            if avx512::available() && Kernel::allows(Kernel::Avx512Vnni) {
                 return Quantizer::Avx512;
             }
-            if avx2::available() {
+            if avx2::available() && Kernel::allows(Kernel::Avx2) {
                 return Quantizer::Avx2;
             }
         }

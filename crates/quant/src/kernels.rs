@@ -45,16 +45,13 @@ pub enum Kernel {
 
 impl Kernel {
     /// The best kernel this CPU runs; `MOULIN_QUANT_KERNEL=portable|avx2|avx512`
-    /// asks for a lesser one (to compare them, or to work around a faulty CPU).
+    /// asks for a lesser one (to compare them, to see how a CPU without
+    /// AVX-512 fares, or to work around a faulty CPU): see [`Kernel::asked`].
     pub fn detect() -> Kernel {
         static KERNEL: OnceLock<Kernel> = OnceLock::new();
         *KERNEL.get_or_init(|| {
             let best = Kernel::available();
-            let asked = match std::env::var("MOULIN_QUANT_KERNEL").as_deref() {
-                Ok("portable") => Kernel::Portable,
-                Ok("avx2") => Kernel::Avx2,
-                _ => best,
-            };
+            let asked = Kernel::asked().unwrap_or(best);
             // Never one the CPU lacks.
             if Kernel::supported().contains(&asked) {
                 asked
@@ -62,6 +59,27 @@ impl Kernel {
                 best
             }
         })
+    }
+
+    /// The kernel `MOULIN_QUANT_KERNEL` asks for (`avx2` or `portable`),
+    /// if any. The rest of this crate's vector code (unpacking rows,
+    /// quantizing inputs) keeps to that level too, and so do moulin's own
+    /// attention and f16 kernels: the whole pass then runs as on a CPU
+    /// without the instructions left out.
+    pub fn asked() -> Option<Kernel> {
+        static ASKED: OnceLock<Option<Kernel>> = OnceLock::new();
+        *ASKED.get_or_init(|| match std::env::var("MOULIN_QUANT_KERNEL").as_deref() {
+            Ok("portable") => Some(Kernel::Portable),
+            Ok("avx2") => Some(Kernel::Avx2),
+            _ => None,
+        })
+    }
+
+    /// Whether vector code of `level` (a kernel's instruction set) may run:
+    /// no level above the one [`Kernel::asked`] for.
+    pub(crate) fn allows(level: Kernel) -> bool {
+        // The enum lists the kernels best first.
+        Kernel::asked().is_none_or(|asked| asked as u8 <= level as u8)
     }
 
     /// Every kernel this CPU can run, best first.

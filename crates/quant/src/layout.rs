@@ -153,7 +153,9 @@ pub fn scales_to_panels(scale: &mut [f32], len: usize, paired: bool) {
 fn has_avx2() -> bool {
     use std::sync::OnceLock;
     static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| is_x86_feature_detected!("avx2"))
+    *HAS.get_or_init(|| {
+        is_x86_feature_detected!("avx2") && crate::Kernel::allows(crate::Kernel::Avx2)
+    })
 }
 
 #[cfg(target_arch = "x86_64")]

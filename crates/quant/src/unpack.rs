@@ -368,6 +368,7 @@ mod simd {
             is_x86_feature_detected!("avx512f")
                 && is_x86_feature_detected!("avx512bw")
                 && is_x86_feature_detected!("avx512vl")
+                && crate::Kernel::allows(crate::Kernel::Avx512Vnni)
         })
     }
 
