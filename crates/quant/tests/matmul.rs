@@ -198,10 +198,10 @@ fn largest_values_do_not_overflow_any_kernel() {
         dequantize(kind, w.row(0), &mut wf).unwrap();
         for sign in [1f32, -1.0] {
             // Each input quantizes to ±127 with the scale 1/127.
-            let x = vec![sign; 5 * cols];
+            let x = vec![sign; 12 * cols];
             let want: f64 = wf.iter().map(|&v| f64::from(v) * f64::from(sign)).sum();
             for &kernel in Kernel::supported() {
-                for rows in [1, 5] {
+                for rows in [1, 5, 12] {
                     let got = matmul_with(kernel, &x[..rows * cols], rows, &[&w]);
                     for &g in &got {
                         assert!(
