@@ -1873,29 +1873,29 @@ mod avx2 {
         // the bits) are the same.
         macro_rules! four {
             ($b0:expr, $b1:expr, $b2:expr, $b3:expr) => {{
+                // `$each` block's vectors added in pairs by `$hadd`, twice.
+                macro_rules! tree {
+                    ($each:ident, $hadd:ident) => {{
+                        let (v0, v1) = ($each!($b0), $each!($b1));
+                        let mut t = [_mm256_setzero_si256(); R];
+                        for r in 0..R {
+                            t[r] = $hadd(v0[r], v1[r]);
+                        }
+                        let (v2, v3) = ($each!($b2), $each!($b3));
+                        for r in 0..R {
+                            t[r] = $hadd(t[r], $hadd(v2[r], v3[r]));
+                        }
+                        t
+                    }};
+                }
                 if narrow {
-                    let (p0, p1) = (pairs!($b0), pairs!($b1));
-                    let mut t = [_mm256_setzero_si256(); R];
+                    let mut t = tree!(pairs, _mm256_hadd_epi16);
                     for r in 0..R {
-                        t[r] = _mm256_hadd_epi16(p0[r], p1[r]);
-                    }
-                    let (p2, p3) = (pairs!($b2), pairs!($b3));
-                    for r in 0..R {
-                        let t23 = _mm256_hadd_epi16(p2[r], p3[r]);
-                        t[r] = _mm256_madd_epi16(_mm256_hadd_epi16(t[r], t23), ones);
+                        t[r] = _mm256_madd_epi16(t[r], ones);
                     }
                     t
                 } else {
-                    let (v0, v1) = (products!($b0), products!($b1));
-                    let mut t = [_mm256_setzero_si256(); R];
-                    for r in 0..R {
-                        t[r] = _mm256_hadd_epi32(v0[r], v1[r]);
-                    }
-                    let (v2, v3) = (products!($b2), products!($b3));
-                    for r in 0..R {
-                        t[r] = _mm256_hadd_epi32(t[r], _mm256_hadd_epi32(v2[r], v3[r]));
-                    }
-                    t
+                    tree!(products, _mm256_hadd_epi32)
                 }
             }};
         }
