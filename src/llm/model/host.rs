@@ -15,7 +15,7 @@ use half::f16;
 use moulin_quant::layout::padded;
 use moulin_quant::{ActivationRow, Kernel, Product, Scheme, Scratch, quantize_into};
 
-use super::{Embedding, KvCache, KvStore, Linear, Llama, StepInput};
+use super::{Embedding, KvCache, KvStore, LayerHost, Linear, Llama, ModelHost, StepInput};
 use crate::error::{Error, Result};
 use crate::llm::cpu::{self, Weights};
 use crate::llm::team::{self, Member, Shared};
@@ -74,9 +74,8 @@ impl KvShared<'_> {
             match self {
                 KvShared::F32(s) => s.get_mut(range).copy_from_slice(values),
                 KvShared::F16(s) => {
-                    for (o, &v) in s.get_mut(range).iter_mut().zip(values) {
-                        *o = f16::from_f32(v);
-                    }
+                    use half::slice::HalfFloatSliceExt;
+                    s.get_mut(range).convert_from_f32_slice(values)
                 }
             }
         }
@@ -374,6 +373,82 @@ fn softmax_from_first_slot(scores: &mut [f32], max: f32) -> f32 {
     cpu::softmax_exp(&mut scores[from..], max)
 }
 
+/// What makes a token's projected queries, keys and values attention's
+/// inputs: biases, Q/K norms, the rotary embedding; keys and values into
+/// the cache.
+struct Prepare<'a> {
+    pass: &'a PassShape,
+    layer: &'a LayerHost,
+    model: &'a ModelHost,
+    input: &'a StepInput<'a>,
+    starts: &'a [usize],
+    capacity: usize,
+    eps: f64,
+    qkv: &'a Shared<'a, f32>,
+    keys: &'a KvShared<'a>,
+    values: &'a KvShared<'a>,
+}
+
+impl Prepare<'_> {
+    /// Token `i`'s heads of the KV groups `groups` (a group: a KV head and
+    /// the query heads that share it).
+    ///
+    /// # Safety
+    /// Nothing else touches these heads of row `i` in this phase, nor their
+    /// slots in the cache.
+    unsafe fn heads(&self, i: usize, groups: std::ops::Range<usize>) {
+        let PassShape {
+            heads,
+            kv_heads: kvh,
+            head_dim: hd,
+            seq_len: s,
+            ..
+        } = *self.pass;
+        let group = heads / kvh;
+        let row = i * (heads + 2 * kvh) * hd;
+        // Where the groups' query, key and value heads lie in the row.
+        let q = groups.start * group * hd..groups.end * group * hd;
+        let k = (heads + groups.start) * hd..(heads + groups.end) * hd;
+        let v = (heads + kvh + groups.start) * hd..(heads + kvh + groups.end) * hd;
+        // SAFETY: the caller's; the three ranges are disjoint.
+        let [(q, qs), (k, ks), (v, vs)] =
+            [q, k, v].map(|r| (unsafe { self.qkv.get_mut(row + r.start..row + r.end) }, r));
+        if let Some(bias) = &self.layer.qkv_bias {
+            for (x, r) in [(&mut *q, qs), (&mut *k, ks), (&mut *v, vs)] {
+                x.iter_mut().zip(&bias[r]).for_each(|(x, b)| *x += b);
+            }
+        }
+        let p = self.input.positions[i];
+        let (cos, sin) = (
+            &self.model.cos[p * hd..(p + 1) * hd],
+            &self.model.sin[p * hd..(p + 1) * hd],
+        );
+        let norms = self.layer.qk_norm.as_ref();
+        for (x, norm) in [
+            (&mut *q, norms.map(|n| &n.0)),
+            (&mut *k, norms.map(|n| &n.1)),
+        ] {
+            for x in x.chunks_exact_mut(hd) {
+                if let Some(norm) = norm {
+                    rms_norm_in_place(x, norm, self.eps);
+                }
+                rope(x, cos, sin);
+            }
+        }
+        let (seq, t) = (i / s, i % s);
+        let slot = self.starts[seq] + t;
+        for (g, (k, v)) in groups.zip(k.chunks_exact(hd).zip(v.chunks_exact(hd))) {
+            let at = ((self.input.rows[seq] * kvh + g) * self.capacity + slot) * hd;
+            // SAFETY: the caller's: slot `slot` of this sequence's row is
+            // this token's alone (rows are distinct per sequence).
+            unsafe {
+                self.keys.store(at, k);
+                self.values.store(at, v);
+            }
+        }
+    }
+}
+
 /// The queries of a pass's tokens `tokens` (up to 16 of a prompt, or a
 /// decoding step's one) of sequence `seq` whose heads share KV head
 /// `kv_head`.
@@ -407,8 +482,9 @@ impl QueryChunk<'_> {
     /// softmax and its weighted values into `out`.
     ///
     /// # Safety
-    /// Nothing writes `qkv` or the cache in this phase, and nothing else
-    /// touches this chunk's heads of its rows of `out`.
+    /// Nothing writes this chunk's heads of its rows of `qkv` or its KV
+    /// head's slots of the cache in this phase (it reads nothing else of
+    /// them), and nothing else touches its heads of its rows of `out`.
     unsafe fn attend(
         &self,
         qkv: &Shared<'_, f32>,
@@ -619,43 +695,29 @@ impl Llama {
                 // SAFETY: `qkv` is this phase's output, `h` its input.
                 unsafe { project(m, kernel, w_qkv, &h, &qkv, qkv_width, false, &mut local) };
                 m.sync();
-                // Per token: biases, Q/K norms, rotary embedding; K and V
-                // into the cache.
-                for i in m.share(n) {
-                    let (seq, t) = (i / s, i % s);
-                    // SAFETY: row `i` is this thread's in this phase.
-                    let row = unsafe { qkv.get_mut(i * qkv_width..(i + 1) * qkv_width) };
-                    if let Some(bias) = &layer.host.qkv_bias {
-                        row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+                let prepare = Prepare {
+                    pass: &pass,
+                    layer: &layer.host,
+                    model: &self.host,
+                    input,
+                    starts,
+                    capacity,
+                    eps,
+                    qkv: &qkv,
+                    keys: &keys[l],
+                    values: &values[l],
+                };
+                // One chunk per sequence (a decoding step, a short prompt):
+                // each attention task prepares its own heads first, sharing
+                // that work out and saving a phase.
+                let fused = chunks == 1;
+                if !fused {
+                    for i in m.share(n) {
+                        // SAFETY: row `i` is this thread's in this phase.
+                        unsafe { prepare.heads(i, 0..kvh) };
                     }
-                    if let Some((qn, kn)) = &layer.host.qk_norm {
-                        for (head, x) in row[..(heads + kvh) * hd].chunks_exact_mut(hd).enumerate()
-                        {
-                            rms_norm_in_place(x, if head < heads { qn } else { kn }, eps);
-                        }
-                    }
-                    let p = input.positions[i];
-                    let (cos, sin) = (
-                        &self.host.cos[p * hd..(p + 1) * hd],
-                        &self.host.sin[p * hd..(p + 1) * hd],
-                    );
-                    for x in row[..(heads + kvh) * hd].chunks_exact_mut(hd) {
-                        rope(x, cos, sin);
-                    }
-                    let slot = starts[seq] + t;
-                    for g in 0..kvh {
-                        let at = ((input.rows[seq] * kvh + g) * capacity + slot) * hd;
-                        let k = &row[(heads + g) * hd..(heads + g + 1) * hd];
-                        let v = &row[(heads + kvh + g) * hd..(heads + kvh + g + 1) * hd];
-                        // SAFETY: slot `slot` of this sequence's row is this
-                        // token's alone (rows are distinct per sequence).
-                        unsafe {
-                            keys[l].store(at, k);
-                            values[l].store(at, v);
-                        }
-                    }
+                    m.sync();
                 }
-                m.sync();
                 // Tasks of (sequence, KV head, up to 16 tokens), every query
                 // head of the group at once: each key and value is read once
                 // for the group's heads (a decoding step's too).
@@ -663,6 +725,13 @@ impl Llama {
                     let (seq, g, chunk) =
                         (task / (kvh * chunks), (task / chunks) % kvh, task % chunks);
                     let tokens = chunk * ATTENTION_TOKENS..((chunk + 1) * ATTENTION_TOKENS).min(s);
+                    if fused {
+                        for t in tokens.clone() {
+                            // SAFETY: this task alone touches KV head `g`'s
+                            // heads of its sequence's rows in this phase.
+                            unsafe { prepare.heads(seq * s + t, g..g + 1) };
+                        }
+                    }
                     let chunk = QueryChunk {
                         pass: &pass,
                         seq,
@@ -672,8 +741,9 @@ impl Llama {
                         base: (input.rows[seq] * kvh + g) * capacity * hd,
                         valid: &input.valid[seq],
                     };
-                    // SAFETY: `qkv` and the cache are read only in this
-                    // phase; this task alone writes its heads of its rows.
+                    // SAFETY: this task alone touches its heads of its rows
+                    // of `qkv` and `att` and its KV head's slots in this
+                    // phase (other tasks' heads and slots are elsewhere).
                     unsafe { chunk.attend(&qkv, &keys[l], &values[l], &att.x, &mut local) };
                 }
                 m.sync();
