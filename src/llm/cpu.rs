@@ -430,6 +430,129 @@ pub fn softmax_exp(scores: &mut [f32], max: f32) -> f32 {
     total
 }
 
+/// `out = x / rms(x) × weight`, RMSNorm of one row. The squares are summed
+/// in f64 (each exact there), in eight lanes (value `i` in lane `i % 8`)
+/// added up in a fixed order at the end, whatever the vector width: the
+/// AVX-512, AVX2 and portable versions give the same bits, and a row's
+/// result never depends on what else is in the batch.
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f64, out: &mut [f32]) {
+    assert!(weight.len() == x.len() && out.len() == x.len());
+    // SAFETY: `x` and `out` hold `x.len()` values (asserted).
+    unsafe { rms_norm_raw(Level::now(), x.as_ptr(), out.as_mut_ptr(), weight, eps) }
+}
+
+/// [`rms_norm`] of a row in place.
+pub fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f64) {
+    assert_eq!(weight.len(), x.len());
+    let p = x.as_mut_ptr();
+    // SAFETY: `x` holds `x.len()` values; each is read before it is written.
+    unsafe { rms_norm_raw(Level::now(), p, p, weight, eps) }
+}
+
+/// Which vector code a kernel of this module runs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Level {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+impl Level {
+    fn now() -> Level {
+        #[cfg(target_arch = "x86_64")]
+        if avx512() {
+            return Level::Avx512;
+        } else if avx2() {
+            return Level::Avx2;
+        }
+        Level::Portable
+    }
+}
+
+/// [`rms_norm`] from `src` into `dst` (which may be `src`) at `level`.
+///
+/// # Safety
+/// `src` and `dst` hold as many values as `weight`; the CPU has `level`'s
+/// instructions.
+unsafe fn rms_norm_raw(level: Level, src: *const f32, dst: *mut f32, weight: &[f32], eps: f64) {
+    let n = weight.len();
+    let mut lanes = [0f64; 8];
+    let mut from = 0;
+    #[cfg(target_arch = "x86_64")]
+    if level != Level::Portable {
+        from = n / 8 * 8;
+        // SAFETY: the caller's.
+        unsafe {
+            if level == Level::Avx512 {
+                avx512_att::square_lanes(src, from, &mut lanes)
+            } else {
+                avx2::square_lanes(src, from, &mut lanes)
+            }
+        }
+    }
+    for i in from..n {
+        // SAFETY: the caller's.
+        let v = f64::from(unsafe { *src.add(i) });
+        lanes[i % 8] += v * v;
+    }
+    let sum = ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6]))
+        + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]));
+    let scale = 1.0 / ((sum / n as f64) as f32 + eps as f32).sqrt();
+    let mut from = 0;
+    #[cfg(target_arch = "x86_64")]
+    if level != Level::Portable {
+        from = n / 8 * 8;
+        // SAFETY: the caller's.
+        unsafe {
+            if level == Level::Avx512 {
+                avx512_att::scale_by(src, dst, from, scale, weight)
+            } else {
+                avx2::scale_by(src, dst, from, scale, weight)
+            }
+        }
+    }
+    for (i, &w) in weight.iter().enumerate().skip(from) {
+        // SAFETY: the caller's.
+        unsafe { *dst.add(i) = *src.add(i) * scale * w };
+    }
+}
+
+/// "Rotate half" rotary embedding of one head, in place: `x[i]` and
+/// `x[i + half]` turned by the angle whose cosines and sines are `cos[i]`
+/// (`cos[i + half]`) and `sin[i]` (`sin[i + half]`), with the same bits at
+/// every level (a product, a product, then their sum; nothing fused).
+pub fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    // SAFETY: the CPU has the level it reports.
+    unsafe { rope_at(Level::now(), x, cos, sin) }
+}
+
+/// [`rope`] at `level`.
+///
+/// # Safety
+/// The CPU has `level`'s instructions.
+unsafe fn rope_at(level: Level, x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let half = x.len() / 2;
+    assert!(x.len() == 2 * half && cos.len() == x.len() && sin.len() == x.len());
+    let mut from = 0;
+    #[cfg(target_arch = "x86_64")]
+    if level != Level::Portable {
+        from = half / 8 * 8;
+        // SAFETY: the caller's; lengths asserted.
+        unsafe {
+            if level == Level::Avx512 {
+                avx512_att::rope(x.as_mut_ptr(), half, from, cos, sin)
+            } else {
+                avx2::rope(x.as_mut_ptr(), half, from, cos, sin)
+            }
+        }
+    }
+    for i in from..half {
+        let (a, b) = (x[i], x[i + half]);
+        x[i] = a * cos[i] - b * sin[i];
+        x[i + half] = b * cos[i + half] + a * sin[i + half];
+    }
+}
+
 /// `out[i] = silu(gate[i]) × up[i]`, SwiGLU's product, with `silu(g) =
 /// g / (1 + e^-g)` computed as `(g ≥ 0 ? g : g e) / (1 + e)`, `e = e^-|g|`
 /// (no overflow for any `g`). The vector versions use the softmax's `exp`
@@ -684,6 +807,82 @@ mod avx512_att {
                 let top = _mm512_mask_mul_ps(g, neg, g, e);
                 let silu = _mm512_div_ps(top, _mm512_add_ps(one, e));
                 _mm512_mask_storeu_ps(out.as_mut_ptr().add(at), lanes, _mm512_mul_ps(silu, u));
+            }
+        }
+    }
+
+    /// The squares of the first `full` (a multiple of 8) values at `src`
+    /// added to `lanes`, value `i` to lane `i % 8`, in f64.
+    ///
+    /// # Safety
+    /// `full` values at `src`.
+    #[target_feature(enable = "avx512f,avx512vl")]
+    pub unsafe fn square_lanes(src: *const f32, full: usize, lanes: &mut [f64; 8]) {
+        let mut acc = _mm512_setzero_pd();
+        for at in (0..full).step_by(8) {
+            // SAFETY: the caller's.
+            let v = _mm512_cvtps_pd(unsafe { _mm256_loadu_ps(src.add(at)) });
+            // The square is exact in f64: the same sum as a product then an add.
+            acc = _mm512_fmadd_pd(v, v, acc);
+        }
+        let mut sums = [0f64; 8];
+        // SAFETY: 8 values.
+        unsafe { _mm512_storeu_pd(sums.as_mut_ptr(), acc) };
+        for (lane, s) in lanes.iter_mut().zip(sums) {
+            *lane += s;
+        }
+    }
+
+    /// `dst[i] = src[i] × scale × weight[i]` for the first `n`, 16 at a
+    /// time (the last few masked); `dst` may be `src`.
+    ///
+    /// # Safety
+    /// `n` values at `src` and `dst`.
+    #[target_feature(enable = "avx512f,avx512vl")]
+    pub unsafe fn scale_by(src: *const f32, dst: *mut f32, n: usize, scale: f32, weight: &[f32]) {
+        assert!(weight.len() >= n);
+        let s = _mm512_set1_ps(scale);
+        for at in (0..n).step_by(16) {
+            let len = (n - at).min(16);
+            let lanes: __mmask16 = if len == 16 { !0 } else { (1 << len) - 1 };
+            // SAFETY: the caller's, masked to the `len` values left.
+            unsafe {
+                let x = _mm512_maskz_loadu_ps(lanes, src.add(at));
+                let w = _mm512_maskz_loadu_ps(lanes, weight.as_ptr().add(at));
+                _mm512_mask_storeu_ps(dst.add(at), lanes, _mm512_mul_ps(_mm512_mul_ps(x, s), w));
+            }
+        }
+    }
+
+    /// [`super::rope`] of the first `n` pairs (a multiple of 8) of a head of
+    /// `2 × half` values at `x`, 16 pairs at a time (the last 8 masked).
+    ///
+    /// # Safety
+    /// `2 × half` values at `x`, and as many in `cos` and `sin`; `n <= half`.
+    #[target_feature(enable = "avx512f,avx512vl")]
+    pub unsafe fn rope(x: *mut f32, half: usize, n: usize, cos: &[f32], sin: &[f32]) {
+        assert!(n <= half && cos.len() >= 2 * half && sin.len() >= 2 * half);
+        let (c, s) = (cos.as_ptr(), sin.as_ptr());
+        for at in (0..n).step_by(16) {
+            let len = (n - at).min(16);
+            let m: __mmask16 = if len == 16 { !0 } else { (1 << len) - 1 };
+            let (lo, hi) = (at, at + half);
+            // SAFETY: the caller's, masked to the `len` pairs left.
+            unsafe {
+                let a = _mm512_maskz_loadu_ps(m, x.add(lo));
+                let b = _mm512_maskz_loadu_ps(m, x.add(hi));
+                let (c0, s0) = (
+                    _mm512_maskz_loadu_ps(m, c.add(lo)),
+                    _mm512_maskz_loadu_ps(m, s.add(lo)),
+                );
+                let (c1, s1) = (
+                    _mm512_maskz_loadu_ps(m, c.add(hi)),
+                    _mm512_maskz_loadu_ps(m, s.add(hi)),
+                );
+                let x0 = _mm512_sub_ps(_mm512_mul_ps(a, c0), _mm512_mul_ps(b, s0));
+                let x1 = _mm512_add_ps(_mm512_mul_ps(b, c1), _mm512_mul_ps(a, s1));
+                _mm512_mask_storeu_ps(x.add(lo), m, x0);
+                _mm512_mask_storeu_ps(x.add(hi), m, x1);
             }
         }
     }
@@ -1058,6 +1257,76 @@ mod avx2 {
         _mm256_and_ps(e, live)
     }
 
+    /// [`super::avx512_att::square_lanes`] with two vectors of 4 lanes.
+    ///
+    /// # Safety
+    /// `full` (a multiple of 8) values at `src`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn square_lanes(src: *const f32, full: usize, lanes: &mut [f64; 8]) {
+        let (mut lo, mut hi) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+        for at in (0..full).step_by(8) {
+            // SAFETY: the caller's.
+            let (a, b) = unsafe {
+                (
+                    _mm256_cvtps_pd(_mm_loadu_ps(src.add(at))),
+                    _mm256_cvtps_pd(_mm_loadu_ps(src.add(at + 4))),
+                )
+            };
+            lo = _mm256_fmadd_pd(a, a, lo);
+            hi = _mm256_fmadd_pd(b, b, hi);
+        }
+        let mut sums = [0f64; 8];
+        // SAFETY: 4 values each.
+        unsafe {
+            _mm256_storeu_pd(sums.as_mut_ptr(), lo);
+            _mm256_storeu_pd(sums.as_mut_ptr().add(4), hi);
+        }
+        for (lane, s) in lanes.iter_mut().zip(sums) {
+            *lane += s;
+        }
+    }
+
+    /// [`super::avx512_att::scale_by`] for the first `n`, a multiple of 8.
+    ///
+    /// # Safety
+    /// `n` values at `src` and `dst`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn scale_by(src: *const f32, dst: *mut f32, n: usize, scale: f32, weight: &[f32]) {
+        assert!(weight.len() >= n && n.is_multiple_of(8));
+        let s = _mm256_set1_ps(scale);
+        for at in (0..n).step_by(8) {
+            // SAFETY: the caller's.
+            unsafe {
+                let x = _mm256_loadu_ps(src.add(at));
+                let w = _mm256_loadu_ps(weight.as_ptr().add(at));
+                _mm256_storeu_ps(dst.add(at), _mm256_mul_ps(_mm256_mul_ps(x, s), w));
+            }
+        }
+    }
+
+    /// [`super::avx512_att::rope`], 8 pairs at a time.
+    ///
+    /// # Safety
+    /// As there.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn rope(x: *mut f32, half: usize, n: usize, cos: &[f32], sin: &[f32]) {
+        assert!(n <= half && n.is_multiple_of(8) && cos.len() >= 2 * half && sin.len() >= 2 * half);
+        let (c, s) = (cos.as_ptr(), sin.as_ptr());
+        for lo in (0..n).step_by(8) {
+            let hi = lo + half;
+            // SAFETY: the caller's.
+            unsafe {
+                let (a, b) = (_mm256_loadu_ps(x.add(lo)), _mm256_loadu_ps(x.add(hi)));
+                let (c0, s0) = (_mm256_loadu_ps(c.add(lo)), _mm256_loadu_ps(s.add(lo)));
+                let (c1, s1) = (_mm256_loadu_ps(c.add(hi)), _mm256_loadu_ps(s.add(hi)));
+                let x0 = _mm256_sub_ps(_mm256_mul_ps(a, c0), _mm256_mul_ps(b, s0));
+                let x1 = _mm256_add_ps(_mm256_mul_ps(b, c1), _mm256_mul_ps(a, s1));
+                _mm256_storeu_ps(x.add(lo), x0);
+                _mm256_storeu_ps(x.add(hi), x1);
+            }
+        }
+    }
+
     /// [`super::silu_mul`], 8 at a time (the last few padded), with the
     /// AVX-512 version's bits.
     #[target_feature(enable = "avx2,fma")]
@@ -1141,6 +1410,85 @@ mod tests {
                 }
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&a), bits(&b), "AVX-512 and AVX2 differ");
+            }
+        }
+    }
+
+    /// Every level this CPU has.
+    fn test_levels() -> Vec<Level> {
+        let mut levels = vec![Level::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if has_avx2() {
+                levels.push(Level::Avx2);
+            }
+            if has_avx512() {
+                levels.push(Level::Avx512);
+            }
+        }
+        levels
+    }
+
+    /// RMSNorm against a plain f64 computation, with the same bits at every
+    /// level, in place or not, for lengths with and without a tail of 8.
+    #[test]
+    fn rms_norm_has_the_same_bits_at_every_level() {
+        let x: Vec<f32> = (0..1541)
+            .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 37.0)
+            .collect();
+        let w: Vec<f32> = (0..x.len()).map(|i| 0.5 + (i % 11) as f32 / 7.0).collect();
+        let levels = test_levels();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for n in [1541, 1536, 576, 64, 7, 1] {
+            let (x, w) = (&x[..n], &w[..n]);
+            let mean: f64 = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() / n as f64;
+            let scale = 1.0 / (mean + 1e-5).sqrt();
+            let mut first: Option<Vec<f32>> = None;
+            for &level in &levels {
+                let mut out = vec![0f32; n];
+                let mut inplace = x.to_vec();
+                // SAFETY: the CPU has `level` (checked); `n` values each.
+                unsafe {
+                    rms_norm_raw(level, x.as_ptr(), out.as_mut_ptr(), w, 1e-5);
+                    let p = inplace.as_mut_ptr();
+                    rms_norm_raw(level, p, p, w, 1e-5);
+                }
+                assert_eq!(bits(&out), bits(&inplace), "{level:?}, {n}: in place");
+                for ((&got, &v), &w) in out.iter().zip(x).zip(w) {
+                    let want = f64::from(v) * scale * f64::from(w);
+                    assert!((f64::from(got) - want).abs() <= 1e-6 * want.abs() + 1e-30);
+                }
+                match &first {
+                    None => first = Some(out),
+                    Some(f) => assert_eq!(bits(f), bits(&out), "{level:?}, {n}"),
+                }
+            }
+        }
+    }
+
+    /// The rotary embedding with the same bits at every level, for halves
+    /// with and without a tail of 8.
+    #[test]
+    fn rope_has_the_same_bits_at_every_level() {
+        let levels = test_levels();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for hd in [128, 64, 48, 10, 2] {
+            let x: Vec<f32> = (0..hd)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 13.0)
+                .collect();
+            let cos: Vec<f32> = (0..hd).map(|i| (i as f32 * 0.3).cos()).collect();
+            let sin: Vec<f32> = (0..hd).map(|i| (i as f32 * 0.3).sin()).collect();
+            let mut want = x.clone();
+            let half = hd / 2;
+            for i in 0..half {
+                want[i] = x[i] * cos[i] - x[i + half] * sin[i];
+                want[i + half] = x[i + half] * cos[i + half] + x[i] * sin[i + half];
+            }
+            for &level in &levels {
+                let mut got = x.clone();
+                // SAFETY: the CPU has `level` (checked).
+                unsafe { rope_at(level, &mut got, &cos, &sin) };
+                assert_eq!(bits(&got), bits(&want), "{level:?}, head of {hd}");
             }
         }
     }

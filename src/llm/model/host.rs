@@ -303,15 +303,6 @@ unsafe fn project(
     }
 }
 
-/// `out = x / rms(x) * weight`, the sum of squares in f64 as ggml sums it.
-fn rms_norm(x: &[f32], weight: &[f32], eps: f64, out: &mut [f32]) {
-    let sum: f64 = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
-    let scale = 1.0 / ((sum / x.len() as f64) as f32 + eps as f32).sqrt();
-    for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
-        *o = v * scale * w;
-    }
-}
-
 /// RMSNorm of `rows` rows of `x` (every `step`-th row, ending on the last:
 /// 1 for every token, the sequence length for each sequence's last token) into
 /// the rows of `out`, quantized for `next`; each member its share of the rows.
@@ -334,28 +325,9 @@ unsafe fn norm_rows(
         let r = i * step + step - 1;
         // SAFETY: the caller's: row `i` of `out` is this member's.
         unsafe {
-            rms_norm(x.get(r * w..(r + 1) * w), weight, eps, out.row_mut(i));
+            cpu::rms_norm(x.get(r * w..(r + 1) * w), weight, eps, out.row_mut(i));
             out.quantize_row(i, next.schemes());
         }
-    }
-}
-
-/// RMSNorm of a row in place.
-fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f64) {
-    let sum: f64 = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
-    let scale = 1.0 / ((sum / x.len() as f64) as f32 + eps as f32).sqrt();
-    for (v, &w) in x.iter_mut().zip(weight) {
-        *v = *v * scale * w;
-    }
-}
-
-/// "Rotate half" rotary embedding of one head, in place.
-fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
-    let half = x.len() / 2;
-    for i in 0..half {
-        let (a, b) = (x[i], x[i + half]);
-        x[i] = a * cos[i] - b * sin[i];
-        x[i + half] = b * cos[i + half] + a * sin[i + half];
     }
 }
 
@@ -430,9 +402,9 @@ impl Prepare<'_> {
         ] {
             for x in x.chunks_exact_mut(hd) {
                 if let Some(norm) = norm {
-                    rms_norm_in_place(x, norm, self.eps);
+                    cpu::rms_norm_in_place(x, norm, self.eps);
                 }
-                rope(x, cos, sin);
+                cpu::rope(x, cos, sin);
             }
         }
         let (seq, t) = (i / s, i % s);
