@@ -553,6 +553,20 @@ unsafe fn rope_at(level: Level, x: &mut [f32], cos: &[f32], sin: &[f32]) {
     }
 }
 
+/// The largest of `values` (-∞ for none); NaNs are passed over, as
+/// `f32::max` passes them over.
+pub fn max(values: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if avx512() {
+        // SAFETY: AVX-512F checked.
+        return unsafe { avx512_att::max(values) };
+    } else if avx2() {
+        // SAFETY: AVX2 checked.
+        return unsafe { avx2::max(values) };
+    }
+    values.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v))
+}
+
 /// `out[i] = silu(gate[i]) × up[i]`, SwiGLU's product, with `silu(g) =
 /// g / (1 + e^-g)` computed as `(g ≥ 0 ? g : g e) / (1 + e)`, `e = e^-|g|`
 /// (no overflow for any `g`). The vector versions use the softmax's `exp`
@@ -885,6 +899,22 @@ mod avx512_att {
                 _mm512_mask_storeu_ps(x.add(hi), m, x1);
             }
         }
+    }
+
+    /// [`super::max`], 16 at a time (the last few masked to -∞).
+    #[target_feature(enable = "avx512f,avx512vl")]
+    pub unsafe fn max(values: &[f32]) -> f32 {
+        let low = _mm512_set1_ps(f32::NEG_INFINITY);
+        let mut m = low;
+        for at in (0..values.len()).step_by(16) {
+            let len = (values.len() - at).min(16);
+            let lanes: __mmask16 = if len == 16 { !0 } else { (1 << len) - 1 };
+            // SAFETY: the `len` values at `at`, masked.
+            let v = unsafe { _mm512_mask_loadu_ps(low, lanes, values.as_ptr().add(at)) };
+            // A NaN in `v` gives the second operand: passed over.
+            m = _mm512_max_ps(v, m);
+        }
+        _mm512_reduce_max_ps(m)
     }
 
     /// Cache elements as 16 f32 lanes.
@@ -1327,6 +1357,24 @@ mod avx2 {
         }
     }
 
+    /// [`super::max`], 8 at a time.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn max(values: &[f32]) -> f32 {
+        let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
+        let mut chunks = values.chunks_exact(8);
+        for c in &mut chunks {
+            // SAFETY: 8 values. A NaN in them gives the second operand.
+            m = _mm256_max_ps(unsafe { _mm256_loadu_ps(c.as_ptr()) }, m);
+        }
+        let mut lanes = [0f32; 8];
+        // SAFETY: 8 values.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), m) };
+        lanes
+            .iter()
+            .chain(chunks.remainder())
+            .fold(f32::NEG_INFINITY, |m, &v| m.max(v))
+    }
+
     /// [`super::silu_mul`], 8 at a time (the last few padded), with the
     /// AVX-512 version's bits.
     #[target_feature(enable = "avx2,fma")]
@@ -1491,6 +1539,34 @@ mod tests {
                 assert_eq!(bits(&got), bits(&want), "{level:?}, head of {hd}");
             }
         }
+    }
+
+    /// The vector maxima against `f32::max`'s fold: every length to 40, the
+    /// largest value anywhere, NaNs passed over, -∞ for nothing.
+    #[test]
+    fn max_matches_the_plain_fold() {
+        for len in 0..40 {
+            for at in 0..len {
+                let mut v: Vec<f32> = (0..len).map(|i| -((i * 7 % 11) as f32)).collect();
+                v[at] = 3.5;
+                if len > 2 {
+                    v[(at + 1) % len] = f32::NAN;
+                }
+                assert_eq!(max(&v), 3.5, "{len} values, largest at {at}");
+                #[cfg(target_arch = "x86_64")]
+                {
+                    // SAFETY: checked.
+                    if has_avx512() {
+                        assert_eq!(unsafe { avx512_att::max(&v) }, 3.5);
+                    }
+                    if has_avx2() {
+                        assert_eq!(unsafe { avx2::max(&v) }, 3.5);
+                    }
+                }
+            }
+        }
+        assert_eq!(max(&[]), f32::NEG_INFINITY);
+        assert_eq!(max(&[f32::NEG_INFINITY; 20]), f32::NEG_INFINITY);
     }
 
     /// The weighted values against a plain f64 sum, and each row's bits the

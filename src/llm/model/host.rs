@@ -517,16 +517,20 @@ impl QueryChunk<'_> {
             let t = self.tokens.start + r % count;
             let limit = self.start + t + 1;
             let first = window.map_or(0, |w| limit.saturating_sub(w));
-            let mut max = f32::NEG_INFINITY;
-            for (j, score) in scores.iter_mut().enumerate() {
-                let slot = lo + j;
-                *score = if slot >= first && slot < limit && self.valid[slot] {
+            // Slots `lo + a..lo + b` are the token's to see (those of them
+            // that hold real tokens); the others are masked.
+            let (a, b) = (first.max(lo) - lo, limit - lo);
+            scores[..a].fill(f32::NEG_INFINITY);
+            scores[b..].fill(f32::NEG_INFINITY);
+            let seen = &mut scores[a..b];
+            for (score, &valid) in seen.iter_mut().zip(&self.valid[lo + a..lo + b]) {
+                *score = if valid {
                     *score * scale
                 } else {
                     f32::NEG_INFINITY
                 };
-                max = max.max(*score);
             }
+            let max = cpu::max(seen);
             local.totals.push(if max == f32::NEG_INFINITY {
                 // Nothing to attend (a padding position): zeros.
                 scores.fill(0.0);
