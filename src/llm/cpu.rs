@@ -467,6 +467,16 @@ impl Level {
         }
         Level::Portable
     }
+
+    /// How many of `n` values (or pairs) this level's vector code takes:
+    /// whole groups of 8, none without vectors; the rest are done one by one.
+    fn vector_len(self, n: usize) -> usize {
+        if self == Level::Portable {
+            0
+        } else {
+            n / 8 * 8
+        }
+    }
 }
 
 /// [`rms_norm`] from `src` into `dst` (which may be `src`) at `level`.
@@ -476,21 +486,18 @@ impl Level {
 /// instructions.
 unsafe fn rms_norm_raw(level: Level, src: *const f32, dst: *mut f32, weight: &[f32], eps: f64) {
     let n = weight.len();
+    let full = level.vector_len(n);
     let mut lanes = [0f64; 8];
-    let mut from = 0;
+    // SAFETY: the caller's.
     #[cfg(target_arch = "x86_64")]
-    if level != Level::Portable {
-        from = n / 8 * 8;
-        // SAFETY: the caller's.
-        unsafe {
-            if level == Level::Avx512 {
-                avx512_att::square_lanes(src, from, &mut lanes)
-            } else {
-                avx2::square_lanes(src, from, &mut lanes)
-            }
+    unsafe {
+        match level {
+            Level::Avx512 => avx512_att::square_lanes(src, full, &mut lanes),
+            Level::Avx2 => avx2::square_lanes(src, full, &mut lanes),
+            Level::Portable => {}
         }
     }
-    for i in from..n {
+    for i in full..n {
         // SAFETY: the caller's.
         let v = f64::from(unsafe { *src.add(i) });
         lanes[i % 8] += v * v;
@@ -498,20 +505,16 @@ unsafe fn rms_norm_raw(level: Level, src: *const f32, dst: *mut f32, weight: &[f
     let sum = ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6]))
         + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]));
     let scale = 1.0 / ((sum / n as f64) as f32 + eps as f32).sqrt();
-    let mut from = 0;
+    // SAFETY: the caller's.
     #[cfg(target_arch = "x86_64")]
-    if level != Level::Portable {
-        from = n / 8 * 8;
-        // SAFETY: the caller's.
-        unsafe {
-            if level == Level::Avx512 {
-                avx512_att::scale_by(src, dst, from, scale, weight)
-            } else {
-                avx2::scale_by(src, dst, from, scale, weight)
-            }
+    unsafe {
+        match level {
+            Level::Avx512 => avx512_att::scale_by(src, dst, full, scale, weight),
+            Level::Avx2 => avx2::scale_by(src, dst, full, scale, weight),
+            Level::Portable => {}
         }
     }
-    for (i, &w) in weight.iter().enumerate().skip(from) {
+    for (i, &w) in weight.iter().enumerate().skip(full) {
         // SAFETY: the caller's.
         unsafe { *dst.add(i) = *src.add(i) * scale * w };
     }
@@ -533,20 +536,17 @@ pub fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
 unsafe fn rope_at(level: Level, x: &mut [f32], cos: &[f32], sin: &[f32]) {
     let half = x.len() / 2;
     assert!(x.len() == 2 * half && cos.len() == x.len() && sin.len() == x.len());
-    let mut from = 0;
+    let full = level.vector_len(half);
+    // SAFETY: the caller's; lengths asserted.
     #[cfg(target_arch = "x86_64")]
-    if level != Level::Portable {
-        from = half / 8 * 8;
-        // SAFETY: the caller's; lengths asserted.
-        unsafe {
-            if level == Level::Avx512 {
-                avx512_att::rope(x.as_mut_ptr(), half, from, cos, sin)
-            } else {
-                avx2::rope(x.as_mut_ptr(), half, from, cos, sin)
-            }
+    unsafe {
+        match level {
+            Level::Avx512 => avx512_att::rope(x.as_mut_ptr(), half, full, cos, sin),
+            Level::Avx2 => avx2::rope(x.as_mut_ptr(), half, full, cos, sin),
+            Level::Portable => {}
         }
     }
-    for i in from..half {
+    for i in full..half {
         let (a, b) = (x[i], x[i + half]);
         x[i] = a * cos[i] - b * sin[i];
         x[i + half] = b * cos[i + half] + a * sin[i + half];
