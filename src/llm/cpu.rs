@@ -556,13 +556,14 @@ unsafe fn rope_at(level: Level, x: &mut [f32], cos: &[f32], sin: &[f32]) {
 /// The largest of `values` (-∞ for none); NaNs are passed over, as
 /// `f32::max` passes them over.
 pub fn max(values: &[f32]) -> f32 {
+    // SAFETY: the CPU has the level it reports.
     #[cfg(target_arch = "x86_64")]
-    if avx512() {
-        // SAFETY: AVX-512F checked.
-        return unsafe { avx512_att::max(values) };
-    } else if avx2() {
-        // SAFETY: AVX2 checked.
-        return unsafe { avx2::max(values) };
+    unsafe {
+        match Level::now() {
+            Level::Avx512 => return avx512_att::max(values),
+            Level::Avx2 => return avx2::max(values),
+            Level::Portable => {}
+        }
     }
     values.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v))
 }
