@@ -11,7 +11,7 @@
 use half::f16;
 
 use crate::formats::{GgmlType, QK_K, f16_to_f32};
-use crate::layout::{self, padded};
+use crate::layout::{self, Aligned, aligned, padded};
 
 /// Values per activation block of the 32-value schemes.
 pub const BLOCK: usize = 32;
@@ -65,12 +65,12 @@ pub struct Activations {
     pub rows: usize,
     pub len: usize,
     /// Per row, `padded(len)` signed bytes within ±127, in panel order.
-    pub q: Vec<i8>,
+    pub q: Aligned<i8>,
     /// Per row, `padded(len) / 16`: the scale of the block each group
     /// belongs to, in panel order.
-    pub scale: Vec<f32>,
+    pub scale: Aligned<f32>,
     /// Per row, `len / 16`: scale × the sum of the group's sixteen bytes.
-    pub group_sum: Vec<f32>,
+    pub group_sum: Aligned<f32>,
 }
 
 impl Activations {
@@ -103,9 +103,9 @@ impl Activations {
         Activations {
             rows,
             len,
-            q: vec![0; rows * padded(len)],
-            scale: vec![0.0; rows * padded(len) / GROUP],
-            group_sum: vec![0.0; rows * len / GROUP],
+            q: aligned(0, rows * padded(len)),
+            scale: aligned(0.0, rows * padded(len) / GROUP),
+            group_sum: aligned(0.0, rows * len / GROUP),
         }
     }
 

@@ -35,6 +35,20 @@ pub const MINI: usize = 64;
 /// Values per group (one scale).
 const GROUP: usize = 16;
 
+/// A buffer whose first element starts a 64-byte cache line. Rows in panel
+/// order are whole 64-byte steps, so in such a buffer no vector load of a
+/// step straddles two lines (two loads' worth, on the kernels' hot path).
+/// The allocator aligns ordinary vectors to 16 bytes only, so which loads
+/// straddled changed from one run to the next with where buffers landed.
+pub type Aligned<T> = aligned_vec::AVec<T, aligned_vec::ConstAlign<64>>;
+
+/// `n` copies of `value` in an [`Aligned`] buffer.
+pub fn aligned<T: Clone>(value: T, n: usize) -> Aligned<T> {
+    let mut v = Aligned::new(64);
+    v.resize(n, value);
+    v
+}
+
 /// Bytes a row of `len` values takes in panel order.
 pub const fn padded(len: usize) -> usize {
     len.next_multiple_of(MINI)
@@ -304,6 +318,22 @@ pub(crate) use avx2::{from_panels, transpose_128, transpose_256};
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The buffers the kernels load whole steps from start cache lines:
+    /// unpacked weight rows and quantized inputs, every array of them.
+    #[test]
+    fn kernel_buffers_start_cache_lines() {
+        let starts = |p: *const u8| (p as usize).is_multiple_of(64);
+        for len in [32, 96, 576, 1536] {
+            let u = crate::unpack::Unpacked::with_len(len);
+            assert!(starts(u.q.as_ptr()) && starts(u.scale.as_ptr().cast()));
+            assert!(starts(u.min.as_ptr().cast()) && starts(u.offset_sums.as_ptr().cast()));
+            let a = crate::Activations::zeros(3, len);
+            assert!(starts(a.q.as_ptr().cast()) && starts(a.scale.as_ptr().cast()));
+            assert!(starts(a.group_sum.as_ptr().cast()));
+        }
+        assert!(starts(aligned(0u8, 5).as_ptr()) && aligned(7u8, 5).iter().all(|&b| b == 7));
+    }
 
     /// Every row length a model has (whole blocks of 32): the reordering
     /// puts each value where [`position`] says, and the scales where

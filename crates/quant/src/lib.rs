@@ -22,4 +22,5 @@ mod unpack;
 pub use activations::{ActivationRow, Activations, Scheme, quantize_into};
 pub use formats::{GgmlType, QK_K, dequantize, name_of_id};
 pub use kernels::Kernel;
+pub use layout::{Aligned, aligned};
 pub use matrix::{Product, QuantMatrix, Scratch, SharedBytes, matmul, matmul_with, quantize_for};

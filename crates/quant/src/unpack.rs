@@ -13,7 +13,7 @@
 //! compiler vectorises it, with AVX-512 where the calling kernel enables it.
 
 use crate::formats::{GgmlType, f16_to_f32, q3k_scales, scale_min_k4};
-use crate::layout::{padded, scales_to_panels, to_panels};
+use crate::layout::{Aligned, aligned, padded, scales_to_panels, to_panels};
 
 pub use crate::activations::GROUP;
 
@@ -21,13 +21,13 @@ pub use crate::activations::GROUP;
 /// group of 16, in panel order (padded), `min` per group in order.
 pub struct Unpacked {
     pub len: usize,
-    pub q: Vec<u8>,
-    pub scale: Vec<f32>,
-    pub min: Vec<f32>,
+    pub q: Aligned<u8>,
+    pub scale: Aligned<f32>,
+    pub min: Aligned<f32>,
     /// Per group, in panel order like `scale`: 128 × the sum of its signed
     /// values, for kernels that offset their inputs by 128 to multiply them
     /// as unsigned bytes. Filled by those kernels, once per unpacked row.
-    pub offset_sums: Vec<i32>,
+    pub offset_sums: Aligned<i32>,
     /// `q` holds signed bytes and `min` is zero (a symmetric type).
     pub signed: bool,
     /// A K-quant's row: its inputs (`Q8_K`) have one scale per 256 values,
@@ -71,10 +71,10 @@ impl Unpacked {
     pub fn with_len(values: usize) -> Self {
         Unpacked {
             len: values,
-            q: vec![0; padded(values)],
-            scale: vec![0.0; padded(values) / GROUP],
-            min: vec![0.0; values / GROUP],
-            offset_sums: vec![0; padded(values) / GROUP],
+            q: aligned(0, padded(values)),
+            scale: aligned(0.0, padded(values) / GROUP),
+            min: aligned(0.0, values / GROUP),
+            offset_sums: aligned(0, padded(values) / GROUP),
             signed: false,
             superblocks: false,
             wide: false,

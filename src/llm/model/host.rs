@@ -13,7 +13,9 @@
 
 use half::f16;
 use moulin_quant::layout::padded;
-use moulin_quant::{ActivationRow, Kernel, Product, Scheme, Scratch, quantize_into};
+use moulin_quant::{
+    ActivationRow, Aligned, Kernel, Product, Scheme, Scratch, aligned, quantize_into,
+};
 
 use super::{Embedding, KvCache, KvStore, LayerHost, Linear, Llama, ModelHost, StepInput};
 use crate::error::{Error, Result};
@@ -37,15 +39,15 @@ const ATTENTION_TOKENS: usize = 16;
 /// capacity, head_dim]`, in f16 (half the bytes each step reads, as llama.cpp
 /// keeps them) or f32.
 pub enum KvBuffer {
-    F32(Vec<f32>),
-    F16(Vec<f16>),
+    F32(Aligned<f32>),
+    F16(Aligned<f16>),
 }
 
 impl KvBuffer {
     pub fn zeros(len: usize, dtype: super::KvDtype) -> Self {
         match dtype {
-            super::KvDtype::F32 => KvBuffer::F32(vec![0.0; len]),
-            super::KvDtype::F16 => KvBuffer::F16(vec![f16::ZERO; len]),
+            super::KvDtype::F32 => KvBuffer::F32(aligned(0.0, len)),
+            super::KvDtype::F16 => KvBuffer::F16(aligned(f16::ZERO, len)),
         }
     }
 
@@ -140,31 +142,52 @@ struct Acts<'a> {
     group_sum: Shared<'a, f32>,
 }
 
+/// One scheme's quantized rows: bytes, scales, group sums.
+type ActsBuffers = (Aligned<i8>, Aligned<f32>, Aligned<f32>);
+
 /// The buffers behind an [`Input`].
 struct InputBuffers {
     rows: usize,
     width: usize,
     x: Vec<f32>,
-    acts: [(Vec<i8>, Vec<f32>, Vec<f32>); 3],
+    acts: [ActsBuffers; 3],
 }
 
 impl InputBuffers {
-    /// Buffers for `rows` rows of `width`: the quantized ones are allocated
-    /// zeroed, so the schemes never asked for take no memory.
-    fn new(rows: usize, width: usize) -> Self {
+    /// Buffers for `rows` rows of `width`, quantized in the schemes that
+    /// `readers` want (the others left empty: they would take memory).
+    /// Cache-line aligned, as the kernels' loads want them.
+    fn new<'w>(
+        rows: usize,
+        width: usize,
+        readers: impl IntoIterator<Item = &'w Weight<'w>>,
+    ) -> Self {
+        let mut want = [false; 3];
+        for w in readers {
+            for (want, wanted) in want.iter_mut().zip(w.schemes()) {
+                *want |= wanted;
+            }
+        }
         let (n, p) = (rows * width, rows * padded(width));
-        let acts = || (vec![0i8; p], vec![0f32; p / 16], vec![0f32; n / 16]);
+        let acts = |i: usize| {
+            let k = usize::from(want[i]);
+            (
+                aligned(0i8, k * p),
+                aligned(0f32, k * p / 16),
+                aligned(0f32, k * n / 16),
+            )
+        };
         InputBuffers {
             rows,
             width,
             x: vec![0.0; n],
-            acts: [acts(), acts(), acts()],
+            acts: [acts(0), acts(1), acts(2)],
         }
     }
 
     fn share(&mut self) -> Input<'_> {
         let [a, b, c] = &mut self.acts;
-        fn acts(buffers: &mut (Vec<i8>, Vec<f32>, Vec<f32>)) -> Acts<'_> {
+        fn acts(buffers: &mut ActsBuffers) -> Acts<'_> {
             let (q, s, g) = buffers;
             Acts {
                 q: Shared::new(q),
@@ -625,11 +648,24 @@ impl Llama {
         let mut qkv = vec![0f32; n * qkv_width];
         let mut gu = vec![0f32; n * 2 * f];
         let mut logits = vec![0f32; b * vocab];
+        let weights: Vec<[Weight<'_>; 4]> = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.qkv, &l.o, &l.gate_up, &l.down]
+                    .map(|lin| lin.host().expect("checked by host_ready"))
+            })
+            .collect();
+        let head = self.head.host().expect("checked by host_ready");
         let (mut h, mut att, mut mlp, mut last) = (
-            InputBuffers::new(n, hidden),
-            InputBuffers::new(n, heads * hd),
-            InputBuffers::new(n, f),
-            InputBuffers::new(b, hidden),
+            InputBuffers::new(
+                n,
+                hidden,
+                weights.iter().flat_map(|[qkv, _, gu, _]| [qkv, gu]),
+            ),
+            InputBuffers::new(n, heads * hd, weights.iter().map(|[_, o, _, _]| o)),
+            InputBuffers::new(n, f, weights.iter().map(|[_, _, _, down]| down)),
+            InputBuffers::new(b, hidden, [&head]),
         );
         let (x, qkv, gu, out) = (
             Shared::new(&mut x),
@@ -640,15 +676,6 @@ impl Llama {
         let (h, att, mlp, last) = (h.share(), att.share(), mlp.share(), last.share());
         let keys: Vec<KvShared<'_>> = keys.iter_mut().map(KvBuffer::share).collect();
         let values: Vec<KvShared<'_>> = values.iter_mut().map(KvBuffer::share).collect();
-        let weights: Vec<[Weight<'_>; 4]> = self
-            .layers
-            .iter()
-            .map(|l| {
-                [&l.qkv, &l.o, &l.gate_up, &l.down]
-                    .map(|lin| lin.host().expect("checked by host_ready"))
-            })
-            .collect();
-        let head = self.head.host().expect("checked by host_ready");
         let kernel = Kernel::detect();
         let chunks = s.div_ceil(ATTENTION_TOKENS);
         let pass = PassShape {
