@@ -100,21 +100,6 @@ pub fn matmul_rows(x: &[f32], rows: usize, inner: usize, w: Weights<'_>, cols: u
     out
 }
 
-/// Whether the AVX-512 kernels run: the CPU has them ([`has_avx512`]) and
-/// `MOULIN_QUANT_KERNEL` does not ask for less (`avx2` or `portable`): one
-/// variable makes the whole pass run as on a CPU without AVX-512, to compare
-/// or to measure how such a machine fares ([`moulin_quant::Kernel::asked`]).
-#[cfg(target_arch = "x86_64")]
-fn avx512() -> bool {
-    has_avx512() && moulin_quant::Kernel::asked().is_none()
-}
-
-/// Whether the AVX2 kernels run, as [`avx512`].
-#[cfg(target_arch = "x86_64")]
-fn avx2() -> bool {
-    has_avx2() && moulin_quant::Kernel::asked() != Some(moulin_quant::Kernel::Portable)
-}
-
 /// Whether the CPU has what the AVX-512 kernels need. They need the
 /// vector-length extension too: without it the compiler keeps accumulators
 /// out of zmm16–31 (their 256- and 128-bit halves, used by the final sums,
@@ -137,27 +122,20 @@ fn has_avx2() -> bool {
 /// Outputs of a block of `n` weight rows for every row of `x`, into `acc`
 /// (`[rows, n]`).
 pub fn outputs(x: &[f32], rows: usize, inner: usize, w: Weights<'_>, n: usize, acc: &mut [f32]) {
+    // SAFETY: the CPU has the level it reports.
     #[cfg(target_arch = "x86_64")]
-    if avx512() {
-        // SAFETY: the CPU has AVX-512F and VL, checked just above.
-        unsafe {
-            match w {
-                Weights::F32(w) => avx512_f32::outputs(x, rows, inner, w, n, acc),
-                Weights::F16(w) => avx512_f16::outputs(x, rows, inner, w, n, acc),
+    unsafe {
+        match (Level::now(), w) {
+            (Level::Avx512, Weights::F32(w)) => {
+                return avx512_f32::outputs(x, rows, inner, w, n, acc);
             }
-        }
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        // SAFETY: the CPU has AVX2, FMA and F16C, checked just above.
-        unsafe {
-            match w {
-                Weights::F32(w) => avx2::outputs(x, rows, inner, w, n, acc),
-                Weights::F16(w) => avx2::outputs(x, rows, inner, w, n, acc),
+            (Level::Avx512, Weights::F16(w)) => {
+                return avx512_f16::outputs(x, rows, inner, w, n, acc);
             }
+            (Level::Avx2, Weights::F32(w)) => return avx2::outputs(x, rows, inner, w, n, acc),
+            (Level::Avx2, Weights::F16(w)) => return avx2::outputs(x, rows, inner, w, n, acc),
+            (Level::Portable, _) => {}
         }
-        return;
     }
     // Elsewhere, plain loops (vectorized by the compiler where it can).
     for r in 0..rows {
@@ -412,15 +390,14 @@ const EXP_POLY: [f32; 6] = [
 /// `scores[j] = exp(scores[j] - max)`, and their sum: a softmax's numerators
 /// (a score of -∞, a masked slot, becomes 0).
 pub fn softmax_exp(scores: &mut [f32], max: f32) -> f32 {
+    // SAFETY: the CPU has the level it reports.
     #[cfg(target_arch = "x86_64")]
-    if avx512() {
-        // SAFETY: AVX-512F and VL checked.
-        return unsafe { avx512_att::softmax_exp(scores, max) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        // SAFETY: AVX2, FMA and F16C checked.
-        return unsafe { avx2::softmax_exp(scores, max) };
+    unsafe {
+        match Level::now() {
+            Level::Avx512 => return avx512_att::softmax_exp(scores, max),
+            Level::Avx2 => return avx2::softmax_exp(scores, max),
+            Level::Portable => {}
+        }
     }
     let mut total = 0f32;
     for s in scores.iter_mut() {
@@ -458,12 +435,21 @@ enum Level {
 }
 
 impl Level {
+    /// The best level the CPU has ([`has_avx512`], [`has_avx2`]) that
+    /// `MOULIN_QUANT_KERNEL` does not rule out (`avx2` or `portable`): one
+    /// variable makes the whole pass run as on a CPU without AVX-512, to
+    /// compare or to measure how such a machine fares
+    /// ([`moulin_quant::Kernel::asked`]).
     fn now() -> Level {
         #[cfg(target_arch = "x86_64")]
-        if avx512() {
-            return Level::Avx512;
-        } else if avx2() {
-            return Level::Avx2;
+        {
+            use moulin_quant::Kernel;
+            let asked = Kernel::asked();
+            if has_avx512() && asked.is_none() {
+                return Level::Avx512;
+            } else if has_avx2() && asked != Some(Kernel::Portable) {
+                return Level::Avx2;
+            }
         }
         Level::Portable
     }
@@ -576,15 +562,14 @@ pub fn max(values: &[f32]) -> f32 {
 /// the other waited.
 pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
     assert!(gate.len() == up.len() && out.len() == gate.len());
+    // SAFETY: the CPU has the level it reports; lengths asserted.
     #[cfg(target_arch = "x86_64")]
-    if avx512() {
-        // SAFETY: AVX-512F and VL checked.
-        return unsafe { avx512_att::silu_mul(gate, up, out) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        // SAFETY: AVX2, FMA and F16C checked.
-        return unsafe { avx2::silu_mul(gate, up, out) };
+    unsafe {
+        match Level::now() {
+            Level::Avx512 => return avx512_att::silu_mul(gate, up, out),
+            Level::Avx2 => return avx2::silu_mul(gate, up, out),
+            Level::Portable => {}
+        }
     }
     for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
         let e = (-g.abs()).exp();
@@ -603,27 +588,24 @@ pub fn weighted_rows(p: &mut [f32], totals: &[f32], slots: Slots<'_>, out: &mut 
     let rows = totals.len();
     let (n, hd) = (p.len() / rows.max(1), out.len() / rows.max(1));
     assert!(p.len() == rows * n && out.len() == rows * hd);
+    // SAFETY: the CPU has the level it reports; lengths checked inside.
     #[cfg(target_arch = "x86_64")]
-    if avx512() && hd.is_multiple_of(16) {
-        // SAFETY: AVX-512F and VL checked; lengths checked inside.
-        unsafe {
-            match slots {
-                Slots::F32(v) => avx512_att::weighted_rows(p, totals, v, out),
-                Slots::F16(v) => avx512_att::weighted_rows(p, totals, v, out),
+    unsafe {
+        match (Level::now(), slots) {
+            (Level::Avx512, Slots::F32(v)) if hd.is_multiple_of(16) => {
+                return avx512_att::weighted_rows(p, totals, v, out);
             }
-        }
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if avx2() && hd.is_multiple_of(8) {
-        // SAFETY: AVX2, FMA and F16C checked; lengths checked inside.
-        unsafe {
-            match slots {
-                Slots::F32(v) => avx2::weighted_rows(p, totals, v, out),
-                Slots::F16(v) => avx2::weighted_rows(p, totals, v, out),
+            (Level::Avx512, Slots::F16(v)) if hd.is_multiple_of(16) => {
+                return avx512_att::weighted_rows(p, totals, v, out);
             }
+            (Level::Avx2, Slots::F32(v)) if hd.is_multiple_of(8) => {
+                return avx2::weighted_rows(p, totals, v, out);
+            }
+            (Level::Avx2, Slots::F16(v)) if hd.is_multiple_of(8) => {
+                return avx2::weighted_rows(p, totals, v, out);
+            }
+            _ => {}
         }
-        return;
     }
     for ((p, &total), out) in p.chunks_exact(n).zip(totals).zip(out.chunks_exact_mut(hd)) {
         for (j, &p) in p.iter().enumerate() {
