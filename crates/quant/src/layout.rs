@@ -35,10 +35,12 @@ pub const MINI: usize = 64;
 /// Values per group (one scale).
 const GROUP: usize = 16;
 
-/// A buffer whose first element starts a 64-byte cache line. Rows in panel
-/// order are whole 64-byte steps, so in such a buffer no vector load of a
-/// step straddles two lines (two loads' worth, on the kernels' hot path).
-/// The allocator aligns ordinary vectors to 16 bytes only, so which loads
+/// A buffer whose first element starts a 64-byte cache line. Rows of bytes
+/// in panel order are whole 64-byte steps, so in such a buffer no vector
+/// load of a step straddles two lines (two loads' worth, on the kernels' hot
+/// path). Per-group arrays of several rows (inputs' scales) are aligned for
+/// their first row only: a 576-wide row's 36 scales end mid-line. The
+/// allocator aligns ordinary vectors to 16 bytes only, so which loads
 /// straddled changed from one run to the next with where buffers landed.
 pub type Aligned<T> = aligned_vec::AVec<T, aligned_vec::ConstAlign<64>>;
 
