@@ -270,9 +270,11 @@ impl<'a> Product<'a> {
                         &self.inputs[part],
                         scratch.for_len(p.cols),
                         &block,
-                        // Twice as many rows after these: most likely the
-                        // next tasks of the two threads (or of one).
-                        &p.data()[r1 * n..(3 * r1 - 2 * r0).min(p.rows) * n],
+                        // As many rows after these: the next task of a
+                        // thread that works through a contiguous share of
+                        // the columns (the CPU pass's teams, rayon's
+                        // splits).
+                        &p.data()[r1 * n..(2 * r1 - r0).min(p.rows) * n],
                     )
                 };
             }
