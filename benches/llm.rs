@@ -19,7 +19,10 @@
 //! A case runs `LLM_BENCH_REPEATS` times, the two runners alternated, and the
 //! summary gives the ratio of their medians and the range of the ratios of
 //! runs side by side: on a shared 2-core machine one run of a case moves by
-//! up to a quarter from the next, for both runners.
+//! up to a quarter from the next, for both runners. Before each pair the
+//! bench measures how long a cache line takes between two cores and back
+//! (`trip ns`), which on a virtual machine changes as the host moves its
+//! cores (see [`core_round_trip_ns`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -201,8 +204,8 @@ fn main() {
         "LLM runner on cpu (weights in their file's blocks), {threads} threads, prompts of {prompt} tokens, {new_tokens} new tokens (greedy, EOS ignored)"
     );
     println!(
-        "{:<34} {:<10} {:>6} {:>12} {:>12} {:>10}",
-        "model", "runner", "batch", "prompt t/s", "gen t/s", "peak MB"
+        "{:<34} {:<10} {:>6} {:>12} {:>12} {:>10} {:>9}",
+        "model", "runner", "batch", "prompt t/s", "gen t/s", "peak MB", "trip ns"
     );
     let repeats = env_usize("LLM_BENCH_REPEATS", 3).max(1);
     let mut results = Vec::new();
@@ -212,8 +215,9 @@ fn main() {
             // The prompt ids both runners get, written by our case (this process
             // never loads the model: a child's peak memory would count it).
             let ids_file = std::env::temp_dir().join(format!("moulin-llm-bench-{batch}.json"));
-            let mut runs = Vec::new();
+            let (mut runs, mut trips) = (Vec::new(), Vec::new());
             for _ in 0..repeats {
+                let trip = core_round_trip_ns();
                 let ours = measured(
                     Command::new(&exe)
                         .args([
@@ -238,16 +242,18 @@ fn main() {
                 for (name, r) in [("moulin", &ours), ("llama.cpp", &theirs)] {
                     if let Some((json, rss, _)) = r {
                         println!(
-                            "{file:<34} {name:<10} {batch:>6} {:>12.1} {:>12.1} {:>10.0}",
+                            "{file:<34} {name:<10} {batch:>6} {:>12.1} {:>12.1} {:>10.0} {:>9}",
                             json["pp_tps"].as_f64().unwrap_or(f64::NAN),
                             json["gen_tps"].as_f64().unwrap_or(f64::NAN),
-                            rss
+                            rss,
+                            trip.map_or("-".into(), |t| format!("{t:.0}"))
                         );
                     }
                 }
                 runs.push((ours, theirs));
+                trips.extend(trip);
             }
-            results.push((file.clone(), batch, runs));
+            results.push((file.clone(), batch, runs, trips));
             let _ = std::fs::remove_file(&ids_file);
         }
     }
@@ -255,7 +261,7 @@ fn main() {
     let gen_of = |r: &Measured| r.as_ref().and_then(|r| r.0["gen_tps"].as_f64());
     let pp_of = |r: &Measured| r.as_ref().and_then(|r| r.0["pp_tps"].as_f64());
     let mem_of = |r: &Measured| r.as_ref().map(|r| r.1);
-    for (file, batch, runs) in &results {
+    for (file, batch, runs, trips) in &results {
         // Per figure: the ratio of the runners' medians, and the lowest and
         // highest ratio of two runs side by side.
         let ratio = |f: &dyn Fn(&Measured) -> Option<f64>| {
@@ -273,8 +279,15 @@ fn main() {
             Some((median(ours)? / median(theirs)?, low, high))
         };
         if let (Some(g), Some(p), Some(m)) = (ratio(&gen_of), ratio(&pp_of), ratio(&mem_of)) {
+            let trips = match (
+                trips.iter().copied().reduce(f64::min),
+                trips.iter().copied().reduce(f64::max),
+            ) {
+                (Some(low), Some(high)) => format!(", core round trips {low:.0}–{high:.0} ns"),
+                _ => String::new(),
+            };
             println!(
-                "{file} batch {batch}: moulin / llama.cpp over {} runs: generation {:.2} ({:.2}–{:.2}), prompt {:.2} ({:.2}–{:.2}), peak memory {:.2}",
+                "{file} batch {batch}: moulin / llama.cpp over {} runs: generation {:.2} ({:.2}–{:.2}), prompt {:.2} ({:.2}–{:.2}), peak memory {:.2}{trips}",
                 runs.len(),
                 g.0,
                 g.1,
@@ -286,6 +299,68 @@ fn main() {
             );
         }
     }
+}
+
+/// How long a cache line takes to go from one core to another and back, in
+/// ns: two threads on the first two cores this process may use hand an atomic
+/// counter back and forth. Measured before each pair of runs because on a
+/// virtual machine it is not a constant: on this development machine the
+/// host moved the two virtual cores between about 60 ns apart (sharing a
+/// last-level cache) and about 330 ns (not), for seconds at a time, and every
+/// trip a forward pass makes between its threads costs accordingly. `None`
+/// with fewer than two cores.
+fn core_round_trip_ns() -> Option<f64> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    // SAFETY: a zeroed cpu_set_t is an empty set, filled by the call.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: our own affinity, into a set we own, of its own size.
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) } != 0 {
+        return None;
+    }
+    // SAFETY: `cpu` below CPU_SETSIZE, in a set we own.
+    let cores: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .take(2)
+        .collect();
+    let &[first, second] = cores.as_slice() else {
+        return None;
+    };
+    let pin = |cpu: usize| {
+        // SAFETY: as above, for the calling thread alone.
+        unsafe {
+            let mut one: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut one);
+            libc::sched_setaffinity(0, std::mem::size_of_val(&one), &one);
+        }
+    };
+    const TRIPS: u64 = 100_000;
+    let ball = AtomicU64::new(0);
+    // Both ends on threads of their own: this one's affinity, which the
+    // runners' processes inherit, stays as it was.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            pin(second);
+            for i in 0..TRIPS {
+                while ball.load(Ordering::Acquire) != 2 * i + 1 {
+                    std::hint::spin_loop();
+                }
+                ball.store(2 * i + 2, Ordering::Release);
+            }
+        });
+        s.spawn(|| {
+            pin(first);
+            let started = Instant::now();
+            for i in 0..TRIPS {
+                ball.store(2 * i + 1, Ordering::Release);
+                while ball.load(Ordering::Acquire) != 2 * i + 2 {
+                    std::hint::spin_loop();
+                }
+            }
+            started.elapsed().as_secs_f64() * 1e9 / TRIPS as f64
+        })
+        .join()
+        .ok()
+    })
 }
 
 /// The middle value (the mean of the two middle ones for an even count).
