@@ -8,7 +8,10 @@
 //! step's time, in the kernel's scheduler. Here the threads are started once
 //! per pass (scoped, so they borrow the pass's buffers) and wait for each other
 //! by spinning on one atomic counter (a few hundred nanoseconds), yielding
-//! their core only when a wait drags on (more threads than free cores).
+//! their core only when a wait drags on (more threads than free cores). A
+//! phase's tasks go first to the member whose contiguous share they are in,
+//! then to whichever member runs out of its own ([`Member::tasks`]), so that
+//! drawing a task costs no trip between cores.
 //!
 //! Buffers the threads share are [`Shared`] slices: within a phase (between
 //! two barriers) each part of a buffer is written by one thread at most, and
