@@ -71,6 +71,9 @@ pub struct Activations {
     pub scale: Aligned<f32>,
     /// Per row, `len / 16`: scale × the sum of the group's sixteen bytes.
     pub group_sum: Aligned<f32>,
+    /// Per row, `padded(len)`: the bytes plus 128 ([`shift_into`]), which
+    /// kernels that multiply inputs as unsigned bytes read ([`crate::Kernel::shifts`]).
+    pub shifted: Aligned<u8>,
 }
 
 impl Activations {
@@ -94,6 +97,7 @@ impl Activations {
                 &mut a.scale[r * p / GROUP..(r + 1) * p / GROUP],
                 &mut a.group_sum[r * g..(r + 1) * g],
             );
+            shift_into(&a.q[r * p..(r + 1) * p], &mut a.shifted[r * p..(r + 1) * p]);
         }
         a
     }
@@ -106,6 +110,7 @@ impl Activations {
             q: aligned(0, rows * padded(len)),
             scale: aligned(0.0, rows * padded(len) / GROUP),
             group_sum: aligned(0.0, rows * len / GROUP),
+            shifted: aligned(0, rows * padded(len)),
         }
     }
 
@@ -115,7 +120,18 @@ impl Activations {
             q: &self.q[r * p..(r + 1) * p],
             scale: &self.scale[r * p / GROUP..(r + 1) * p / GROUP],
             group_sum: &self.group_sum[r * n / GROUP..(r + 1) * n / GROUP],
+            shifted: &self.shifted[r * p..(r + 1) * p],
         }
+    }
+}
+
+/// `q`'s bytes plus 128 (`x ^ 0x80`: from 1 to 255 for bytes within ±127),
+/// for kernels that multiply inputs as the unsigned operand
+/// ([`ActivationRow::shifted`]).
+pub fn shift_into(q: &[i8], shifted: &mut [u8]) {
+    assert_eq!(q.len(), shifted.len(), "shifted activation buffer");
+    for (s, &q) in shifted.iter_mut().zip(q) {
+        *s = q as u8 ^ 0x80;
     }
 }
 
@@ -592,6 +608,9 @@ pub struct ActivationRow<'a> {
     pub scale: &'a [f32],
     /// Per group, in order: scale × the sum of its bytes.
     pub group_sum: &'a [f32],
+    /// `q` plus 128 ([`shift_into`]), or empty: what the kernels that
+    /// [`crate::Kernel::shifts`] for a weight type read instead of `q`.
+    pub shifted: &'a [u8],
 }
 
 impl ActivationRow<'_> {

@@ -113,6 +113,13 @@ impl Kernel {
         Kernel::supported()[0]
     }
 
+    /// Whether this kernel multiplies inputs for weights of `kind` as
+    /// unsigned bytes, and so wants them [`ActivationRow::shifted`] too
+    /// (AVX2, with the signed types of at most 6 bits: see `avx2::rows`).
+    pub fn shifts(self, kind: GgmlType) -> bool {
+        self == Kernel::Avx2 && crate::unpack::offset(kind).is_some_and(|o| o <= 32)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Avx512Vnni => "avx512-vnni",
@@ -141,6 +148,10 @@ trait Dot {
     /// The CPU must have the kernel's instructions.
     #[inline(always)]
     unsafe fn prepare(_w: &mut Unpacked) {}
+
+    /// Whether [`Dot::dot`] reads what [`Dot::prepare`] writes too, so that
+    /// rows multiplied by it (few inputs) are prepared as well.
+    const DOT_PREPARED: bool = false;
 
     /// The dot products of up to [`TILE_ROWS`] weight rows with up to
     /// [`MAX_ROWS`] inputs, with the same bits as [`Dot::dot`] row by row
@@ -252,8 +263,13 @@ pub unsafe fn weight_rows(
     next: &[u8],
 ) {
     let len = scratch[0].len;
+    let shifted = if kernel.shifts(kind) { padded(len) } else { 0 };
     for r in inputs {
         assert!(r.len() == len && r.q.len() == padded(len) && r.scale.len() == padded(len) / GROUP);
+        assert!(
+            r.shifted.len() >= shifted,
+            "inputs shifted as the kernel wants"
+        );
     }
     assert_eq!(kind.bytes_for(len), Ok(row_bytes));
     match kernel {
@@ -314,6 +330,10 @@ unsafe fn rows_of<const T: u32, D: Dot>(
         // Few inputs (decoding): each weight row unpacked, then used at once.
         for (j, row) in weights.chunks_exact(row_bytes).enumerate() {
             unpack_row(kind, D::F16C, row, &mut scratch[0]);
+            if D::DOT_PREPARED {
+                // SAFETY: the caller's: the CPU has the instructions.
+                unsafe { D::prepare(&mut scratch[0]) };
+            }
             for (c, chunk) in inputs.chunks(MAX_ROWS).enumerate() {
                 one(&scratch[0], j, c, chunk);
             }
@@ -465,11 +485,12 @@ fn portable(w: &Unpacked, a: &[ActivationRow<'_>], out: &mut [f32]) {
 /// and its [`weight_rows`], compiled with its `target_feature`s.
 #[cfg(target_arch = "x86_64")]
 macro_rules! entry {
-    ($dot:ident, $features:literal, $safety:literal $(, tile = $tile:ident)? $(, prepare = $prepare:ident)?) => {
+    ($dot:ident, $features:literal, $safety:literal $(, tile = $tile:ident)? $(, prepare = $prepare:ident)? $(, dot_prepared = $prepared:literal)?) => {
         struct $dot;
 
         impl Dot for $dot {
             const F16C: bool = true;
+            $(const DOT_PREPARED: bool = $prepared;)?
             #[inline(always)]
             unsafe fn dot(w: &Unpacked, a: &[ActivationRow<'_>], out: &mut [f32]) {
                 macro_rules! by_inputs {
@@ -1349,8 +1370,62 @@ mod avx2 {
         Avx2,
         "avx2,fma,f16c",
         "The CPU must have AVX2, FMA and F16C; lengths as checked there.",
-        tile = tiles
+        tile = tiles,
+        prepare = offset_sums,
+        dot_prepared = true
     );
+
+    /// A signed row's [`Unpacked::offset_sums`] when its inputs are
+    /// multiplied shifted ([`rows`]): 128 × the sum of its bytes per lane, in
+    /// the lanes [`rows_with`] sums them in, which it subtracts from every
+    /// input's sums.
+    #[target_feature(enable = "avx2")]
+    fn offset_sums(w: &mut Unpacked) {
+        if !w.signed || w.wide {
+            return;
+        }
+        let n = w.len;
+        let full = n / PANEL * PANEL;
+        assert!(w.q.len() >= padded(n) && w.offset_sums.len() >= padded(n) / GROUP);
+        let pairs = pairs_end(n, !w.superblocks);
+        let (q, sums) = (w.q.as_ptr(), w.offset_sums.as_mut_ptr());
+        // 128 as the unsigned operand, the row's bytes as the signed one:
+        // 16-bit sums within 128 × 2 × 32, then widened.
+        let (offset, ones) = (_mm256_set1_epi8(-128), _mm256_set1_epi16(1));
+        // SAFETY: bytes `p..p + 512` (`p..p + 256`, `m..m + 64`) of a row of
+        // `padded(n)`, and their first 16 (16, 4) groups (asserted).
+        unsafe {
+            let sum = |from: usize, steps: usize| {
+                let mut sum = _mm256_setzero_si256();
+                for s in 0..steps {
+                    let v = _mm256_loadu_si256(q.add(from + 64 * s) as *const __m256i);
+                    let v = _mm256_maddubs_epi16(offset, v);
+                    sum = _mm256_add_epi32(sum, _mm256_madd_epi16(v, ones));
+                }
+                sum
+            };
+            // Half `h` of a pair (panel) at `p` in groups `p / 16 + 8h`.
+            for (p, steps) in (0..pairs)
+                .step_by(PAIR)
+                .map(|p| (p, PAIR / 64))
+                .chain((pairs..full).step_by(PANEL).map(|p| (p, PANEL / 64)))
+            {
+                for h in 0..2 {
+                    let at = sums.add(p / GROUP + 8 * h) as *mut __m256i;
+                    _mm256_storeu_si256(at, sum(p + 32 * h, steps));
+                }
+            }
+            // A mini-panel's two halves of 32 bytes, side by side, folded.
+            for m in (full..padded(n)).step_by(MINI) {
+                let halves = _mm256_add_epi32(sum(m, 1), sum(m + 32, 1));
+                let folded = _mm_add_epi32(
+                    _mm256_castsi256_si128(halves),
+                    _mm256_extracti128_si256::<1>(halves),
+                );
+                _mm_storeu_si128(sums.add(m / GROUP) as *mut __m128i, folded);
+            }
+        }
+    }
 
     #[target_feature(enable = "avx2")]
     fn hsum8(v: __m256) -> f32 {
@@ -1360,17 +1435,27 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
-    /// `S`: signed weight bytes (no mins): their magnitudes are the unsigned
-    /// operand of `vpmaddubsw` and their signs go onto the inputs (`vpsignb`),
-    /// as llama.cpp's AVX2 code does. `K`: a K-quant's row (its inputs' one
+    /// `S`: signed weight bytes (no mins). Those of at most 6 bits are the
+    /// signed operand of `vpmaddubsw` and the inputs, [shifted] by 128, the
+    /// unsigned one; 128 × the weights' sum per lane
+    /// ([`Unpacked::offset_sums`], once per row) is subtracted after. Q8_0's
+    /// bytes are too wide for that (255 × 127 × 2 overflows the 16-bit
+    /// sums): their magnitudes are the unsigned operand and their signs go
+    /// onto the inputs (`vpsignb`), as llama.cpp's AVX2 code does, which
+    /// costs two more instructions per 32 products and one input, on the
+    /// pipes that `vpmaddubsw` needs too on Zen 3 and Intel's cores.
+    /// `K`: a K-quant's row (its inputs' one
     /// scale per 256 values applied after the weights', as on AVX-512).
+    ///
+    /// [shifted]: ActivationRow::shifted
     /// Each 32-bit lane sums a group (a block, in a pair) over its panel's
     /// steps, as on AVX-512: `vpmaddubsw` gives 16-bit sums of two products,
     /// those of up to four steps are added as they are (weights within ±32,
     /// inputs from -128 to 127: the sums lie from -2¹⁵ to 4 × 2 × 32 × 127
     /// < 2¹⁵), or of up to eight
-    /// ([`Unpacked::narrow`], within ±16), then `vpmaddwd` by ones widens
-    /// them to the lane's 32 bits. Zen 2 runs both on its one pipe that
+    /// ([`Unpacked::narrow`], within ±16); with shifted inputs (up to 255),
+    /// of four (within ±16: 4 × 2 × 255 × 16 = 32 640) or two (Q6_K, ±32).
+    /// Then `vpmaddwd` by ones widens them to the lane's 32 bits. Zen 2 runs both on its one pipe that
     /// multiplies integers, which bounds these loops: a pair's eight steps
     /// with one widening spend a ninth of that pipe on it, not a fifth.
     #[target_feature(enable = "avx2,fma")]
@@ -1392,46 +1477,78 @@ mod avx2 {
         out: &mut [f32],
     ) {
         if S && w.wide {
-            rows_with::<R, S, K, M, 1>(w, a, out)
+            rows_with::<R, S, K, M, 1, false>(w, a, out)
+        } else if S && w.narrow {
+            rows_with::<R, S, K, M, 4, true>(w, a, out)
+        } else if S {
+            rows_with::<R, S, K, M, 2, true>(w, a, out)
         } else if w.narrow {
-            rows_with::<R, S, K, M, 8>(w, a, out)
+            rows_with::<R, S, K, M, 8, false>(w, a, out)
         } else {
-            rows_with::<R, S, K, M, 4>(w, a, out)
+            rows_with::<R, S, K, M, 4, false>(w, a, out)
         }
     }
 
-    /// [`products`], the 16-bit sums of `N` steps added before widening.
+    /// [`products`], the 16-bit sums of `N` steps added before widening;
+    /// `O`: the inputs shifted, the weights signed (see [`rows`]).
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    fn rows_with<const R: usize, const S: bool, const K: bool, const M: bool, const N: usize>(
+    fn rows_with<
+        const R: usize,
+        const S: bool,
+        const K: bool,
+        const M: bool,
+        const N: usize,
+        const O: bool,
+    >(
         w: &Unpacked,
         a: &[ActivationRow<'_>],
         out: &mut [f32],
     ) {
         let n = w.len;
+        // `shifts` asked the caller for shifted inputs, and `prepare` (which
+        // runs on every row of a kernel that `shifts`) filled the sums.
+        assert!(!O || a.iter().all(|a| a.shifted.len() == a.q.len()));
         let full = n / PANEL * PANEL;
         let pairs = pairs_end(n, !K);
         let mut acc = [_mm256_setzero_ps(); R];
         let (wq, ws) = (w.q.as_ptr(), w.scale.as_ptr());
-        let aq: [*const i8; R] = std::array::from_fn(|r| a[r].q.as_ptr());
+        let aq: [*const i8; R] = std::array::from_fn(|r| {
+            if O {
+                a[r].shifted.as_ptr() as *const i8
+            } else {
+                a[r].q.as_ptr()
+            }
+        });
         let asc: [*const f32; R] = std::array::from_fn(|r| a[r].scale.as_ptr());
+        let offsets = w.offset_sums.as_ptr();
         let ones = _mm256_set1_epi16(1);
         // The weights' 32 bytes at `at` as the unsigned operand, and input
-        // `r`'s, signed like the weights (`S`). (Macros: closures were kept
-        // as calls.)
+        // `r`'s, signed like the weights (`S`); with `O`, the weights signed
+        // and the inputs unsigned. (Macros: closures were kept as calls.)
         macro_rules! weights {
             ($at:expr) => {{
                 // Used inside the `unsafe` below, which reads inside the
                 // row's `padded(n)` bytes.
                 let q = _mm256_loadu_si256(wq.add($at) as *const __m256i);
-                if S { (_mm256_abs_epi8(q), q) } else { (q, q) }
+                if S && !O {
+                    (_mm256_abs_epi8(q), q)
+                } else {
+                    (q, q)
+                }
             }};
         }
-        macro_rules! input {
-            ($r:expr, $at:expr, $q:expr) => {{
+        macro_rules! product {
+            ($r:expr, $at:expr, $u:expr, $q:expr) => {{
                 // As for `weights`: every input holds `padded(n)` bytes.
                 let x = _mm256_loadu_si256(aq[$r].add($at) as *const __m256i);
-                if S { _mm256_sign_epi8(x, $q) } else { x }
+                if O {
+                    _mm256_maddubs_epi16(x, $q)
+                } else if S {
+                    _mm256_maddubs_epi16($u, _mm256_sign_epi8(x, $q))
+                } else {
+                    _mm256_maddubs_epi16($u, x)
+                }
             }};
         }
         // SAFETY: every load reads bytes `p..p + 512` or `p..p + 256` and
@@ -1453,8 +1570,7 @@ mod avx2 {
                                 let at = p + 64 * s + 32 * h;
                                 let (u, q) = weights!(at);
                                 for r in 0..R {
-                                    let prod = _mm256_maddubs_epi16(u, input!(r, at, q));
-                                    part[r] = _mm256_add_epi16(part[r], prod);
+                                    part[r] = _mm256_add_epi16(part[r], product!(r, at, u, q));
                                 }
                             }
                             for r in 0..R {
@@ -1463,6 +1579,12 @@ mod avx2 {
                             }
                         }
                         let g = p / GROUP + 8 * h;
+                        if O {
+                            let offset = _mm256_loadu_si256(offsets.add(g) as *const __m256i);
+                            for r in 0..R {
+                                sums[r] = _mm256_sub_epi32(sums[r], offset);
+                            }
+                        }
                         let scale = _mm256_loadu_ps(ws.add(g));
                         for r in 0..R {
                             let f = _mm256_cvtepi32_ps(sums[r]);
@@ -1490,7 +1612,7 @@ mod avx2 {
                 for at in [m, m + 32] {
                     let (u, q) = weights!(at);
                     for r in 0..R {
-                        let prod = _mm256_maddubs_epi16(u, input!(r, at, q));
+                        let prod = product!(r, at, u, q);
                         if N == 1 {
                             let wide = _mm256_madd_epi16(prod, ones);
                             sums[r] = _mm256_add_epi32(sums[r], wide);
@@ -1504,10 +1626,14 @@ mod avx2 {
                     if N != 1 {
                         sums[r] = _mm256_madd_epi16(part[r], ones);
                     }
-                    let sum = _mm_add_epi32(
+                    let mut sum = _mm_add_epi32(
                         _mm256_castsi256_si128(sums[r]),
                         _mm256_extracti128_si256::<1>(sums[r]),
                     );
+                    if O {
+                        let offset = _mm_loadu_si128(offsets.add(m / GROUP) as *const __m128i);
+                        sum = _mm_sub_epi32(sum, offset);
+                    }
                     let xs = _mm_loadu_ps(asc[r].add(m / GROUP));
                     let low = _mm_fmadd_ps(
                         _mm_cvtepi32_ps(sum),

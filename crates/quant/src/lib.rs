@@ -19,7 +19,7 @@ pub mod layout;
 mod matrix;
 mod unpack;
 
-pub use activations::{ActivationRow, Activations, Scheme, quantize_into};
+pub use activations::{ActivationRow, Activations, Scheme, quantize_into, shift_into};
 pub use formats::{GgmlType, QK_K, dequantize, name_of_id};
 pub use kernels::Kernel;
 pub use layout::{Aligned, aligned};

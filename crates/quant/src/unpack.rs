@@ -3,8 +3,10 @@
 //! `value = scale * q - min`. The symmetric types (Q4_0, Q5_0, Q8_0, Q3_K,
 //! Q6_K: `value = d (q - offset)`) keep `q - offset` as a signed byte and no
 //! min ([`Unpacked::signed`]), which is what llama.cpp multiplies: the kernels
-//! take its magnitude as the unsigned operand and move its sign onto the
-//! input. The others keep an unsigned byte and their min.
+//! multiply it with the inputs plus 128 and subtract 128 × its sums
+//! ([`Unpacked::offset_sums`]), or (blocks decoded in registers, and AVX2's Q8_0) take
+//! its magnitude as the unsigned operand and move its sign onto the input.
+//! The others keep an unsigned byte and their min.
 //!
 //! The bytes and scales are then put in the kernels' panel order
 //! ([`crate::layout`]); the mins stay in order.

@@ -171,26 +171,37 @@ fn decoding_and_prompt_paths_give_identical_bits() {
 }
 
 /// Blocks whose every value has its type's largest magnitude, against inputs
-/// all at +1 or all at -1 (quantized to ±127): every product of a group has
-/// the same sign and the largest size, so a kernel that adds 16-bit sums
-/// before widening them (AVX2's) overflows here if anywhere.
+/// all at +1 or all at -1 (quantized to ±127, or shifted to 1 and 255):
+/// every product of a group has the same sign and the largest size, so a
+/// kernel that adds 16-bit sums before widening them (AVX2's) overflows here
+/// if anywhere.
 #[test]
 fn largest_values_do_not_overflow_any_kernel() {
     // (type, the block's bytes after its f16 fields, where those end)
-    let cases: [(GgmlType, u8, usize); 5] = [
+    let cases: [(GgmlType, u8, usize); 7] = [
         (GgmlType::Q4_0, 0x00, 2), // nibbles 0: -8
         (GgmlType::Q4_1, 0xFF, 4), // nibbles 15
         (GgmlType::Q5_0, 0x00, 2), // nibbles 0, high bits 0: -16
         (GgmlType::Q5_1, 0xFF, 4), // 31
         (GgmlType::Q8_0, 0x80, 2), // -128
+        // The K-quants' d is their last field (written below): Q3_K's bytes
+        // 0 are quants of -4 at scales of -32; Q6_K's quants 0 are -32, its
+        // scales (bytes 192..208) set to 1 below.
+        (GgmlType::Q3K, 0x00, 0),
+        (GgmlType::Q6K, 0x00, 0),
     ];
-    let (outs, cols) = (9, 576);
     for (kind, byte, start) in cases {
-        let mut data = vec![byte; outs * cols / 32 * kind.block_bytes()];
+        let cols = if kind.block_size() == 256 { 512 } else { 576 };
+        let outs = 9;
+        let mut data = vec![byte; outs * cols / kind.block_size() * kind.block_bytes()];
         for block in data.chunks_exact_mut(kind.block_bytes()) {
-            block[..2].copy_from_slice(&half::f16::ONE.to_le_bytes());
+            let d = if start == 0 { block.len() - 2 } else { 0 };
+            block[d..d + 2].copy_from_slice(&half::f16::ONE.to_le_bytes());
             if start == 4 {
                 block[2..4].copy_from_slice(&half::f16::ZERO.to_le_bytes());
+            }
+            if kind == GgmlType::Q6K {
+                block[192..208].fill(1);
             }
         }
         let w = QuantMatrix::new(kind, outs, cols, data).unwrap();

@@ -14,7 +14,7 @@
 use half::f16;
 use moulin_quant::layout::padded;
 use moulin_quant::{
-    ActivationRow, Aligned, Kernel, Product, Scheme, Scratch, aligned, quantize_into,
+    ActivationRow, Aligned, Kernel, Product, Scheme, Scratch, aligned, quantize_into, shift_into,
 };
 
 use super::{Embedding, KvCache, KvStore, LayerHost, Linear, Llama, ModelHost, StepInput};
@@ -115,15 +115,34 @@ impl Weight<'_> {
         }
     }
 
-    /// Which input schemes its parts want.
-    fn schemes(&self) -> [bool; 3] {
-        let mut want = [false; 3];
+    /// What its parts want of their input in each scheme.
+    fn schemes(&self) -> [Want; 3] {
+        let mut want = [Want::default(); 3];
         if let Weight::Blocks(parts) = self {
             for p in parts.iter() {
-                want[scheme_index(Scheme::for_weights(p.kind()))] = true;
+                let want = &mut want[scheme_index(Scheme::for_weights(p.kind()))];
+                want.quantized = true;
+                want.shifted |= Kernel::detect().shifts(p.kind());
             }
         }
         want
+    }
+}
+
+/// What a projection wants of its input in one of [`SCHEMES`]: quantized,
+/// and also shifted ([`ActivationRow::shifted`]) for the kernel.
+#[derive(Clone, Copy, Default)]
+struct Want {
+    quantized: bool,
+    shifted: bool,
+}
+
+impl Want {
+    fn or(self, other: Want) -> Want {
+        Want {
+            quantized: self.quantized | other.quantized,
+            shifted: self.shifted | other.shifted,
+        }
     }
 }
 
@@ -140,10 +159,11 @@ struct Acts<'a> {
     q: Shared<'a, i8>,
     scale: Shared<'a, f32>,
     group_sum: Shared<'a, f32>,
+    shifted: Shared<'a, u8>,
 }
 
-/// One scheme's quantized rows: bytes, scales, group sums.
-type ActsBuffers = (Aligned<i8>, Aligned<f32>, Aligned<f32>);
+/// One scheme's quantized rows: bytes, scales, group sums, shifted bytes.
+type ActsBuffers = (Aligned<i8>, Aligned<f32>, Aligned<f32>, Aligned<u8>);
 
 /// The buffers behind an [`Input`].
 struct InputBuffers {
@@ -162,19 +182,20 @@ impl InputBuffers {
         width: usize,
         readers: impl IntoIterator<Item = &'w Weight<'w>>,
     ) -> Self {
-        let mut want = [false; 3];
+        let mut want = [Want::default(); 3];
         for w in readers {
             for (want, wanted) in want.iter_mut().zip(w.schemes()) {
-                *want |= wanted;
+                *want = want.or(wanted);
             }
         }
         let (n, p) = (rows * width, rows * padded(width));
         let acts = |i: usize| {
-            let k = usize::from(want[i]);
+            let k = usize::from(want[i].quantized);
             (
                 aligned(0i8, k * p),
                 aligned(0f32, k * p / 16),
                 aligned(0f32, k * n / 16),
+                aligned(0u8, usize::from(want[i].shifted) * p),
             )
         };
         InputBuffers {
@@ -188,11 +209,12 @@ impl InputBuffers {
     fn share(&mut self) -> Input<'_> {
         let [a, b, c] = &mut self.acts;
         fn acts(buffers: &mut ActsBuffers) -> Acts<'_> {
-            let (q, s, g) = buffers;
+            let (q, s, g, shifted) = buffers;
             Acts {
                 q: Shared::new(q),
                 scale: Shared::new(s),
                 group_sum: Shared::new(g),
+                shifted: Shared::new(shifted),
             }
         }
         Input {
@@ -219,22 +241,26 @@ impl Input<'_> {
     ///
     /// # Safety
     /// This thread alone touches row `r` in this phase.
-    unsafe fn quantize_row(&self, r: usize, want: [bool; 3]) {
+    unsafe fn quantize_row(&self, r: usize, want: [Want; 3]) {
         let (w, p) = (self.width, padded(self.width));
         // SAFETY: the caller's.
         let x = unsafe { self.x.get(r * w..(r + 1) * w) };
         for (i, acts) in self.acts.iter().enumerate() {
-            if want[i] {
+            if want[i].quantized {
                 // SAFETY: the caller's.
                 unsafe {
+                    let q = acts.q.get_mut(r * p..(r + 1) * p);
                     quantize_into(
                         x,
                         SCHEMES[i],
-                        acts.q.get_mut(r * p..(r + 1) * p),
+                        q,
                         acts.scale.get_mut(r * p / 16..(r + 1) * p / 16),
                         acts.group_sum.get_mut(r * w / 16..(r + 1) * w / 16),
-                    )
-                };
+                    );
+                    if want[i].shifted {
+                        shift_into(q, acts.shifted.get_mut(r * p..(r + 1) * p));
+                    }
+                }
             }
         }
     }
@@ -252,6 +278,11 @@ impl Input<'_> {
                 q: a.q.get(r * p..(r + 1) * p),
                 scale: a.scale.get(r * p / 16..(r + 1) * p / 16),
                 group_sum: a.group_sum.get(r * w / 16..(r + 1) * w / 16),
+                shifted: if a.shifted.is_empty() {
+                    &[]
+                } else {
+                    a.shifted.get(r * p..(r + 1) * p)
+                },
             }
         }
     }
