@@ -1444,20 +1444,21 @@ mod avx2 {
     /// onto the inputs (`vpsignb`), as llama.cpp's AVX2 code does, which
     /// costs two more instructions per 32 products and one input, on the
     /// pipes that `vpmaddubsw` needs too on Zen 3 and Intel's cores.
-    /// `K`: a K-quant's row (its inputs' one
-    /// scale per 256 values applied after the weights', as on AVX-512).
+    /// `K`: a K-quant's row (its inputs' one scale per 256 values applied
+    /// after the weights', as on AVX-512).
     ///
-    /// [shifted]: ActivationRow::shifted
     /// Each 32-bit lane sums a group (a block, in a pair) over its panel's
     /// steps, as on AVX-512: `vpmaddubsw` gives 16-bit sums of two products,
     /// those of up to four steps are added as they are (weights within ±32,
     /// inputs from -128 to 127: the sums lie from -2¹⁵ to 4 × 2 × 32 × 127
-    /// < 2¹⁵), or of up to eight
-    /// ([`Unpacked::narrow`], within ±16); with shifted inputs (up to 255),
-    /// of four (within ±16: 4 × 2 × 255 × 16 = 32 640) or two (Q6_K, ±32).
-    /// Then `vpmaddwd` by ones widens them to the lane's 32 bits. Zen 2 runs both on its one pipe that
+    /// < 2¹⁵), or of up to eight ([`Unpacked::narrow`], within ±16); with
+    /// shifted inputs (up to 255), of four (within ±16: 4 × 2 × 255 × 16 =
+    /// 32 640) or two (Q6_K, within ±32). Then `vpmaddwd` by ones widens
+    /// them to the lane's 32 bits. Zen 2 runs both on its one pipe that
     /// multiplies integers, which bounds these loops: a pair's eight steps
     /// with one widening spend a ninth of that pipe on it, not a fifth.
+    ///
+    /// [shifted]: ActivationRow::shifted
     #[target_feature(enable = "avx2,fma")]
     fn rows<const R: usize, const S: bool, const K: bool>(
         w: &Unpacked,
