@@ -1855,6 +1855,7 @@ mod avx2 {
         while scratch.len() < inputs.len() {
             scratch.push(Unpacked::with_len(len));
         }
+        let offset = crate::unpack::offset(kind).map_or(0, i32::from);
         for (a, s) in inputs.iter().zip(scratch.iter_mut()) {
             // SAFETY: the CPU has AVX2; both hold `padded(len)` bytes.
             unsafe {
@@ -1865,10 +1866,13 @@ mod avx2 {
                     pairs_end(len, true),
                 )
             };
+            if stored(kind) {
+                offset_corrections(s, offset);
+            }
         }
-        let mut natural = [std::ptr::null::<i8>(); 2 * MAX_ROWS];
+        let mut natural = [(std::ptr::null::<i8>(), std::ptr::null::<i32>()); 2 * MAX_ROWS];
         for (p, s) in natural.iter_mut().zip(scratch.iter()).take(inputs.len()) {
-            *p = s.q.as_ptr() as *const i8;
+            *p = (s.q.as_ptr() as *const i8, s.offset_sums.as_ptr());
         }
         let natural = &natural[..inputs.len()];
         // SAFETY: the caller's.
@@ -1884,13 +1888,92 @@ mod avx2 {
         }
     }
 
+    /// Whether [`fused`] multiplies `kind`'s values as stored (Q4_0's and
+    /// Q5_0's, from 0 to 15 or 31) as the unsigned operand of `vpmaddubsw`
+    /// by the signed inputs, then subtracts the offset (8, 16) times each
+    /// group's inputs' sum ([`offset_corrections`], once per call) from the
+    /// widened sums. That drops the offset's subtraction and `vpabsb` per
+    /// block and `vpsignb` per block and input, for one `vpsubd` per eight
+    /// blocks: a single input's step goes from four instructions to one.
+    /// The sums are the same integers, so the bits are too.
+    pub const fn stored(kind: GgmlType) -> bool {
+        matches!(kind, GgmlType::Q4_0 | GgmlType::Q5_0)
+    }
+
+    /// `offset` × the sum of each group of an input's bytes, `s.q` in
+    /// natural order, into `s.offset_sums` in the order [`fused`]'s lanes
+    /// take them: a pair's two vectors of eight blocks (both groups), a
+    /// panel's two of four blocks' groups, a mini-panel's four groups as
+    /// they lie.
+    #[target_feature(enable = "avx2")]
+    fn offset_corrections(s: &mut Unpacked, offset: i32) {
+        let n = s.len;
+        let (pairs, full) = (pairs_end(n, true), n / PANEL * PANEL);
+        assert!(s.q.len() >= padded(n) && s.offset_sums.len() >= padded(n) / GROUP);
+        let q = s.q.as_ptr();
+        // `offset` × the sums of block `blk`'s two groups.
+        let group_sums = |blk: usize| {
+            // SAFETY: block `blk < n / 32` of the row's padded(n) bytes
+            // (asserted; the callers below stay below `n`).
+            unsafe {
+                let x = _mm256_loadu_si256(q.add(32 * blk) as *const __m256i);
+                let v = _mm256_maddubs_epi16(_mm256_set1_epi8(1), x);
+                let v = _mm256_madd_epi16(v, _mm256_set1_epi16(1));
+                let v = _mm256_hadd_epi32(v, v);
+                let v = _mm256_hadd_epi32(v, v);
+                [
+                    offset * _mm256_extract_epi32::<0>(v),
+                    offset * _mm256_extract_epi32::<4>(v),
+                ]
+            }
+        };
+        let sums = &mut s.offset_sums;
+        for p in (0..pairs).step_by(PAIR) {
+            let b = p / 32;
+            for h in 0..2 {
+                // Whole blocks, as a pair's lanes hold them.
+                let c = b + 2 * h;
+                for (j, blk) in [c, c + 4, c + 8, c + 12, c + 1, c + 5, c + 9, c + 13]
+                    .into_iter()
+                    .enumerate()
+                {
+                    let [g0, g1] = group_sums(blk);
+                    sums[p / GROUP + 8 * h + j] = g0 + g1;
+                }
+            }
+        }
+        for p in (pairs..full).step_by(PANEL) {
+            let b = p / 32;
+            for h in 0..2 {
+                // Four blocks' first groups, then their second.
+                let at = p / GROUP + 8 * h;
+                for (j, blk) in [b + h, b + h + 2, b + h + 4, b + h + 6]
+                    .into_iter()
+                    .enumerate()
+                {
+                    [sums[at + j], sums[at + 4 + j]] = group_sums(blk);
+                }
+            }
+        }
+        for m in (full..n).step_by(MINI) {
+            let b = m / 32;
+            let [g0, g1] = group_sums(b);
+            let [g2, g3] = if m + MINI <= n {
+                group_sums(b + 1)
+            } else {
+                [0, 0]
+            };
+            sums[m / GROUP..m / GROUP + 4].copy_from_slice(&[g0, g1, g2, g3]);
+        }
+    }
+
     /// `S`: the type is symmetric (see [`rows`]).
     #[inline(always)]
     unsafe fn fused_rows<const T: u32, const S: bool>(
         weights: &[u8],
         row_bytes: usize,
         inputs: &[ActivationRow<'_>],
-        natural: &[*const i8],
+        natural: &[(*const i8, *const i32)],
         acc: &OutBlock,
     ) {
         let mut dots = [0f32; MAX_ROWS];
@@ -1926,7 +2009,7 @@ mod avx2 {
     unsafe fn fused<const T: u32, const R: usize, const S: bool>(
         row: &[u8],
         a: &[ActivationRow<'_>],
-        x: &[*const i8],
+        x: &[(*const i8, *const i32)],
         out: &mut [f32],
     ) {
         let size = const { GgmlType::from_supported_id(T).block_bytes() };
@@ -1944,18 +2027,27 @@ mod avx2 {
         let mut next = 0;
         let mut acc = [_mm256_setzero_ps(); R];
         let asc: [*const f32; R] = std::array::from_fn(|r| a[r].scale.as_ptr());
-        let xq: [*const i8; R] = std::array::from_fn(|r| x[r]);
+        let xq: [*const i8; R] = std::array::from_fn(|r| x[r].0);
+        // The values as stored (see `stored`), and what to subtract.
+        let stored = const { stored(GgmlType::from_supported_id(T)) };
+        let corr: [*const i32; R] = std::array::from_fn(|r| x[r].1);
         let ones = _mm256_set1_epi16(1);
-        let block = |b: usize| &row[b * size..(b + 1) * size];
+        // Blocks are read through pointers: the slices' bounds checks and
+        // their index arithmetic were half of this loop's instructions.
+        let base = row.as_ptr();
         // Block `b` decoded, its min recorded: then per input, its 16 lanes
         // of 16-bit sums of 2 products (the first eight lanes for its first
         // group). Macros, not closures: the compiler kept those as calls.
         macro_rules! pairs {
             ($b:expr) => {{
                 let b = $b;
-                // Used inside the `unsafe` below: a whole block (`block`
-                // slices it); the CPU has AVX2 and F16C.
-                let (q, _, _) = crate::unpack::small_block::<T>(block(b));
+                // Used inside the `unsafe` below: block `b < blocks` lies
+                // inside the row; the CPU has AVX2.
+                let q = if stored {
+                    crate::unpack::block_stored::<T>(base.add(b * size))
+                } else {
+                    crate::unpack::block_values::<T>(base.add(b * size))
+                };
                 if !S {
                     // Block `next`'s min is minus the f16 at its byte 2;
                     // `next` stays below `blocks`, one step per block.
@@ -1967,12 +2059,13 @@ mod avx2 {
                     }
                     next += 1;
                 }
-                let u = if S { _mm256_abs_epi8(q) } else { q };
+                let signs = S && !stored;
+                let u = if signs { _mm256_abs_epi8(q) } else { q };
                 let mut v = [_mm256_setzero_si256(); R];
                 for r in 0..R {
                     // The inputs hold the row's `padded(n)` bytes.
                     let x = _mm256_loadu_si256(xq[r].add(32 * b) as *const __m256i);
-                    let x = if S { _mm256_sign_epi8(x, q) } else { x };
+                    let x = if signs { _mm256_sign_epi8(x, q) } else { x };
                     v[r] = _mm256_maddubs_epi16(u, x);
                 }
                 v
@@ -2050,10 +2143,14 @@ mod avx2 {
                     let g = p / GROUP + 8 * h;
                     for r in 0..R {
                         // Each block's two groups added: its sum.
-                        let sums = _mm256_add_epi32(
+                        let mut sums = _mm256_add_epi32(
                             _mm256_permute2x128_si256::<0x20>(t0[r], t1[r]),
                             _mm256_permute2x128_si256::<0x31>(t0[r], t1[r]),
                         );
+                        if stored {
+                            let c = _mm256_loadu_si256(corr[r].add(g) as *const __m256i);
+                            sums = _mm256_sub_epi32(sums, c);
+                        }
                         let f = _mm256_cvtepi32_ps(sums);
                         let xs = _mm256_loadu_ps(asc[r].add(g));
                         acc[r] = _mm256_fmadd_ps(f, _mm256_mul_ps(scale, xs), acc[r]);
@@ -2071,7 +2168,12 @@ mod avx2 {
                     let scale = _mm256_permutevar8x32_ps(dv, idx);
                     let g = p / GROUP + 8 * h;
                     for r in 0..R {
-                        let f = _mm256_cvtepi32_ps(sums[r]);
+                        let mut sums = sums[r];
+                        if stored {
+                            let c = _mm256_loadu_si256(corr[r].add(g) as *const __m256i);
+                            sums = _mm256_sub_epi32(sums, c);
+                        }
+                        let f = _mm256_cvtepi32_ps(sums);
                         let xs = _mm256_loadu_ps(asc[r].add(g));
                         acc[r] = _mm256_fmadd_ps(f, _mm256_mul_ps(scale, xs), acc[r]);
                     }
@@ -2088,7 +2190,7 @@ mod avx2 {
                 };
                 // The blocks' f16 scales, converted as `unpack` converts them.
                 let h = |b: usize| {
-                    let v = u16::from_le_bytes([row[b * size], row[b * size + 1]]);
+                    let v = std::ptr::read_unaligned(base.add(b * size) as *const u16);
                     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(v))))
                 };
                 let (s0, s1) = (h(b), if whole { h(b + 1) } else { 0.0 });
@@ -2097,10 +2199,14 @@ mod avx2 {
                     // Lanes G0 G2 G0 G2 | G1 G3 G1 G3, interleaved.
                     let t = _mm256_hadd_epi32(v0[r], v1[r]);
                     let t = _mm256_hadd_epi32(t, t);
-                    let sum = _mm_unpacklo_epi32(
+                    let mut sum = _mm_unpacklo_epi32(
                         _mm256_castsi256_si128(t),
                         _mm256_extracti128_si256::<1>(t),
                     );
+                    if stored {
+                        let c = _mm_loadu_si128(corr[r].add(m / GROUP) as *const __m128i);
+                        sum = _mm_sub_epi32(sum, c);
+                    }
                     let xs = _mm_loadu_ps(asc[r].add(m / GROUP));
                     let low = _mm_fmadd_ps(
                         _mm_cvtepi32_ps(sum),

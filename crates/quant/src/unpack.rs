@@ -29,6 +29,8 @@ pub struct Unpacked {
     /// Per group, in panel order like `scale`: 128 × the sum of its signed
     /// values, for kernels that offset their inputs by 128 to multiply them
     /// as unsigned bytes. Filled by those kernels, once per unpacked row.
+    /// (In an input's natural-order copy, AVX2's decoding kernel keeps its
+    /// offset corrections here: `kernels::avx2::offset_corrections`.)
     pub offset_sums: Aligned<i32>,
     /// `q` holds signed bytes and `min` is zero (a symmetric type).
     pub signed: bool,
@@ -372,7 +374,7 @@ fn unpack_block(
 /// types): the same scale arithmetic, in vectors, put in panel order in
 /// registers before they are stored.
 #[cfg(target_arch = "x86_64")]
-pub(crate) use simd::{block_scales, small_block};
+pub(crate) use simd::{block_scales, block_stored, block_values};
 
 #[cfg(target_arch = "x86_64")]
 mod simd {
@@ -648,14 +650,27 @@ mod simd {
         }
     }
 
-    /// [`small`] without AVX-512, for kernels that decode blocks in registers.
+    /// A block's values as [`small`] gives them, without AVX-512, for
+    /// kernels that decode blocks in registers: from a pointer, so that their
+    /// loops over a row's blocks carry no bounds checks.
     ///
     /// # Safety
-    /// The CPU has AVX2 and F16C; a whole block at `b`.
+    /// The CPU has AVX2; a whole block at `b`.
     #[inline(always)]
-    pub unsafe fn small_block<const T: u32>(b: &[u8]) -> (__m256i, f32, f32) {
+    pub unsafe fn block_values<const T: u32>(b: *const u8) -> __m256i {
         // SAFETY: the caller's.
-        unsafe { small::<T, false>(b) }
+        unsafe { values::<T, false, false>(b) }
+    }
+
+    /// Q4_0's and Q5_0's block at `b` as stored: its values plus their
+    /// offset ([`super::offset`]: 8, 16), unsigned bytes.
+    ///
+    /// # Safety
+    /// As [`block_values`].
+    #[inline(always)]
+    pub unsafe fn block_stored<const T: u32>(b: *const u8) -> __m256i {
+        // SAFETY: the caller's.
+        unsafe { values::<T, false, true>(b) }
     }
 
     /// One block of 32 values (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0): its values
@@ -670,9 +685,28 @@ mod simd {
         assert!(b.len() >= kind.block_bytes());
         let d = super::half(true, b, 0);
         // SAFETY: the block's bytes (asserted).
-        let v = unsafe {
+        let v = unsafe { values::<T, MASKS, false>(b.as_ptr()) };
+        let m = if matches!(kind, GgmlType::Q4_1 | GgmlType::Q5_1) {
+            -super::half(true, b, 2)
+        } else {
+            0.0
+        };
+        (v, d, m)
+    }
+
+    /// [`small`]'s values of the block at `b`; `STORED`: Q4_0's and Q5_0's
+    /// without their offset subtracted (and not with `MASKS`).
+    ///
+    /// # Safety
+    /// The CPU has AVX2 (and AVX-512 BW and VL where `MASKS`); a whole block
+    /// at `b`.
+    #[inline(always)]
+    unsafe fn values<const T: u32, const MASKS: bool, const STORED: bool>(b: *const u8) -> __m256i {
+        let kind = const { GgmlType::from_supported_id(T) };
+        // SAFETY: the block's bytes (the caller's).
+        unsafe {
             match kind {
-                GgmlType::Q8_0 => _mm256_loadu_si256(b.as_ptr().add(2) as *const __m256i),
+                GgmlType::Q8_0 => _mm256_loadu_si256(b.add(2) as *const __m256i),
                 _ => {
                     // Where the nibbles are, and for Q5 the 32 high bits.
                     let (at, high) = match kind {
@@ -681,7 +715,7 @@ mod simd {
                         GgmlType::Q5_0 => (6, Some(2)),
                         _ => (8, Some(4)),
                     };
-                    let v = _mm_loadu_si128(b.as_ptr().add(at) as *const __m128i);
+                    let v = _mm_loadu_si128(b.add(at) as *const __m128i);
                     let low = _mm_set1_epi8(0x0F);
                     let mut v = _mm256_set_m128i(
                         _mm_and_si128(_mm_srli_epi16(v, 4), low),
@@ -691,26 +725,18 @@ mod simd {
                         // The word is a byte mask: Q5_0's value is `q - 16`
                         // where its high bit is clear, the nibble where it is
                         // set; Q5_1's is the nibble plus 16 where it is set.
-                        let h = u32::from_le_bytes(b[h..h + 4].try_into().expect("4 bytes"));
+                        let h = std::ptr::read_unaligned(b.add(h) as *const u32);
                         let sixteen = _mm256_set1_epi8(16);
-                        return (
-                            if kind == GgmlType::Q5_0 {
-                                _mm256_mask_sub_epi8(v, !h, v, sixteen)
-                            } else {
-                                _mm256_mask_add_epi8(v, h, v, sixteen)
-                            },
-                            d,
-                            if kind == GgmlType::Q5_1 {
-                                -super::half(true, b, 2)
-                            } else {
-                                0.0
-                            },
-                        );
+                        return if kind == GgmlType::Q5_0 {
+                            _mm256_mask_sub_epi8(v, !h, v, sixteen)
+                        } else {
+                            _mm256_mask_add_epi8(v, h, v, sixteen)
+                        };
                     }
                     if let Some(h) = high {
                         // Bit j of the word onto value j: byte j / 8 of it
                         // in byte j, tested against bit j % 8.
-                        let h = u32::from_le_bytes(b[h..h + 4].try_into().expect("4 bytes"));
+                        let h = std::ptr::read_unaligned(b.add(h) as *const u32);
                         let which = _mm256_setr_epi8(
                             0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2,
                             3, 3, 3, 3, 3, 3, 3, 3,
@@ -721,19 +747,14 @@ mod simd {
                         v = _mm256_or_si256(v, _mm256_and_si256(set, _mm256_set1_epi8(0x10)));
                     }
                     match kind {
+                        _ if STORED => v,
                         GgmlType::Q4_0 => _mm256_sub_epi8(v, _mm256_set1_epi8(8)),
                         GgmlType::Q5_0 => _mm256_sub_epi8(v, _mm256_set1_epi8(16)),
                         _ => v,
                     }
                 }
             }
-        };
-        let m = if matches!(kind, GgmlType::Q4_1 | GgmlType::Q5_1) {
-            -super::half(true, b, 2)
-        } else {
-            0.0
-        };
-        (v, d, m)
+        }
     }
 
     /// One Q6_K block: 256 values as signed bytes (`q - 32`) into `q`, 16
