@@ -1967,6 +1967,31 @@ mod avx2 {
         }
     }
 
+    /// The f16 at `p` as f32: one `vcvtph2ps` from memory, which writes its
+    /// whole register. From a 16-bit load (or an 8-byte one, which it
+    /// narrows) LLVM inserts the half into whatever register it likes
+    /// (`vpinsrw $0`), often the one the mins' chain of sums had just
+    /// written: each block's min then waited for the previous ones, and
+    /// Q4_1's rows took 7 cycles a block instead of 3 (`llvm-mca`).
+    ///
+    /// # Safety
+    /// The CPU has F16C; 8 bytes readable at `p` (an f16 at byte 0 or 2 of
+    /// a block of at least 18 bytes).
+    #[inline(always)]
+    unsafe fn half_at(p: *const u8) -> f32 {
+        let v: __m128;
+        // SAFETY: the caller's: the instruction reads the 8 bytes at `p`.
+        unsafe {
+            std::arch::asm!(
+                "vcvtph2ps {v}, qword ptr [{p}]",
+                p = in(reg) p,
+                v = out(xmm_reg) v,
+                options(pure, readonly, nostack, preserves_flags),
+            );
+            _mm_cvtss_f32(v)
+        }
+    }
+
     /// `S`: the type is symmetric (see [`rows`]).
     #[inline(always)]
     unsafe fn fused_rows<const T: u32, const S: bool>(
@@ -2051,9 +2076,7 @@ mod avx2 {
                 if !S {
                     // Block `next`'s min is minus the f16 at its byte 2;
                     // `next` stays below `blocks`, one step per block.
-                    let p = row.as_ptr().add(next * size + 2);
-                    let h = u16::from_le_bytes([*p, *p.add(1)]);
-                    let m = -_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h))));
+                    let m = -half_at(base.add(next * size + 2));
                     for r in 0..R {
                         mins[r] += m * *a[r].group_sum.get_unchecked(2 * next);
                     }
@@ -2189,10 +2212,7 @@ mod avx2 {
                     [_mm256_setzero_si256(); R]
                 };
                 // The blocks' f16 scales, converted as `unpack` converts them.
-                let h = |b: usize| {
-                    let v = std::ptr::read_unaligned(base.add(b * size) as *const u16);
-                    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(v))))
-                };
+                let h = |b: usize| half_at(base.add(b * size));
                 let (s0, s1) = (h(b), if whole { h(b + 1) } else { 0.0 });
                 let scale = _mm_setr_ps(s0, s0, s1, s1);
                 for r in 0..R {
