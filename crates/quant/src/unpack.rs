@@ -703,6 +703,12 @@ mod simd {
     #[inline(always)]
     unsafe fn values<const T: u32, const MASKS: bool, const STORED: bool>(b: *const u8) -> __m256i {
         let kind = const { GgmlType::from_supported_id(T) };
+        const {
+            assert!(
+                !(MASKS && STORED),
+                "the masked Q5 path subtracts the offset"
+            )
+        };
         // SAFETY: the block's bytes (the caller's).
         unsafe {
             match kind {
