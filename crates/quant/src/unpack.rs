@@ -5,7 +5,9 @@
 //! min ([`Unpacked::signed`]), which is what llama.cpp multiplies: the kernels
 //! multiply it with the inputs plus 128 and subtract 128 × its sums
 //! ([`Unpacked::offset_sums`]), or (blocks decoded in registers, and AVX2's Q8_0) take
-//! its magnitude as the unsigned operand and move its sign onto the input.
+//! its magnitude as the unsigned operand and move its sign onto the input;
+//! AVX2's decoding kernel multiplies Q4_0's and Q5_0's values as stored
+//! (`block_stored`) and subtracts the offset times the inputs' sums.
 //! The others keep an unsigned byte and their min.
 //!
 //! The bytes and scales are then put in the kernels' panel order
