@@ -15,6 +15,9 @@
 //! `LLM_BENCH_MODELS` (GGUF files, space-separated), `LLM_BENCH_REPEATS`
 //! (runs of each case, default 3), `LLAMA_PYTHON` (a Python with llama-cpp-python, default
 //! `/tmp/llamavenv/bin/python` when it exists; `LLAMA=0` skips llama.cpp).
+//! With `MOULIN_LLM_PHASES=1`, a case's JSON line (`--case BATCH PROMPT GEN
+//! IDS_FILE MODEL` runs one alone) also gives its milliseconds of work and of
+//! waiting per phase of the forward pass ([`moulin::llm::phases`]).
 //!
 //! A case runs `LLM_BENCH_REPEATS` times, the two runners alternated, and the
 //! summary gives the ratio of their medians and the range of the ratios of
@@ -77,7 +80,21 @@ fn run_case(batch: usize, prompt: usize, new_tokens: usize, ids_file: &Path, pat
             })
             .collect::<Vec<_>>(),
     );
+    moulin::llm::phases::reset();
     let (out, t) = llm.generate(&requests).expect("generation runs");
+    // With `MOULIN_LLM_PHASES=1`: milliseconds of work and of waiting per
+    // phase, summed over threads, the prompt pass and the decoding steps.
+    let phases: serde_json::Map<String, serde_json::Value> = moulin::llm::phases::totals()
+        .into_iter()
+        .filter(|_| moulin::llm::phases::enabled())
+        .map(|p| {
+            let ms = |d: std::time::Duration| (d.as_secs_f64() * 1e4).round() / 10.0;
+            (
+                p.phase.name().to_string(),
+                serde_json::json!([ms(p.work), ms(p.wait)]),
+            )
+        })
+        .collect();
     assert!(out.iter().all(|c| c.tokens.len() == new_tokens));
     // The prompt pass gives the first token; the decoding passes the other new_tokens - 1.
     let decode_tokens = batch * (new_tokens - 1);
@@ -89,6 +106,7 @@ fn run_case(batch: usize, prompt: usize, new_tokens: usize, ids_file: &Path, pat
             "prompt_seconds": t.prompt_seconds,
             "generate_seconds": t.generate_seconds,
             "load_seconds": llm.report.seconds,
+            "phases": phases,
         })
     );
 }

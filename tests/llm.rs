@@ -116,6 +116,35 @@ fn sampling_is_deterministic_for_a_seed() {
     assert!(draws.len() > 1, "different seeds draw differently");
 }
 
+/// The phase clock behind `MOULIN_LLM_PHASES=1` (benches/llm.md) counts work
+/// in every phase a short pass runs, so its totals say where a step goes.
+/// Other tests' passes may add to the totals meanwhile; they only add.
+#[test]
+fn the_phase_clock_counts_every_phase_of_a_pass() {
+    use moulin::llm::phases::{self, Phase};
+    let llm = smollm();
+    phases::enable();
+    let before = phases::totals();
+    let prompts = ["Bonjour", "Quelle est la capitale de la France ?"];
+    let requests: Vec<Request> = prompts.iter().map(|p| greedy(chat(llm, p), 4)).collect();
+    llm.generate(&requests).expect("generation runs");
+    let after = phases::totals();
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(a.phase, b.phase);
+        // Prompts of one chunk prepare their heads inside the attention phase.
+        if a.phase != Phase::Prepare {
+            assert!(
+                a.work > b.work,
+                "{} counted no work: {:?} then {:?}",
+                a.phase.name(),
+                b.work,
+                a.work
+            );
+        }
+        assert!(a.wait >= b.wait);
+    }
+}
+
 #[test]
 fn stop_strings_and_max_new_tokens_end_a_sequence() {
     let llm = smollm();

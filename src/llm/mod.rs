@@ -12,6 +12,7 @@ pub mod cpu;
 pub mod generate;
 pub mod gguf;
 pub mod model;
+pub mod phases;
 pub mod team;
 pub mod tokenizer;
 pub mod weights;

@@ -20,6 +20,7 @@ use moulin_quant::{
 use super::{Embedding, KvCache, KvStore, LayerHost, Linear, Llama, ModelHost, StepInput};
 use crate::error::{Error, Result};
 use crate::llm::cpu::{self, Weights};
+use crate::llm::phases::{Clock, Phase};
 use crate::llm::team::{self, Member, Shared};
 
 /// The input schemes, in the order of [`Acts`]' buffers.
@@ -719,16 +720,17 @@ impl Llama {
 
         team::run(rayon::current_num_threads(), |m| {
             let mut local = Local::default();
+            let mut clock = Clock::start();
             for (l, (layer, [w_qkv, w_o, w_gate_up, w_down])) in
                 self.layers.iter().zip(&weights).enumerate()
             {
                 // Attention norm, each thread its rows of tokens.
                 // SAFETY: nothing else touches `x` or `h` in this phase.
                 unsafe { norm_rows(m, &x, n, 1, &layer.host.attn_norm, eps, &h, w_qkv) };
-                m.sync();
+                clock.sync(m, Phase::AttentionNorm);
                 // SAFETY: `qkv` is this phase's output, `h` its input.
                 unsafe { project(m, kernel, w_qkv, &h, &qkv, qkv_width, false, &mut local) };
-                m.sync();
+                clock.sync(m, Phase::Qkv);
                 let prepare = Prepare {
                     pass: &pass,
                     layer: &layer.host,
@@ -750,7 +752,7 @@ impl Llama {
                         // SAFETY: row `i` is this thread's in this phase.
                         unsafe { prepare.heads(i, 0..kvh) };
                     }
-                    m.sync();
+                    clock.sync(m, Phase::Prepare);
                 }
                 // Tasks of (sequence, KV head, up to 16 tokens), every query
                 // head of the group at once: each key and value is read once
@@ -780,21 +782,21 @@ impl Llama {
                     // phase (other tasks' heads and slots are elsewhere).
                     unsafe { chunk.attend(&qkv, &keys[l], &values[l], &att.x, &mut local) };
                 }
-                m.sync();
+                clock.sync(m, Phase::Attention);
                 for r in m.share(n) {
                     // SAFETY: row `r` is this thread's in this phase.
                     unsafe { att.quantize_row(r, w_o.schemes()) };
                 }
-                m.sync();
+                clock.sync(m, Phase::AttentionQuantize);
                 // SAFETY: `x` is this phase's output (added to), `att` its input.
                 unsafe { project(m, kernel, w_o, &att, &x, hidden, true, &mut local) };
-                m.sync();
+                clock.sync(m, Phase::Output);
                 // SAFETY: as for the attention norm.
                 unsafe { norm_rows(m, &x, n, 1, &layer.host.mlp_norm, eps, &h, w_gate_up) };
-                m.sync();
+                clock.sync(m, Phase::MlpNorm);
                 // SAFETY: `gu` is this phase's output, `h` its input.
                 unsafe { project(m, kernel, w_gate_up, &h, &gu, 2 * f, false, &mut local) };
-                m.sync();
+                clock.sync(m, Phase::GateUp);
                 for r in m.share(n) {
                     // SAFETY: row `r` is this thread's in this phase.
                     unsafe {
@@ -804,17 +806,18 @@ impl Llama {
                         mlp.quantize_row(r, w_down.schemes());
                     }
                 }
-                m.sync();
+                clock.sync(m, Phase::SiluQuantize);
                 // SAFETY: `x` is this phase's output (added to), `mlp` its input.
                 unsafe { project(m, kernel, w_down, &mlp, &x, hidden, true, &mut local) };
-                m.sync();
+                clock.sync(m, Phase::Down);
             }
             // Each sequence's last token through the final norm and the head.
             // SAFETY: as for the attention norm.
             unsafe { norm_rows(m, &x, b, s, &self.host.norm, eps, &last, &head) };
-            m.sync();
+            clock.sync(m, Phase::FinalNorm);
             // SAFETY: `out` is this phase's output, `last` its input.
             unsafe { project(m, kernel, &head, &last, &out, vocab, false, &mut local) };
+            clock.end(Phase::Head);
         });
         Ok(logits)
     }
