@@ -285,7 +285,7 @@ pub unsafe fn weight_rows(
         },
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => unsafe {
-            if inputs.len() <= 2 * MAX_ROWS && avx2::fuses(kind) {
+            if inputs.len() <= avx2::fused_up_to(kind) {
                 avx2::fused_weight_rows(kind, weights, row_bytes, inputs, scratch, acc)
             } else {
                 avx2::weight_rows(kind, weights, row_bytes, inputs, scratch, acc, next)
@@ -1821,6 +1821,22 @@ mod avx2 {
             out[r] = hsum8(acc[r]) - mins[r];
         }
         out
+    }
+
+    /// Up to how many inputs [`weight_rows`] takes [`fused_weight_rows`] for
+    /// `kind` (0: never). The decoding kernel decodes each row once per four
+    /// inputs. On Zen 3, from five inputs up, rows unpacked once were faster
+    /// for the 4- and 5-bit types (the kernels bench, Q5_0 at six and eight
+    /// inputs: 20 and 18 of 20 alternated trials; a batch-8 Q4_K_M case's
+    /// generation 9–19% in three sets of alternated runs) and slower for Q8_0
+    /// (the same case: 2–7%, 1 to 3 of 8 runs faster), whose decoding is a
+    /// load (benches/llm.md).
+    pub fn fused_up_to(kind: GgmlType) -> usize {
+        match kind {
+            GgmlType::Q8_0 => 2 * MAX_ROWS,
+            _ if fuses(kind) => MAX_ROWS,
+            _ => 0,
+        }
     }
 
     /// Whether [`fused_weight_rows`] serves `kind`: the types of 32-value
