@@ -3,8 +3,9 @@
 //! waiting at the barrier that ends it, summed over members and passes.
 //!
 //! Off unless `MOULIN_LLM_PHASES=1` is set when the first pass runs (or
-//! [`enable`] is called); then a barrier costs two clock reads more. `cargo bench --bench llm` adds the
-//! totals of a case to its JSON line when it is on (see `benches/llm.md`).
+//! [`enable`] is called); then a barrier costs two clock reads more.
+//! `cargo bench --bench llm` adds the totals of a case to its JSON line when
+//! it is on (see `benches/llm.md`).
 //! A phase's waits are the imbalance between threads (or a thread the host
 //! took away); its work, the time to cut down.
 
@@ -22,8 +23,9 @@ pub const PHASES_ENV: &str = "MOULIN_LLM_PHASES";
 pub enum Phase {
     AttentionNorm,
     Qkv,
-    /// Rotary embedding and the KV cache's writes, when a prompt is long
-    /// enough to be split into chunks (otherwise part of `Attention`).
+    /// Biases, Q/K norms, the rotary embedding and the KV cache's writes,
+    /// when a prompt is long enough to be split into chunks (otherwise part
+    /// of `Attention`).
     Prepare,
     Attention,
     AttentionQuantize,
