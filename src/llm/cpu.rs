@@ -578,6 +578,44 @@ pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
     }
 }
 
+/// Attention scores: row `r` of `out` (`[rows, n]`) gets query row `r` of
+/// `x` (`[rows, head_dim]`) dotted with each of the `n` keys (`[n,
+/// head_dim]`), with [`outputs`]' very bits. With many rows (a prompt's
+/// chunk of queries) on AVX2, eight keys at a time are turned into columns
+/// once (`columns`, reused between calls) and each row's products run down
+/// them, eight keys to a vector, so that no dot product ends in a horizontal
+/// sum; the sums are [`outputs`]' (its lanes' partial sums, then their tree),
+/// only across vectors instead of within one.
+pub fn scores(
+    x: &[f32],
+    rows: usize,
+    head_dim: usize,
+    keys: Weights<'_>,
+    n: usize,
+    out: &mut [f32],
+    columns: &mut Vec<f32>,
+) {
+    // Fewer rows would not repay turning the keys (a decoding step's few
+    // query heads).
+    #[cfg(target_arch = "x86_64")]
+    if rows >= COLUMN_ROWS && head_dim.is_multiple_of(16) && Level::now() == Level::Avx2 {
+        columns.resize(8 * head_dim, 0.0);
+        // SAFETY: the CPU has AVX2, FMA and F16C; lengths checked inside.
+        unsafe {
+            match keys {
+                Weights::F32(k) => avx2::scores(x, rows, head_dim, k, n, out, columns),
+                Weights::F16(k) => avx2::scores(x, rows, head_dim, k, n, out, columns),
+            }
+        }
+        return;
+    }
+    let _ = columns;
+    outputs(x, rows, head_dim, keys, n, out)
+}
+
+/// Rows from which [`scores`] turns the keys into columns.
+const COLUMN_ROWS: usize = 8;
+
 /// Attention's weighted values: row `r` of `out` (`[rows, head_dim]`, zeros
 /// in) gets `Σ_j (p[r, j] / total[r]) × slot j` over the slots with a weight
 /// above 0, in slot order (`p` is `[rows, slots]`, divided by the totals in
@@ -1108,6 +1146,184 @@ mod avx2 {
                 acc[(r + i) * n + o + c] = total;
             }
         }
+    }
+
+    /// [`super::scores`]: eight keys at a time turned into `columns`
+    /// (`columns[8d + j]`: value `d` of key `j`), then each pair of rows
+    /// against them.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn scores<T: Lanes8>(
+        x: &[f32],
+        rows: usize,
+        hd: usize,
+        keys: &[T],
+        n: usize,
+        out: &mut [f32],
+        columns: &mut [f32],
+    ) {
+        assert!(hd.is_multiple_of(16) && columns.len() >= 8 * hd);
+        assert!(x.len() >= rows * hd && keys.len() >= n * hd && out.len() >= rows * n);
+        let (kp, cp) = (keys.as_ptr(), columns.as_mut_ptr());
+        for k0 in (0..n).step_by(8) {
+            let count = (n - k0).min(8);
+            for d in (0..hd).step_by(8) {
+                // SAFETY: keys `k0..k0 + count`, values `d..d + 8` (asserted
+                // lengths); columns `d..d + 8`.
+                unsafe {
+                    let mut v = [_mm256_setzero_ps(); 8];
+                    for (j, v) in v.iter_mut().enumerate().take(count) {
+                        *v = T::load8(kp.add((k0 + j) * hd + d));
+                    }
+                    for (j, c) in transpose8(v).into_iter().enumerate() {
+                        _mm256_storeu_ps(cp.add(8 * (d + j)), c);
+                    }
+                }
+            }
+            let mut r = 0;
+            while r < rows {
+                let take = (rows - r).min(2);
+                // SAFETY: rows `r..r + take`, keys `k0..k0 + count`; the
+                // columns hold `hd` values of eight keys.
+                unsafe {
+                    let at = out.as_mut_ptr().add(r * n + k0);
+                    let xr = x.as_ptr().add(r * hd);
+                    // The common head sizes' loops fully unrolled.
+                    match (take, hd) {
+                        (2, 64) => score_rows::<2, 4>(xr, hd, cp, at, n, count),
+                        (2, 128) => score_rows::<2, 8>(xr, hd, cp, at, n, count),
+                        (2, _) => score_rows::<2, 0>(xr, hd, cp, at, n, count),
+                        (_, 64) => score_rows::<1, 4>(xr, hd, cp, at, n, count),
+                        (_, 128) => score_rows::<1, 8>(xr, hd, cp, at, n, count),
+                        _ => score_rows::<1, 0>(xr, hd, cp, at, n, count),
+                    }
+                }
+                r += take;
+            }
+        }
+    }
+
+    /// `R` rows (from `x`, `hd` apart) against the eight keys in `columns`:
+    /// lane `j` of sum `l` (0 to 15) is [`tile`]'s lane `l` of key `j`'s
+    /// dot product (values `l`, `l + 16`, ... multiplied and added in
+    /// order), and the sums are added as [`tile`] adds its lanes (`l` and
+    /// `l + 8`, then `+ 4`, `+ 2`, `+ 1`), built in that tree's order so that
+    /// few of them are alive at once. The first `count` scores of each row
+    /// go to `out`, rows `n` apart. `B`: `hd / 16` where it is known (0
+    /// where not), so that the loops unroll.
+    ///
+    /// # Safety
+    /// As [`scores`]: those rows and outputs exist.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn score_rows<const R: usize, const B: usize>(
+        x: *const f32,
+        hd: usize,
+        columns: *const f32,
+        out: *mut f32,
+        n: usize,
+        count: usize,
+    ) {
+        // SAFETY: the caller's: values `l + 16b < hd` of each row and column.
+        unsafe {
+            // Sum `l` of every row. (Macros: at this crate's opt-level,
+            // closures would stay calls, their vectors passed in memory.)
+            macro_rules! lane {
+                ($l:expr) => {{
+                    let mut p = [_mm256_setzero_ps(); R];
+                    // `B`: `hd / 16` known, for a counted loop.
+                    let blocks = if B > 0 { B } else { hd / 16 };
+                    for b in 0..blocks {
+                        let d = $l + 16 * b;
+                        let k = _mm256_loadu_ps(columns.add(8 * d));
+                        // Counted loops, which opt-level 1 unrolls (not
+                        // iterators), so that the sums stay in registers.
+                        #[allow(clippy::needless_range_loop)]
+                        for i in 0..R {
+                            let xv = _mm256_broadcast_ss(&*x.add(i * hd + d));
+                            p[i] = _mm256_fmadd_ps(xv, k, p[i]);
+                        }
+                    }
+                    p
+                }};
+            }
+            macro_rules! add {
+                ($a:expr, $b:expr) => {{
+                    let (mut a, b): ([__m256; R], [__m256; R]) = ($a, $b);
+                    #[allow(clippy::needless_range_loop)]
+                    for i in 0..R {
+                        a[i] = _mm256_add_ps(a[i], b[i]);
+                    }
+                    a
+                }};
+            }
+            // `l` plus `l + 8`, then `+ 4`, `+ 2`, `+ 1`.
+            macro_rules! eights {
+                ($l:expr) => {
+                    add!(lane!($l), lane!($l + 8))
+                };
+            }
+            macro_rules! fours {
+                ($l:expr) => {
+                    add!(eights!($l), eights!($l + 4))
+                };
+            }
+            macro_rules! twos {
+                ($l:expr) => {
+                    add!(fours!($l), fours!($l + 2))
+                };
+            }
+            let total = add!(twos!(0), twos!(1));
+            #[allow(clippy::needless_range_loop)]
+            for i in 0..R {
+                if count == 8 {
+                    _mm256_storeu_ps(out.add(i * n), total[i]);
+                } else {
+                    let mut v = [0f32; 8];
+                    _mm256_storeu_ps(v.as_mut_ptr(), total[i]);
+                    std::ptr::copy_nonoverlapping(v.as_ptr(), out.add(i * n), count);
+                }
+            }
+        }
+    }
+
+    /// Eight vectors' lanes transposed: lane `j` of result `i` is lane `i`
+    /// of `v[j]`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn transpose8(v: [__m256; 8]) -> [__m256; 8] {
+        let t: [__m256; 8] = [
+            _mm256_unpacklo_ps(v[0], v[1]),
+            _mm256_unpackhi_ps(v[0], v[1]),
+            _mm256_unpacklo_ps(v[2], v[3]),
+            _mm256_unpackhi_ps(v[2], v[3]),
+            _mm256_unpacklo_ps(v[4], v[5]),
+            _mm256_unpackhi_ps(v[4], v[5]),
+            _mm256_unpacklo_ps(v[6], v[7]),
+            _mm256_unpackhi_ps(v[6], v[7]),
+        ];
+        let u: [__m256; 8] = [
+            _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+            _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+            _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+            _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+            _mm256_shuffle_ps::<0x44>(t[4], t[6]),
+            _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
+            _mm256_shuffle_ps::<0x44>(t[5], t[7]),
+            _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
+        ];
+        [
+            _mm256_permute2f128_ps::<0x20>(u[0], u[4]),
+            _mm256_permute2f128_ps::<0x20>(u[1], u[5]),
+            _mm256_permute2f128_ps::<0x20>(u[2], u[6]),
+            _mm256_permute2f128_ps::<0x20>(u[3], u[7]),
+            _mm256_permute2f128_ps::<0x31>(u[0], u[4]),
+            _mm256_permute2f128_ps::<0x31>(u[1], u[5]),
+            _mm256_permute2f128_ps::<0x31>(u[2], u[6]),
+            _mm256_permute2f128_ps::<0x31>(u[3], u[7]),
+        ]
     }
 
     /// [`super::weighted_rows`]: the divisions 8 at a time, then up to four
@@ -1696,6 +1912,60 @@ mod tests {
             avx2::weighted_rows(&mut p.clone(), &totals, &v, &mut b);
         }
         assert_eq!(bits(&a), bits(&b), "weighted values");
+    }
+
+    /// Attention scores from keys turned into columns have [`outputs`]'
+    /// bits, for every count of rows and keys (whole and partial blocks of
+    /// eight), f32 and f16 keys, values over many binades (where the order
+    /// of the sums shows); through [`scores`] (which chooses) and the AVX2
+    /// kernel itself (which an AVX-512 CPU would not choose).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn scores_from_columns_have_the_bits_of_outputs() {
+        assert!(has_avx2(), "this test needs AVX2");
+        let mut s = 0x2545_F491_u32;
+        let mut next = || {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            f32::from_bits((s & 0x8000_0000) | ((112 + (s >> 8) % 30) << 23) | (s & 0x7F_FFFF))
+        };
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        let mut columns = Vec::new();
+        for (rows, hd, n) in [
+            (8, 64, 8),
+            (9, 64, 37),
+            (48, 64, 130),
+            (11, 128, 17),
+            (2, 64, 9),
+            (16, 32, 1),
+            (13, 48, 23),
+        ] {
+            let x: Vec<f32> = (0..rows * hd).map(|_| next()).collect();
+            let k: Vec<f32> = (0..n * hd).map(|_| next()).collect();
+            let k16: Vec<f16> = k.iter().map(|&v| f16::from_f32(v)).collect();
+            for keys in [Weights::F32(&k), Weights::F16(&k16)] {
+                let (mut want, mut got) = (vec![0f32; rows * n], vec![1f32; rows * n]);
+                outputs(&x, rows, hd, keys, n, &mut want);
+                scores(&x, rows, hd, keys, n, &mut got, &mut columns);
+                assert_eq!(bits(&got), bits(&want), "{rows}x{hd}, {n} keys");
+                let mut direct = vec![2f32; rows * n];
+                columns.resize(8 * hd, 0.0);
+                // SAFETY: the CPU has AVX2 (asserted); F16C and FMA come
+                // with every AVX2 CPU this runs on (has_avx2 checks them).
+                unsafe {
+                    match keys {
+                        Weights::F32(k) => {
+                            avx2::scores(&x, rows, hd, k, n, &mut direct, &mut columns)
+                        }
+                        Weights::F16(k) => {
+                            avx2::scores(&x, rows, hd, k, n, &mut direct, &mut columns)
+                        }
+                    }
+                }
+                assert_eq!(bits(&direct), bits(&want), "AVX2, {rows}x{hd}, {n} keys");
+            }
+        }
     }
 
     /// A row's outputs have the same bits whichever tile computes them (8,

@@ -299,6 +299,8 @@ struct Local {
     queries: Vec<f32>,
     /// The softmax sums of a query chunk's rows.
     totals: Vec<f32>,
+    /// Eight keys as columns ([`cpu::scores`]).
+    columns: Vec<f32>,
 }
 
 /// `out[r, c] (+)= input[r] · weight[c]` for every input row, the columns
@@ -505,7 +507,7 @@ struct PassShape {
 impl QueryChunk<'_> {
     /// Attention of every query of the chunk: their scores against the slots
     /// any of them sees in one product (each key read once for all of them,
-    /// by the projection kernel), then each query's causal slots through the
+    /// by [`cpu::scores`]), then each query's causal slots through the
     /// softmax and its weighted values into `out`.
     ///
     /// # Safety
@@ -566,7 +568,15 @@ impl QueryChunk<'_> {
             }
         };
         local.scores.resize(rows * n, 0.0);
-        cpu::outputs(&local.queries, rows, hd, k, n, &mut local.scores);
+        cpu::scores(
+            &local.queries,
+            rows,
+            hd,
+            k,
+            n,
+            &mut local.scores,
+            &mut local.columns,
+        );
         local.totals.clear();
         for (r, scores) in local.scores.chunks_exact_mut(n).enumerate() {
             let t = self.tokens.start + r % count;
