@@ -1951,8 +1951,8 @@ mod tests {
                 assert_eq!(bits(&got), bits(&want), "{rows}x{hd}, {n} keys");
                 let mut direct = vec![2f32; rows * n];
                 columns.resize(8 * hd, 0.0);
-                // SAFETY: the CPU has AVX2 (asserted); F16C and FMA come
-                // with every AVX2 CPU this runs on (has_avx2 checks them).
+                // SAFETY: the CPU has AVX2, FMA and F16C (`has_avx2`,
+                // asserted above, checks all three).
                 unsafe {
                     match keys {
                         Weights::F32(k) => {
