@@ -1604,6 +1604,19 @@ mod avx2 {
 mod tests {
     use super::*;
 
+    /// Random floats of either sign whose biased exponents run from `low`
+    /// over `span` binades (xorshift from `seed`): magnitudes far enough
+    /// apart that a change in the order of a sum changes its bits.
+    fn binades(seed: u32, low: u32, span: u32) -> impl FnMut() -> f32 {
+        let mut s = seed;
+        move || {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            f32::from_bits((s & 0x8000_0000) | ((low + (s >> 8) % span) << 23) | (s & 0x7F_FFFF))
+        }
+    }
+
     /// The vectorised exponential of the softmax against the library's, over
     /// the range scores take, masked slots (-∞) and a tail shorter than 16.
     #[test]
@@ -1826,14 +1839,7 @@ mod tests {
     fn four_sums_at_once_give_the_same_bits() {
         use std::arch::x86_64::*;
         assert!(has_avx2(), "this test needs AVX2");
-        let mut s = 0x9E37_79B9_u32;
-        let mut next = || {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            // Magnitudes over many binades, so that the order of sums shows.
-            f32::from_bits((s & 0x8000_0000) | ((100 + (s >> 8) % 60) << 23) | (s & 0x7F_FFFF))
-        };
+        let mut next = binades(0x9E37_79B9, 100, 60);
         for _ in 0..500 {
             let vals: Vec<[f32; 8]> = (0..4).map(|_| std::array::from_fn(|_| next())).collect();
             // SAFETY: the CPU has AVX2 and FMA (checked above).
@@ -1923,13 +1929,7 @@ mod tests {
     #[test]
     fn scores_from_columns_have_the_bits_of_outputs() {
         assert!(has_avx2(), "this test needs AVX2");
-        let mut s = 0x2545_F491_u32;
-        let mut next = || {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            f32::from_bits((s & 0x8000_0000) | ((112 + (s >> 8) % 30) << 23) | (s & 0x7F_FFFF))
-        };
+        let mut next = binades(0x2545_F491, 112, 30);
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         let mut columns = Vec::new();
         for (rows, hd, n) in [
